@@ -1,0 +1,47 @@
+"""cmrt: consistency models and the consistency decoder, exported to one-graph samplers with parity.
+
+    bundle = cmrt.export("run/", out="bundle", steps=2)      # PyTorch → ONNX bundle, parity-checked
+    images = cmrt.Sampler(bundle.path).sample(8, seed=0)     # numpy in/out, or torch in/out
+    images = cmrt.Decoder("decoder-bundle").decode(latents, seed=0)
+    report = cmrt.check("bundle", backend="onnxruntime-cpu")
+
+``import cmrt`` is cheap: torch, onnx and onnxruntime load when first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from .errors import (BundleError, BundleNotFoundError, CmrtError, ConfigError, InputError, InputTypeError,
+                     MissingDependencyError, ParityError, SourceError)
+
+if TYPE_CHECKING:
+    from .export.api import export
+    from .parity import ParityReport
+    from .runtime.api import Decoder, Sampler
+    from .runtime.check import check
+
+_LAZY = {
+    "Decoder": ("cmrt.runtime.api", "Decoder"),
+    "Sampler": ("cmrt.runtime.api", "Sampler"),
+    "export": ("cmrt.export.api", "export"),
+    "check": ("cmrt.runtime.check", "check"),
+    "ParityReport": ("cmrt.parity", "ParityReport"),
+}
+
+__all__ = ["Decoder", "Sampler", "export", "check", "ParityReport", "CmrtError", "InputError",
+           "InputTypeError", "ConfigError", "SourceError", "BundleError", "BundleNotFoundError",
+           "MissingDependencyError", "ParityError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cmrt' has no attribute {name!r}")

@@ -1,0 +1,144 @@
+"""Loaders: a model source on disk → (ModelSpec, UNet with weights, source facts).
+
+cmrt's own format is a safetensors file whose metadata holds the ``ModelSpec`` as JSON
+(``cmrt.spec``); EMA weights, when present, are stored under the ``ema/`` prefix and preferred.
+A training run folder holds ``model.safetensors`` or ``checkpoints/step_*.safetensors``.
+Other formats (diffusers folders, OpenAI checkpoints) register a detector in ``FORMATS``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .._io import sha256_path
+from ..errors import BundleNotFoundError, SourceError
+from .spec import ModelSpec
+from .unet import UNet
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MODEL = ASSETS / "digits16_cm.safetensors"
+SPEC_KEY = "cmrt.spec"
+FORMAT_KEY = "cmrt.format"
+CHECKPOINT_FORMAT = "cmrt-checkpoint-v1"
+EMA_PREFIX = "ema/"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to unroll: its spec, its backbone with weights, and where it came from."""
+
+    spec: ModelSpec
+    unet: UNet
+    source: dict
+
+
+def save_checkpoint(path: str | Path, spec: ModelSpec, state: dict[str, torch.Tensor],
+                    ema: dict[str, torch.Tensor] | None = None, metadata: dict[str, str] | None = None) -> None:
+    """Write a cmrt checkpoint (safetensors + spec in the metadata), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    if ema:
+        tensors |= {EMA_PREFIX + k: v.detach().contiguous().cpu() for k, v in ema.items()}
+    meta = {SPEC_KEY: spec.to_json(), FORMAT_KEY: CHECKPOINT_FORMAT} | (metadata or {})
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def read_checkpoint_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise SourceError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
+def load_checkpoint(path: str | Path, *, use_ema: bool = True) -> LoadedModel:
+    """Load a cmrt checkpoint file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_checkpoint_metadata(path)
+    if SPEC_KEY not in meta:
+        raise SourceError(f"{path} has no '{SPEC_KEY}' metadata: it is not a cmrt checkpoint")
+    try:
+        spec = ModelSpec.from_dict(json.loads(meta[SPEC_KEY]))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SourceError(f"{path}: its model spec is invalid ({exc})") from None
+    tensors = load_file(str(path))
+    ema = {k[len(EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
+    state = ema if (use_ema and ema) else {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}
+    unet = UNet(spec.unet)
+    load_state(unet, state, str(path))
+    source = {"path": str(path), "sha256": sha256_path(path), "format": CHECKPOINT_FORMAT,
+              "weights": "ema" if (use_ema and ema) else "raw"}
+    return LoadedModel(spec, unet.eval(), source)
+
+
+def load_state(unet: UNet, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load a state dict strictly, with one clear error for missing, unexpected or mis-shaped keys."""
+    own = unet.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
+    if problems:
+        raise SourceError(f"{where}: weights do not fit the model: " + "; ".join(problems))
+    unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def _run_checkpoint(folder: Path) -> Path | None:
+    if (folder / "model.safetensors").is_file():
+        return folder / "model.safetensors"
+    ckpts = sorted((folder / "checkpoints").glob("step_*.safetensors"),
+                   key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    return ckpts[-1] if ckpts else None
+
+
+def _is_cmrt_file(p: Path) -> bool:
+    return p.is_file() and p.suffix == ".safetensors" and SPEC_KEY in read_checkpoint_metadata(p)
+
+
+def _is_run_folder(p: Path) -> bool:
+    return p.is_dir() and _run_checkpoint(p) is not None and _is_cmrt_file(_run_checkpoint(p))
+
+
+#: (name, detector, loader) for each source format; later issues append theirs.
+FORMATS: list[tuple[str, Callable[[Path], bool], Callable[..., LoadedModel]]] = [
+    ("cmrt checkpoint", _is_cmrt_file, lambda p, **kw: load_checkpoint(p)),
+    ("cmrt training run", _is_run_folder, lambda p, **kw: load_checkpoint(_run_checkpoint(p))),
+]
+
+
+def load_model(source: str | Path | None = None, **options) -> LoadedModel:
+    """Load a model from ``source`` (None: the bundled default model).
+
+    Args:
+        source: a cmrt checkpoint, a training run folder, or another registered format.
+        **options: format-specific options (e.g. ``arch``, ``trust``), passed to the loader.
+    """
+    path = DEFAULT_MODEL if source is None else Path(source)
+    if not path.exists():
+        raise BundleNotFoundError(f"model source {path} does not exist")
+    for _name, detect, load in FORMATS:
+        if detect(path):
+            return load(path, **options)
+    names = ", ".join(n for n, _, _ in FORMATS)
+    raise SourceError(f"{path}: not a model cmrt can read (known formats: {names})")

@@ -1,0 +1,117 @@
+"""Parity: compare a backend's outputs with the PyTorch source's, against one table of tolerances."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import ParityError
+
+IMAGE_PEAK_TO_PEAK = 2.0  # images live in [-1, 1]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass criteria for one precision: max abs error, and a PSNR floor (dB) when set."""
+
+    max_abs: float
+    min_psnr: float | None = None
+
+
+#: The one place the tolerances live. fp32: exported graph vs PyTorch; fp16: FP16 graph or
+#: engine vs the FP32 PyTorch source, on images in [-1, 1].
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_abs=1e-4),
+    "fp16": Tolerance(max_abs=2e-2, min_psnr=40.0),
+}
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    try:
+        return TOLERANCES[precision]
+    except KeyError:
+        raise ValueError(f"no tolerance for precision {precision!r}; known: {sorted(TOLERANCES)}") from None
+
+
+def psnr(actual: np.ndarray, expected: np.ndarray, peak_to_peak: float = IMAGE_PEAK_TO_PEAK) -> float:
+    """PSNR in dB of ``actual`` against ``expected`` (inf when identical)."""
+    mse = float(np.mean((actual.astype(np.float64) - expected.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(peak_to_peak**2 / mse)
+
+
+@dataclass(frozen=True)
+class OutputResult:
+    """How one output compares: errors, PSNR, whether all values are finite, and the verdict."""
+
+    name: str
+    max_abs: float
+    mean_abs: float
+    psnr: float
+    finite: bool
+    passed: bool
+
+    def line(self) -> str:
+        verdict = "ok" if self.passed else "FAIL"
+        extra = "" if self.finite else " (non-finite values)"
+        return (f"{self.name}: max abs {self.max_abs:.3g}, mean abs {self.mean_abs:.3g}, "
+                f"PSNR {self.psnr:.1f} dB  {verdict}{extra}")
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Per-output results of one backend/precision; truthy when every output passed."""
+
+    backend: str
+    precision: str
+    tolerance: Tolerance
+    outputs: tuple[OutputResult, ...] = field(default_factory=tuple)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.outputs) and all(o.passed for o in self.outputs)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def lines(self) -> list[str]:
+        head = (f"{self.backend} [{self.precision}] vs PyTorch (max abs ≤ {self.tolerance.max_abs:g}"
+                + (f", PSNR ≥ {self.tolerance.min_psnr:g} dB" if self.tolerance.min_psnr else "") + ")")
+        return [head] + ["  " + o.line() for o in self.outputs]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        for o in d["outputs"]:
+            o["psnr"] = None if math.isinf(o["psnr"]) else o["psnr"]
+        return d
+
+    def raise_if_failed(self) -> "ParityReport":
+        if not self.passed:
+            failed = "; ".join(o.line() for o in self.outputs if not o.passed) or "no outputs compared"
+            raise ParityError(f"parity check failed for {self.backend} [{self.precision}]: {failed}", self)
+        return self
+
+
+def compare_output(name: str, actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> OutputResult:
+    if actual.shape != expected.shape:
+        raise ParityError(f"output {name!r} has shape {actual.shape}, expected {expected.shape}")
+    finite = bool(np.isfinite(actual).all())
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    max_abs = float(diff.max()) if finite else math.inf
+    mean_abs = float(diff.mean()) if finite else math.inf
+    p = psnr(actual, expected) if finite else -math.inf
+    passed = finite and max_abs <= tol.max_abs and (tol.min_psnr is None or p >= tol.min_psnr)
+    return OutputResult(name, max_abs, mean_abs, p, finite, passed)
+
+
+def compare(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray], *, backend: str,
+            precision: str) -> ParityReport:
+    """Compare every expected output with the backend's; missing outputs fail loudly."""
+    tol = tolerance_for(precision)
+    missing = set(expected) - set(actual)
+    if missing:
+        raise ParityError(f"{backend} did not produce outputs {sorted(missing)}")
+    results = tuple(compare_output(k, np.asarray(actual[k]), np.asarray(v), tol) for k, v in expected.items())
+    return ParityReport(backend, precision, tol, results)

@@ -1,0 +1,241 @@
+"""``Decoder`` and ``Sampler``: input checks + noise (seeded, in step order) + arrays in/out
+around a backend. numpy in → numpy out; torch in → torch out (on the input's device)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..errors import BundleError, InputError, InputTypeError
+from .backends import Backend, open_backend
+
+_FLOAT_KINDS = "fiu"  # numpy dtype kinds that cast to float32 (float, signed, unsigned int)
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _to_numpy(x: Any, name: str) -> np.ndarray:
+    """A numpy array from numpy or torch input; anything else is a TypeError that says so."""
+    if _is_torch(x):
+        import torch
+
+        if not isinstance(x, torch.Tensor):
+            raise InputTypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    raise InputTypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def as_float32(x: Any, name: str) -> np.ndarray:
+    a = _to_numpy(x, name)
+    if a.dtype.kind not in _FLOAT_KINDS or a.dtype == np.bool_:
+        raise InputTypeError(f"{name} has dtype {a.dtype}, which cannot be used as float32 image data: "
+                             "pass a float (or integer) array")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if a.size == 0:
+        raise InputError(f"{name} is empty (shape {a.shape}): pass at least one item")
+    if not np.isfinite(a).all():
+        raise InputError(f"{name} contains NaN or Inf: check the upstream model or its dtype")
+    return a
+
+
+def _check_shape(a: np.ndarray, name: str, expected: tuple) -> None:
+    """``expected`` has ints or None (any) per axis."""
+    if a.ndim != len(expected):
+        raise InputError(f"{name} must have rank {len(expected)} with shape {_fmt(expected)}, got shape {a.shape}")
+    for axis, (got, want) in enumerate(zip(a.shape, expected)):
+        if want is not None and got != want:
+            raise InputError(f"{name} must have shape {_fmt(expected)}; axis {axis} is {got}, expected {want}")
+
+
+def _fmt(shape: tuple) -> str:
+    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+
+
+def generator(seed: int | None):
+    """``torch.Generator().manual_seed(seed)``, or a freshly seeded one when seed is None."""
+    import torch
+
+    g = torch.Generator()
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(_check_seed(seed))
+    return g
+
+
+def draw_noise(shape: tuple, steps: int, g) -> list[np.ndarray]:
+    """One whole-batch standard-normal tensor per step, in step order, from generator ``g``."""
+    import torch
+
+    return [torch.randn(shape, generator=g).numpy() for _ in range(steps)]
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputTypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 2**63:
+        raise InputError(f"seed must be in [0, 2**63), got {seed}")
+    return int(seed)
+
+
+def _return_like(a: np.ndarray, like: Any):
+    if like is None:
+        return a
+    import torch
+
+    return torch.from_numpy(a).to(like.device)
+
+
+class _Runner:
+    kind = ""
+
+    def __init__(self, engine: str | Path | Bundle, *, backend: str | None = None) -> None:
+        self.bundle = Bundle.open(engine)
+        m = self.bundle.manifest
+        if m.kind != self.kind:
+            other = "Sampler" if m.kind == "sampler" else "Decoder"
+            raise BundleError(f"{self.bundle.path} holds a {m.kind} bundle: open it with cmrt.{other}")
+        self.backend: Backend = open_backend(self.bundle, backend)
+        self.steps = m.steps
+
+    def _noise(self, noise: Sequence[Any] | None, g, shape: tuple) -> list[np.ndarray]:
+        if noise is None:
+            return draw_noise(shape, self.steps, g)
+        if isinstance(noise, (np.ndarray,)) or _is_torch(noise) or not isinstance(noise, Sequence):
+            raise InputTypeError(f"noise must be a list of {self.steps} arrays (one per step), "
+                                 f"got {type(noise).__name__}")
+        if len(noise) != self.steps:
+            raise InputError(f"this bundle runs {self.steps} steps and needs {self.steps} noise tensors, "
+                             f"got {len(noise)}")
+        arrays = [as_float32(n, f"noise[{i}]") for i, n in enumerate(noise)]
+        for i, a in enumerate(arrays):
+            _check_shape(a, f"noise[{i}]", shape)
+        return arrays
+
+    def _generator(self, seed: int | None, noise: Sequence[Any] | None):
+        if seed is not None and noise is not None:
+            raise InputError("pass either seed or noise, not both")
+        return generator(seed)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.backend.run(feeds)
+
+
+class Decoder(_Runner):
+    """A consistency decoder bundle: SD 1.x/2.x latents → images.
+
+    Args:
+        engine: a bundle folder made by ``cmrt export``, or a graph/engine file inside one.
+        backend: "onnxruntime" (default; CUDA when present), "onnxruntime-cpu", "onnxruntime-cuda",
+            or "tensorrt" (when installed).
+    """
+
+    kind = "decoder"
+
+    def decode(self, latents: Any, *, seed: int | None = None, noise: Sequence[Any] | None = None):
+        """Decode unscaled SD-VAE latents (B, 4, h, w) into images (B, 3, 8h, 8w) in [-1, 1].
+
+        Args:
+            latents: numpy array or torch tensor (``latent_dist.mean``, not multiplied by 0.18215).
+            seed: draws the noise of every step from ``torch.Generator().manual_seed(seed)``.
+            noise: explicit noise, one (B, 3, 8h, 8w) standard-normal tensor per step.
+        """
+        like = latents if _is_torch(latents) else None
+        z = as_float32(latents, "latents")
+        lat = self.bundle.manifest.latent or {}
+        _check_shape(z, "latents", (None, lat.get("channels", 4), None, None))
+        up = lat.get("upscale", 8)
+        shape = (z.shape[0], self.bundle.manifest.image["channels"], up * z.shape[2], up * z.shape[3])
+        noise_arrays = self._noise(noise, self._generator(seed, noise), shape)
+        feeds = {"latents": z} | dict(zip(self.bundle.manifest.noise_names, noise_arrays))
+        return _return_like(self._run(feeds), like)
+
+
+class Sampler(_Runner):
+    """A consistency-model bundle: (class labels,) noise → images in [-1, 1].
+
+    Args:
+        engine: a bundle folder made by ``cmrt export``, or a graph/engine file inside one.
+        backend: as for ``Decoder``.
+    """
+
+    kind = "sampler"
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.bundle.manifest.num_classes
+
+    def sample(self, batch_size: int | None = None, *, class_labels: Any = None, seed: int | None = None,
+               noise: Sequence[Any] | None = None):
+        """Sample images (B, C, H, W) in [-1, 1].
+
+        Args:
+            batch_size: number of images (default: from labels or noise, else 1).
+            class_labels: (B,) ints in [0, num_classes), or one int for the whole batch; drawn from
+                the seed (after the noise) when the model is class-conditional and none are given.
+            seed: seeds the noise (and labels) with ``torch.Generator().manual_seed(seed)``.
+            noise: explicit noise, one (B, C, H, W) standard-normal tensor per step.
+        """
+        like = next((x for x in (class_labels, *(noise or ())) if _is_torch(x)), None)
+        img = self.bundle.manifest.image
+        batch = self._batch_size(batch_size, class_labels, noise)
+        shape = (batch, img["channels"], img["height"], img["width"])
+        feeds: dict[str, np.ndarray] = {}
+        g = self._generator(seed, noise)
+        noise_arrays = self._noise(noise, g, shape)  # noise first, in step order, then labels
+        if self.num_classes is not None:
+            feeds["class_labels"] = self._labels(class_labels, batch, g)
+        elif class_labels is not None:
+            raise InputError("this model is unconditional: do not pass class_labels")
+        feeds |= dict(zip(self.bundle.manifest.noise_names, noise_arrays))
+        return _return_like(self._run(feeds), like)
+
+    def _batch_size(self, batch_size, class_labels, noise) -> int:
+        candidates = {}
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+                raise InputTypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+            candidates["batch_size"] = int(batch_size)
+        if class_labels is not None and np.ndim(_labels_array(class_labels)) == 1:
+            candidates["class_labels"] = len(_labels_array(class_labels))
+        if noise is not None and isinstance(noise, Sequence) and len(noise) and hasattr(noise[0], "shape"):
+            candidates["noise[0]"] = int(noise[0].shape[0]) if len(noise[0].shape) else 0
+        if len(set(candidates.values())) > 1:
+            raise InputError(f"batch sizes disagree: {candidates}")
+        batch = next(iter(candidates.values()), 1)
+        if batch < 1:
+            raise InputError(f"batch size must be ≥ 1, got {batch}")
+        return batch
+
+    def _labels(self, class_labels: Any, batch: int, g) -> np.ndarray:
+        if class_labels is None:
+            import torch
+
+            return torch.randint(0, self.num_classes, (batch,), generator=g).numpy()
+        labels = _labels_array(class_labels)
+        if labels.dtype.kind not in "iu":
+            raise InputTypeError(f"class_labels must be integers, got dtype {labels.dtype}")
+        labels = np.broadcast_to(labels, (batch,)) if labels.ndim == 0 else labels
+        if labels.ndim != 1:
+            raise InputError(f"class_labels must be one int or shape (B,), got shape {labels.shape}")
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise InputError(f"class_labels must lie in [0, {self.num_classes}), got values "
+                             f"{labels.min()}..{labels.max()}")
+        return np.ascontiguousarray(labels, dtype=np.int64)
+
+
+def _labels_array(x: Any) -> np.ndarray:
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return np.asarray(x, dtype=np.int64)
+    if isinstance(x, (list, tuple)):
+        return np.asarray(x)
+    return _to_numpy(x, "class_labels")

@@ -1,0 +1,95 @@
+"""Backends: run a bundle's graph or engine on named numpy inputs. Loader/runner split: opening a
+backend builds the session once; ``run`` only feeds it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ..bundle import OUTPUT_NAME, Bundle
+from ..errors import BundleError, ConfigError, MissingDependencyError, require
+
+
+class Backend(Protocol):
+    name: str  # e.g. "onnxruntime-cpu"
+    precision: str  # "fp32" or "fp16": which tolerances apply
+    input_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+def session_options(threads: int | None = None):
+    """ONNX Runtime options for latency: all graph optimizations, sequential execution, spinning
+    intra-op threads (one per physical core unless ``threads``), memory patterns on."""
+    ort = require("onnxruntime", "onnxruntime", "running a graph")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads or 0
+    so.enable_mem_pattern = True
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxRuntimeBackend:
+    """A graph on ONNX Runtime. ``device``: "cpu", "cuda", or "auto" (CUDA when its provider is present)."""
+
+    def __init__(self, graph: str | Path, *, device: str = "auto", threads: int | None = None,
+                 precision: str = "fp32") -> None:
+        ort = require("onnxruntime", "onnxruntime", "running a graph")
+        available = ort.get_available_providers()
+        if device == "auto":
+            device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise MissingDependencyError("backend onnxruntime-cuda needs onnxruntime-gpu and a CUDA GPU: "
+                                         "`pip install onnxruntime-gpu`, or use backend onnxruntime-cpu")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(graph), session_options(threads), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own (non-standard) exception types
+            raise BundleError(f"{graph} could not be loaded by ONNX Runtime ({str(exc).splitlines()[0]}): "
+                              "re-export the bundle") from None
+        self.name, self.precision, self.graph = f"onnxruntime-{device}", precision, Path(graph)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], feeds)[0]
+
+
+def _ort(device: str) -> Callable[[Bundle], Backend]:
+    def make(bundle: Bundle) -> Backend:
+        graph = bundle.graph_path()
+        return OnnxRuntimeBackend(graph, device=device, precision=bundle.precision_of(graph))
+    return make
+
+
+#: Backend name → factory(bundle). Other backends (TensorRT) register here.
+BACKENDS: dict[str, Callable[[Bundle], Backend]] = {
+    "onnxruntime": _ort("auto"),
+    "onnxruntime-cpu": _ort("cpu"),
+    "onnxruntime-cuda": _ort("cuda"),
+}
+
+
+def default_backend_name(bundle: Bundle) -> str:
+    """TensorRT when the user pointed at an engine, else ONNX Runtime."""
+    if bundle.selected is not None and bundle.selected.endswith(".plan"):
+        return "tensorrt"
+    return "onnxruntime"
+
+
+def open_backend(bundle: Bundle, name: str | None = None) -> Backend:
+    """Open the named backend (None: the default) on a bundle and check it against the manifest."""
+    name = name or default_backend_name(bundle)
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+    backend = BACKENDS[name](bundle)
+    expected = bundle.manifest.input_names
+    if list(backend.input_names) != expected:
+        raise BundleError(f"{bundle.path}: the graph's inputs {backend.input_names} do not match the "
+                          f"manifest's {expected}: the bundle was modified; re-export it")
+    return backend

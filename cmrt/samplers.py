@@ -1,0 +1,87 @@
+"""Stateless fixed-step samplers, and their unrolled ``nn.Module`` forms that export to one graph.
+
+Noise is always an argument: ``noise[0]`` makes the starting point and ``noise[i]`` (i ≥ 1) is
+the fresh noise injected before evaluation i, so PyTorch, ONNX Runtime and TensorRT can be fed
+the same draws.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import schedules as S
+
+
+def consistency_sample(denoiser: nn.Module, sigmas: Sequence[float], noise: Sequence[torch.Tensor],
+                       class_labels: torch.Tensor | None = None, *, sigma_min: float = S.SIGMA_MIN,
+                       clip: bool = True) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1).
+
+    x = σ_0·ε_0; for each i: x0 = f(x, σ_i) (clamped); x = x0 + √(σ_{i+1}² − σ_min²)·ε_{i+1}.
+    """
+    x = sigmas[0] * noise[0]
+    for i, sigma in enumerate(sigmas):
+        if i > 0:
+            x = x0 + S.renoise_std(sigmas[i], sigma_min) * noise[i]
+        x0 = denoiser(x, float(sigma), class_labels)
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+    return x0
+
+
+def decoder_condition(latents: torch.Tensor) -> torch.Tensor:
+    """Unscaled SD latents (B, 4, h, w) → the decoder's conditioning (B, 4, 8h, 8w)."""
+    return F.interpolate(S.normalize_latents(latents), scale_factor=float(S.DECODER_UPSCALE), mode="nearest")
+
+
+def decoder_sample(denoiser: nn.Module, latents: torch.Tensor, timesteps: Sequence[int],
+                   noise: Sequence[torch.Tensor], *, clip: bool = False) -> torch.Tensor:
+    """Consistency-decoder sampling: before each evaluation x ← √ᾱ_t·x + √(1−ᾱ_t)·ε_i (x starts
+    at 0), then x ← c_out·F + c_skip·x (clamped to [-1, 1] when ``clip``, as the original does)."""
+    cond = decoder_condition(latents)
+    x = None
+    for i, t in enumerate(timesteps):
+        s = S.decoder_scalings(int(t))
+        eps = s["sqrt_one_minus_alpha_bar"] * noise[i]
+        x = eps if x is None else s["sqrt_alpha_bar"] * x + eps
+        x = denoiser(x, int(t), cond)
+        if clip:
+            x = x.clamp(-1.0, 1.0)
+    return x
+
+
+class UnrolledConsistencySampler(nn.Module):
+    """``forward([class_labels,] noise_0, ..., noise_{k-1}) -> images`` with fixed σ's."""
+
+    def __init__(self, denoiser: nn.Module, sigmas: Sequence[float], *, sigma_min: float = S.SIGMA_MIN,
+                 clip: bool = True, conditional: bool = False) -> None:
+        super().__init__()
+        self.denoiser, self.sigmas = denoiser, [float(s) for s in sigmas]
+        self.sigma_min, self.clip, self.conditional = sigma_min, clip, conditional
+
+    @property
+    def input_names(self) -> list[str]:
+        return (["class_labels"] if self.conditional else []) + [f"noise_{i}" for i in range(len(self.sigmas))]
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        labels, noise = (inputs[0], inputs[1:]) if self.conditional else (None, inputs)
+        return consistency_sample(self.denoiser, self.sigmas, noise, labels, sigma_min=self.sigma_min, clip=self.clip)
+
+
+class UnrolledDecoderSampler(nn.Module):
+    """``forward(latents, noise_0, ..., noise_{k-1}) -> images`` with fixed timesteps."""
+
+    def __init__(self, denoiser: nn.Module, timesteps: Sequence[int], *, clip: bool = False) -> None:
+        super().__init__()
+        self.denoiser, self.timesteps, self.clip = denoiser, [int(t) for t in timesteps], clip
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["latents"] + [f"noise_{i}" for i in range(len(self.timesteps))]
+
+    def forward(self, latents: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
+        return decoder_sample(self.denoiser, latents, self.timesteps, noise, clip=self.clip)
