@@ -58,6 +58,9 @@ def staged_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
                               "or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a bundle gets the usual folder mode
     try:
         yield tmp
     except BaseException:

@@ -101,7 +101,8 @@ def load_state(unet: UNet, state: dict[str, torch.Tensor], where: str) -> None:
         problems.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
     if problems:
         raise SourceError(f"{where}: weights do not fit the model: " + "; ".join(problems))
-    unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    meta = any(p.is_meta for p in unet.parameters())  # built on the meta device: take the tensors as they are
+    unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True, assign=meta)
 
 
 def _run_checkpoint(folder: Path) -> Path | None:
@@ -142,3 +143,6 @@ def load_model(source: str | Path | None = None, **options) -> LoadedModel:
             return load(path, **options)
     names = ", ".join(n for n, _, _ in FORMATS)
     raise SourceError(f"{path}: not a model cmrt can read (known formats: {names})")
+
+
+from . import formats as _formats  # noqa: E402,F401  (registers the published formats in FORMATS)

@@ -1,0 +1,1 @@
+"""Interoperation with other libraries (diffusers: ``cmrt.interop.diffusers``)."""
