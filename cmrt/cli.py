@@ -15,6 +15,8 @@ from .errors import CmrtError, ConfigError, ParityError
 EXAMPLES = """examples:
   cmrt export --steps 2 --out bundle            export the bundled default model
   cmrt export --model run/ --sigmas 80,1.38     a training run, explicit σ's
+  cmrt export --model cd_imagenet64_l2.pt --arch imagenet64 --sigmas 80,1.3824
+  cmrt export --model decoder.pt --embedding embedding.safetensors --out dec
   cmrt check bundle                             re-check parity on ONNX Runtime
   cmrt sample bundle --n 16 --seed 0 --out grid.png
 """
@@ -47,7 +49,9 @@ def int_list(text: str) -> list[int]:
 # --- export ----------------------------------------------------------------------------
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="SRC", default=None,
-                   help="model source: a cmrt checkpoint or training run folder (default: the bundled model)")
+                   help="model source: a cmrt checkpoint or training run folder, a diffusers ConsistencyDecoderVAE, "
+                        "ConsistencyModelPipeline or UNet2DModel folder, an OpenAI consistency-model .pt, or OpenAI's "
+                        "decoder.pt (default: the bundled model)")
     p.add_argument("--steps", type=int, default=None, help="network evaluations (default: 2, or the number of --sigmas)")
     p.add_argument("--sigmas", type=float_list, default=None, help="σ of every evaluation, e.g. 80,1.3824 (samplers)")
     p.add_argument("--timesteps", type=int_list, default=None, help="timestep of every evaluation, e.g. 1008,512 (decoders)")
@@ -56,6 +60,18 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     clip.add_argument("--no-clip", dest="clip", action="store_false", help="do not clamp x0 between steps")
     p.add_argument("--out", type=Path, default=Path("bundle"), help="bundle folder to write (default: ./bundle)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16 also writes a calibrated FP16 graph (model.fp16.onnx) for TensorRT")
+    p.add_argument("--io", choices=("fp32", "fp16"), default="fp32",
+                   help="input/output dtype of the FP16 graph (with --precision fp16)")
+    p.add_argument("--arch", choices=("imagenet64", "lsun256"), default=None,
+                   help="OpenAI consistency-model checkpoints: check the file against this published configuration")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image side in pixels, for an OpenAI checkpoint of unpublished layout or a UNet without sample_size")
+    p.add_argument("--trust", action="store_true",
+                   help="load a TorchScript decoder.pt whose SHA-256 is not the published one (it carries code)")
+    p.add_argument("--embedding", type=Path, default=None, metavar="FILE",
+                   help="embedding.safetensors with the decoder's time-embedding table (OpenAI decoder.pt lacks it)")
 
 
 def _export_run(a: argparse.Namespace) -> int:
@@ -63,7 +79,7 @@ def _export_run(a: argparse.Namespace) -> int:
 
     steps = a.steps if (a.steps is not None or a.sigmas or a.timesteps) else 2
     bundle = export(a.model, a.out, steps=steps, sigmas=a.sigmas, timesteps=a.timesteps, clip=a.clip,
-                    overwrite=a.overwrite)
+                    overwrite=a.overwrite, precision=a.precision, io=a.io, **_load_options(a))
     m = bundle.manifest
     sched = f"σ {m.sigmas}" if m.sigmas else f"timesteps {m.timesteps}"
     print(f"wrote {bundle.path} ({m.kind}, {m.steps} step(s), {sched})")
@@ -73,6 +89,12 @@ def _export_run(a: argparse.Namespace) -> int:
         print(f"parity {report['backend']} [{report['precision']}]: " + ", ".join(
             f"{o['name']} max abs {o['max_abs']:.3g}" for o in report["outputs"]))
     return 0
+
+
+def _load_options(a: argparse.Namespace) -> dict:
+    """Format-specific load options given on the command line (the published formats)."""
+    given = {"arch": a.arch, "image_size": a.image_size, "trust": a.trust or None, "embedding": a.embedding}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 command("export", "export a model's fixed-step sampler to an ONNX bundle, checked against PyTorch")(
@@ -172,4 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m cmrt.cli`: run the importable module, so plugins (which import cmrt.cli) register into one COMMANDS
+    from cmrt.cli import main as _main
+
+    sys.exit(_main())

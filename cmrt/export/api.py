@@ -24,7 +24,7 @@ from ..samplers import UnrolledConsistencySampler, UnrolledDecoderSampler
 from .onnx import OPSET, describe_io, dynamic_shapes, export_graph, graph_files
 
 PARITY_BATCH = 2
-PARITY_LATENT_HW = (8, 8)  # decoder parity inputs: 64×64 images
+PARITY_LATENT_HW = (4, 6)  # decoder parity inputs: 32×48 images (non-square; cheap for the 620M decoder)
 PARITY_SEED = 0
 
 
@@ -85,10 +85,7 @@ def parity_inputs(spec: ModelSpec, steps: int, *, batch: int = PARITY_BATCH,
     feeds: dict[str, torch.Tensor] = {}
     if spec.kind == "decoder":
         h, w = latent_hw
-        eps = torch.randn(batch, S.LATENT_CHANNELS, h, w, generator=g)
-        means = torch.tensor(S.LATENT_MEANS).view(1, -1, 1, 1)
-        stds = torch.tensor(S.LATENT_STDS).view(1, -1, 1, 1)
-        feeds["latents"] = (means + stds * eps) / S.LATENT_SCALE
+        feeds["latents"] = S.denormalize_latents(torch.randn(batch, S.LATENT_CHANNELS, h, w, generator=g))
         shape = (batch, spec.image_channels, S.DECODER_UPSCALE * h, S.DECODER_UPSCALE * w)
     else:
         if spec.num_classes is not None:
@@ -131,7 +128,7 @@ def _manifest(model: LoadedModel, sampler: torch.nn.Module, graph: Path, sigmas,
 def export(source: str | Path | None = None, out: str | Path = "bundle", *, steps: int | None = 2,
            sigmas: Sequence[float] | None = None, timesteps: Sequence[int] | None = None,
            clip: bool | None = None, overwrite: bool = False, model: LoadedModel | None = None,
-           **load_options) -> Bundle:
+           precision: str = "fp32", io: str = "fp32", **load_options) -> Bundle:
     """Export a model's fixed-step sampler to a bundle, and check it against PyTorch.
 
     Args:
@@ -143,10 +140,17 @@ def export(source: str | Path | None = None, out: str | Path = "bundle", *, step
         clip: clamp x0 to [-1, 1] after each evaluation; None follows the source's own sampler.
         overwrite: replace an existing ``out``.
         model: an already loaded model (for library users and tests).
+        precision: "fp32", or "fp16" to also write a calibrated FP16 graph (``model.fp16.onnx``),
+            verified against the FP32 PyTorch source with the fp16 tolerances.
+        io: "fp32" (default) or "fp16": the FP16 graph's input/output dtype.
 
     Returns:
         The opened bundle. On a parity failure a ``ParityError`` is raised and ``out`` is untouched.
     """
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"--precision must be fp32 or fp16, got {precision!r}")
+    if io not in ("fp32", "fp16") or (io == "fp16" and precision != "fp16"):
+        raise ConfigError(f"--io {io} needs --precision fp16 (choose --io fp32 or fp16)")
     model = model or load_model(source, **load_options)
     sig, ts = resolve_schedule(model.spec, steps, sigmas, timesteps)
     clip = model.spec.clip if clip is None else bool(clip)
@@ -164,7 +168,22 @@ def export(source: str | Path | None = None, out: str | Path = "bundle", *, step
         manifest.graphs["fp32"]["export_seconds"] = round(export_s, 2)
         Bundle(tmp, manifest).save_manifest()
         report.raise_if_failed()
+        if precision == "fp16":
+            _add_fp16(sampler, graph, tmp, model, feeds, manifest, io)
     return Bundle.open(out)
+
+
+def _add_fp16(sampler, graph: Path, tmp: Path, model: LoadedModel, feeds, manifest: Manifest, io: str) -> None:
+    """The FP16 step (``precision.make_fp16``) inside the staged bundle; raises on a parity failure."""
+    from .precision import make_fp16
+
+    fp16 = make_fp16(sampler, graph, tmp / GRAPH_FILES["fp16"], model.spec,
+                     {k: v.numpy() for k, v in feeds.items()}, io=io)
+    manifest.graphs["fp16"] = fp16.graph
+    manifest.precision["fp16"] = fp16.record
+    manifest.parity["onnxruntime-cpu/fp16"] = fp16.reports["parity inputs"].to_dict()
+    Bundle(tmp, manifest).save_manifest()
+    fp16.raise_if_failed()
 
 
 def _check_graph(sampler: torch.nn.Module, graph: Path, feeds: dict[str, torch.Tensor]):

@@ -57,7 +57,19 @@ class OnnxRuntimeBackend:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], feeds)[0]
+        feeds = {k: _as_graph_dtype(v, self._input_types.get(k)) for k, v in feeds.items()}
+        return np.asarray(self.session.run([OUTPUT_NAME], feeds)[0], dtype=np.float32)
+
+    @property
+    def _input_types(self) -> dict[str, str]:
+        return {i.name: i.type for i in self.session.get_inputs()}
+
+
+def _as_graph_dtype(value: np.ndarray, ort_type: str | None) -> np.ndarray:
+    """Float feeds in the graph's float type (an FP16-I/O graph takes float16)."""
+    if ort_type == "tensor(float16)" and value.dtype == np.float32:
+        return value.astype(np.float16)
+    return value
 
 
 def _ort(device: str) -> Callable[[Bundle], Backend]:
@@ -67,18 +79,31 @@ def _ort(device: str) -> Callable[[Bundle], Backend]:
     return make
 
 
+def _tensorrt(bundle: Bundle) -> Backend:
+    from .tensorrt import open_tensorrt  # imports no TensorRT until the backend is opened
+
+    return open_tensorrt(bundle)
+
+
 #: Backend name → factory(bundle). Other backends (TensorRT) register here.
 BACKENDS: dict[str, Callable[[Bundle], Backend]] = {
     "onnxruntime": _ort("auto"),
     "onnxruntime-cpu": _ort("cpu"),
     "onnxruntime-cuda": _ort("cuda"),
+    "tensorrt": _tensorrt,
 }
 
 
 def default_backend_name(bundle: Bundle) -> str:
-    """TensorRT when the user pointed at an engine, else ONNX Runtime."""
+    """TensorRT when the user pointed at an engine, or when the bundle's engine can run here
+    (library installed, GPU it was built for); else ONNX Runtime."""
     if bundle.selected is not None and bundle.selected.endswith(".plan"):
         return "tensorrt"
+    if bundle.selected is None and bundle.manifest.engines:
+        from .tensorrt import usable
+
+        if usable(bundle):  # an engine, its library and a GPU it was built for are all here
+            return "tensorrt"
     return "onnxruntime"
 
 

@@ -1,0 +1,130 @@
+"""Results out: JSON (one row per case and backend), a markdown table, a PNG plot (latency against
+resolution, one line per backend). Every file is written to a temporary name, then renamed."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from cmrt.errors import ConfigError
+
+REQUIRED_KEYS = ("model", "backend", "precision", "batch", "steps", "resolution", "median_ms", "p90_ms",
+                 "images_per_s", "peak_mem_mb", "gflop", "pct_peak")
+PLOT_DPI = 110
+PANEL_INCHES = (5.0, 3.6)
+
+
+def check_writable(path: str | Path | None, what: str) -> Path | None:
+    """Fail before any work if ``path`` cannot be written: a ``ConfigError`` that says why."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{what} {p} is a folder: give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {p}: folder {parent} does not exist: create it or choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", dir=parent)
+    except OSError as exc:
+        raise ConfigError(f"{what} {p}: cannot write in {parent} ({exc.strerror}): choose another path") from None
+    os.close(fd)
+    os.unlink(probe)
+    return p
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(result: dict, path: Path) -> None:
+    _write_atomic(path, lambda t: t.write_text(json.dumps(result, indent=2) + "\n"))
+
+
+def _fmt(v, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def markdown(result: dict) -> str:
+    """A markdown section: the machine, the GEMM peak, and one table row per case and backend."""
+    env, gemm = result["environment"], result["gemm_gflops"]
+    lines = [f"Suite `{result['suite']}` on **{env['machine']}** (torch threads {env['torch_threads']}; "
+             f"load average {env['load_1m_start']} → {env.get('load_1m_end')}); measured fp32 GEMM: "
+             + ", ".join(f"{k} {v} GFLOP/s" for k, v in gemm.items()) + f"; suite took {result['seconds']} s.",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".", "",
+             "| model | res | batch | steps | backend | prec | median ms | p10 | p90 | img/s | × eager | "
+             "GFLOP/img | GFLOP/s | % peak | peak RSS MB |",
+             "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        head = f"| {r['model']} | {r['resolution']}² | {r['batch']} | {r['steps']} | {r['backend']} | {r['precision']} |"
+        if r["status"] != "ok":
+            lines.append(f"{head} absent: {r['reason']} |||||||||")
+            continue
+        lines.append(f"{head} {r['median_ms']:.2f} | {r['p10_ms']:.2f} | {r['p90_ms']:.2f} | "
+                     f"{r['images_per_s']:.2f} | {_fmt(r.get('speedup_vs_eager'), '.2f')} | {r['gflop']:.2f} | "
+                     f"{r['gflop_per_s']:.1f} | {r['pct_peak']:.1f} | {r['peak_mem_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    text = markdown(result)
+    _write_atomic(path, lambda t: t.write_text(text))
+
+
+def plot(result: dict, path: Path) -> None:
+    """One panel per model (and step count when a model has one resolution): median latency
+    against resolution (log-log), one line per backend, p10–p90 as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in result["rows"] if r["status"] == "ok"]
+    panels = _panels(ok)
+    if not panels:
+        raise ConfigError("no backend produced a timing: nothing to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(PANEL_INCHES[0] * len(panels), PANEL_INCHES[1]),
+                             squeeze=False)
+    for ax, (title, x_name, rows) in zip(axes[0], panels):
+        for backend in dict.fromkeys(r["backend"] for r in rows):
+            pts = sorted((r[x_name], r["median_ms"], r["p10_ms"], r["p90_ms"]) for r in rows if r["backend"] == backend)
+            xs, med, lo, hi = zip(*pts)
+            ax.errorbar(xs, med, yerr=[[m - l for m, l in zip(med, lo)], [h - m for m, h in zip(med, hi)]],
+                        marker="o", capsize=3, label=backend)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sorted({r[x_name] for r in rows}), [str(v) for v in sorted({r[x_name] for r in rows})])
+        ax.set_xlabel("output side (pixels)" if x_name == "resolution" else "steps")
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"cmrt bench --suite {result['suite']} — {result['environment']['machine']}", fontsize=9)
+    fig.tight_layout()
+    _write_atomic(path, lambda t: fig.savefig(t, dpi=PLOT_DPI, format="png"))
+    plt.close(fig)
+
+
+def _panels(rows: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    """(title, x axis key, rows) per panel: latency vs resolution per model and step count, or vs
+    steps for a model with a single resolution."""
+    panels = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        if len({r["resolution"] for r in mine}) > 1:
+            for steps in sorted({r["steps"] for r in mine}):
+                sel = [r for r in mine if r["steps"] == steps]
+                panels.append((f"{model}, {steps} step(s), batch {sel[0]['batch']}", "resolution", sel))
+        else:
+            panels.append((f"{model}, {mine[0]['resolution']}², batch {mine[0]['batch']}", "steps", mine))
+    return panels

@@ -1,0 +1,117 @@
+"""``cmrt bench``: bad input fails in one line; the smoke suite writes rows with every required
+key, a markdown table and a PNG; the Python-loop backend reproduces the unrolled graph. No
+timing assertions: the figures depend on the machine."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.backends import loop_sample, onnxruntime_loop, onnxruntime_session
+from benchmarks.report import REQUIRED_KEYS
+from benchmarks.suites import MODELS, Case, prepare, _weights_digest
+
+# the console script: under `python -m cmrt.cli` plugins register in a second copy of cmrt.cli
+CMRT = [str(Path(sys.executable).parent / "cmrt")]
+SMOKE_BACKENDS = "pytorch-eager,diffusers,onnxruntime-cpu,onnxruntime-session,onnxruntime-loop,onnxruntime-cuda"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LOOP_TOLERANCE = 1e-4  # the fp32 parity tolerance (cmrt.parity.TOLERANCES)
+
+
+def run(*args):
+    return subprocess.run([*CMRT, *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=900)
+
+
+def assert_one_line_error(p, needle):
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.startswith("cmrt")]
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+
+
+def test_unknown_suite():
+    assert_one_line_error(run("bench", "--suite", "huge"), "unknown suite 'huge'")
+
+
+def test_unknown_backend():
+    assert_one_line_error(run("bench", "--suite", "smoke", "--backend", "onnxruntime-cpu,warp-drive"),
+                          "unknown backend(s) 'warp-drive'")
+
+
+@pytest.mark.parametrize("flag,where,needle", [("--json", "missing/out.json", "does not exist"),
+                                                ("--markdown", "file/out.md", "does not exist"),
+                                                ("--plot", ".", "is a folder")])
+def test_unwritable_output(tmp_path, flag, where, needle):
+    (tmp_path / "file").write_text("x")
+    assert_one_line_error(run("bench", "--suite", "smoke", flag, tmp_path / where), needle)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    p = run("bench", "--suite", "smoke", "--backend", SMOKE_BACKENDS, "--warmup", "0", "--repeats", "1",
+            "--cache", out / "cache", "--json", out / "r.json", "--markdown", out / "r.md", "--plot", out / "r.png")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out
+
+
+def test_smoke_rows_have_required_keys(smoke):
+    result = json.loads((smoke / "r.json").read_text())
+    rows = result["rows"]
+    assert result["gemm_gflops"]["peak"] > 0 and result["environment"]["machine"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {(r["model"], r["backend"]) for r in ok} >= {
+        (m, b) for m in ("tiny-decoder", "tiny-cm")
+        for b in ("pytorch-eager", "diffusers", "onnxruntime-cpu", "onnxruntime-session", "onnxruntime-loop")}
+    for r in ok:
+        missing = [k for k in REQUIRED_KEYS if r.get(k) is None]
+        assert not missing, (r["backend"], missing)
+        assert r["median_ms"] > 0 and r["gflop"] > 0 and r["peak_mem_mb"] > 0 and r["pct_peak"] > 0
+        assert r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+    eager = [r for r in ok if r["backend"] == "pytorch-eager"]
+    assert eager and all(r["speedup_vs_eager"] == pytest.approx(1.0) for r in eager)
+    assert {r["steps"] for r in ok if r["model"] == "tiny-cm"} == {1, 2}
+
+
+def test_smoke_absent_backend_listed_with_reason(smoke):
+    rows = json.loads((smoke / "r.json").read_text())["rows"]
+    import onnxruntime as ort
+
+    cuda = [r for r in rows if r["backend"] == "onnxruntime-cuda"]
+    assert len(cuda) == 3  # one per case: never silently dropped
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert all(r["status"] == "absent" and "CUDAExecutionProvider" in r["reason"] for r in cuda)
+
+
+def test_smoke_markdown_and_plot(smoke):
+    md = (smoke / "r.md").read_text()
+    assert "| model | res | batch | steps | backend |" in md and "GEMM" in md
+    for backend in SMOKE_BACKENDS.split(","):
+        assert f"| {backend} |" in md
+    png = (smoke / "r.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+    from PIL import Image
+
+    with Image.open(smoke / "r.png") as im:
+        assert im.size[0] > im.size[1] > 100  # one panel per model, side by side
+
+
+@pytest.mark.parametrize("model,res,steps", [("tiny-decoder", 16, 2), ("tiny-cm", 16, 2)])
+def test_python_loop_reproduces_unrolled_graph(smoke, model, res, steps):
+    """The loop backend times the same sampler: single-step graphs stepped from Python give the
+    unrolled graph's images (within the fp32 parity tolerance)."""
+    m = MODELS[model].load()
+    p = prepare(m, _weights_digest(m), Case(model, res, steps), smoke / "cache", ["onnxruntime-loop"], gpu=False)
+    assert len(p.single_step) == steps
+    unrolled, looped = onnxruntime_session(p)(), onnxruntime_loop(p)()
+    assert np.abs(looped - unrolled).max() <= LOOP_TOLERANCE
+    assert np.abs(unrolled).max() > 0.01  # not a trivial all-zero output
+    # and the loop really injects noise between steps: dropping the step-1 noise changes the result
+    sessions = [lambda f, b=b: onnxruntime_session(type(p)(m, b, f, [s]))() for b, s in zip(p.single_step, p.schedule)]
+    zeroed = dict(p.feeds) | {"noise_1": np.zeros_like(p.feeds["noise_1"])}
+    assert np.abs(loop_sample(sessions, m.spec.kind, p.schedule, zeroed) - unrolled).max() > LOOP_TOLERANCE

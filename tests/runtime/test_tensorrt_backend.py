@@ -1,0 +1,137 @@
+"""The TensorRT backend: cheap import, refusal of engines built for another library version or GPU
+(from the facts ``cmrt build`` records), shape checks against the profile, missing GPU/library
+errors; engine execution on a GPU (marked ``gpu``, skipped without one)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cmrt
+from cmrt import BundleError, InputError, MissingDependencyError
+from cmrt.bundle import Bundle
+from cmrt.runtime import tensorrt as R
+from cmrt.runtime.backends import default_backend_name
+
+H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+RTX4090 = {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}
+A100 = {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
+
+
+def _record(target: str, version: str, ccs, gpu=None) -> dict:
+    """The fields ``cmrt build`` writes that the backend reads (see cmrt.export.tensorrt._record)."""
+    module = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}[target]
+    return {"file": f"engine.{target}.plan", "target": target, "library": module, "library_version": version,
+            "compute_capabilities": ccs, "gpu": gpu,
+            "profiles": [{"latents": {"min": [1, 4, 4, 4], "opt": [1, 4, 8, 8], "max": [2, 4, 16, 16]}}]}
+
+
+def test_module_imports_without_tensorrt_or_cuda():
+    code = ("import sys; sys.modules['tensorrt'] = None; sys.modules['tensorrt_rtx'] = None\n"
+            "import cmrt.runtime.tensorrt, cmrt.export.tensorrt, cmrt.export.precision, cmrt.export.cli\n"
+            "assert 'torch' not in sys.modules and 'onnxconverter_common' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_version_mismatch_is_refused_with_rebuild_advice():
+    msg = R.compatibility_problem(_record("tensorrt-rtx", "1.6.0.1", "library default (portable set)"), "1.7.1.116",
+                                  RTX4090)
+    assert "1.6.0.1" in msg and "1.7.1.116" in msg and "cmrt build BUNDLE --target tensorrt-rtx" in msg
+
+
+def test_gpu_mismatch_is_refused():
+    rec = _record("tensorrt", "11.4.0", ["8.0"], gpu=A100)
+    assert R.compatibility_problem(rec, "11.4.0", A100) is None
+    msg = R.compatibility_problem(rec, "11.4.0", H100)
+    assert "A100" in msg and "H100" in msg and "rebuild" in msg
+
+
+def test_rtx_engines_refuse_hopper_and_unbuilt_capabilities():
+    portable = _record("tensorrt-rtx", "1.7.1.116", "library default (portable set)")
+    assert R.compatibility_problem(portable, "1.7.1.116", RTX4090) is None
+    assert "not Hopper" in R.compatibility_problem(portable, "1.7.1.116", H100)
+    only_86 = _record("tensorrt-rtx", "1.7.1.116", ["SM86"])
+    msg = R.compatibility_problem(only_86, "1.7.1.116", RTX4090)
+    assert "['8.6']" in msg and "--compute-capability 8.9" in msg
+
+
+def test_shapes_outside_the_profile_are_refused():
+    rec = _record("tensorrt-rtx", "1.7.1.116", ["SM86"])
+    R.check_shapes(rec, {"latents": (2, 4, 16, 16), "noise_0": (2, 3, 128, 128)})
+    with pytest.raises(InputError, match=r"outside the engine's profile \(1, 4, 4, 4\)..\(2, 4, 16, 16\)"):
+        R.check_shapes(rec, {"latents": (1, 4, 32, 32)})
+    with pytest.raises(InputError, match="outside"):
+        R.check_shapes(rec, {"latents": (3, 4, 8, 8)})
+
+
+def test_bundle_without_engine(cm_bundle):
+    with pytest.raises(BundleError, match="cmrt build"):
+        cmrt.Sampler(cm_bundle.path, backend="tensorrt")
+
+
+@pytest.fixture
+def bundle_with_engine_record(decoder_bundle, tmp_path) -> Bundle:
+    """A copy of the tiny decoder bundle whose manifest lists an engine built by the installed
+    TensorRT-RTX (no plan file is needed: the backend refuses before reading it)."""
+    trt = pytest.importorskip("tensorrt_rtx")
+    bundle = Bundle.open(shutil.copytree(decoder_bundle.path, tmp_path / "b"))
+    bundle.manifest.engines["tensorrt-rtx"] = _record("tensorrt-rtx", trt.__version__, "library default (portable set)")
+    bundle.save_manifest()
+    return Bundle.open(bundle.path)
+
+
+def test_no_gpu_is_one_actionable_error(bundle_with_engine_record):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(MissingDependencyError, match="needs an NVIDIA GPU"):
+        cmrt.Decoder(bundle_with_engine_record.path, backend="tensorrt")
+    assert default_backend_name(bundle_with_engine_record) == "onnxruntime"
+    assert R.select_engine(bundle_with_engine_record)["target"] == "tensorrt-rtx"
+    with pytest.raises(BundleError, match="has no tensorrt engine"):
+        R.select_engine(bundle_with_engine_record, "tensorrt")
+
+
+# --- on a GPU -------------------------------------------------------------------------------
+def _gpu_bundle(tmp_path):
+    """A tiny FP16 decoder bundle with an engine for this GPU (TensorRT, else TensorRT-RTX)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here (engine execution needs one)")
+    from conftest import loaded, tiny_decoder_spec
+    from cmrt.export.api import export
+    from cmrt.export.tensorrt import ProfileSpec, build, resolve_target
+
+    target = resolve_target(None)
+    if target.name == "tensorrt-rtx" and torch.cuda.get_device_capability() == (9, 0):
+        pytest.skip("TensorRT for RTX does not run on Hopper GPUs; install cmrt[trt] to test TensorRT here")
+    bundle = export(out=tmp_path / "b", steps=2, model=loaded(tiny_decoder_spec()), precision="fp16")
+    build(bundle.path, target=target.name, profile=ProfileSpec(batch=(1, 2, 2), latent=((4, 4), (8, 8), (8, 8))))
+    return Bundle.open(bundle.path)
+
+
+@pytest.mark.gpu
+def test_engine_matches_pytorch_on_gpu(tmp_path):
+    bundle = _gpu_bundle(tmp_path)
+    report = cmrt.check(bundle.path, backend="tensorrt")
+    assert report.precision == "fp16" and report.passed, report.lines()
+
+
+@pytest.mark.gpu
+def test_torch_cuda_in_and_out_and_cuda_graph(tmp_path):
+    import torch
+
+    bundle = _gpu_bundle(tmp_path)
+    inputs, expected = bundle.parity_data()
+    feeds = {k: torch.from_numpy(v).cuda() for k, v in inputs.items()}
+    plain = R.TensorRTBackend(bundle).run_torch(feeds)
+    graphed = R.TensorRTBackend(bundle, cuda_graph=True)
+    first, second = graphed.run_torch(feeds), graphed.run_torch(feeds)
+    assert plain.is_cuda and plain.dtype == torch.float32
+    assert torch.equal(first, second) and torch.allclose(first, plain, atol=1e-3)
+    assert np.abs(plain.cpu().numpy() - expected["images"]).max() <= 2e-2
