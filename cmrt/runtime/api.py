@@ -34,7 +34,28 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     raise InputTypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
 
 
-def as_float32(x: Any, name: str) -> np.ndarray:
+def _is_device_tensor(x: Any) -> bool:
+    return _is_torch(x) and getattr(x, "is_cuda", False)
+
+
+def _device_float32(x: Any, name: str):
+    """Checks of a CUDA tensor done on the device (no host copy); returns it as float32."""
+    import torch
+
+    if x.dtype == torch.bool or x.is_complex():
+        raise InputTypeError(f"{name} has dtype {x.dtype}, which cannot be used as float32 image data")
+    if x.numel() == 0:
+        raise InputError(f"{name} is empty (shape {tuple(x.shape)}): pass at least one item")
+    x = x.detach().float().contiguous()
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"{name} contains NaN or Inf: check the upstream model or its dtype")
+    return x
+
+
+def as_float32(x: Any, name: str):
+    """A contiguous float32 array (a CUDA tensor stays a CUDA tensor), checked for emptiness and NaN/Inf."""
+    if _is_device_tensor(x):
+        return _device_float32(x, name)
     a = _to_numpy(x, name)
     if a.dtype.kind not in _FLOAT_KINDS or a.dtype == np.bool_:
         raise InputTypeError(f"{name} has dtype {a.dtype}, which cannot be used as float32 image data: "
@@ -87,12 +108,18 @@ def _check_seed(seed: Any) -> int:
     return int(seed)
 
 
-def _return_like(a: np.ndarray, like: Any):
+def _return_like(a: Any, like: Any):
+    if _is_torch(a):  # a device backend returned a tensor on the inputs' GPU: no host copy
+        return a
     if like is None:
         return a
     import torch
 
     return torch.from_numpy(a).to(like.device)
+
+
+def _host(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if _is_torch(x) else x
 
 
 class _Runner:
@@ -126,8 +153,16 @@ class _Runner:
             raise InputError("pass either seed or noise, not both")
         return generator(seed)
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.backend.run(feeds)
+    def _run(self, feeds: dict[str, Any]):
+        """CUDA tensors go to a device backend's ``run_torch`` without host copies (seeded noise,
+        drawn on the CPU generator for parity with PyTorch/diffusers, is copied up); else numpy."""
+        on_device = [v for v in feeds.values() if _is_device_tensor(v)]
+        if on_device and hasattr(self.backend, "run_torch"):
+            import torch
+
+            dev = on_device[0].device
+            return self.backend.run_torch({k: torch.as_tensor(v, device=dev) for k, v in feeds.items()})
+        return self.backend.run({k: _host(v) for k, v in feeds.items()})
 
 
 class Decoder(_Runner):

@@ -55,14 +55,11 @@ class OnnxRuntimeBackend:
         self.name, self.precision, self.graph = f"onnxruntime-{device}", precision, Path(graph)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._input_types = {i.name: i.type for i in self.session.get_inputs()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {k: _as_graph_dtype(v, self._input_types.get(k)) for k, v in feeds.items()}
         return np.asarray(self.session.run([OUTPUT_NAME], feeds)[0], dtype=np.float32)
-
-    @property
-    def _input_types(self) -> dict[str, str]:
-        return {i.name: i.type for i in self.session.get_inputs()}
 
 
 def _as_graph_dtype(value: np.ndarray, ort_type: str | None) -> np.ndarray:
