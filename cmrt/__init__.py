@@ -18,7 +18,7 @@ from .errors import (BundleError, BundleNotFoundError, CmrtError, ConfigError, I
                      MissingDependencyError, ParityError, SourceError)
 
 if TYPE_CHECKING:
-    from .export.api import export
+    from . import export
     from .parity import ParityReport
     from .runtime.api import Decoder, Sampler
     from .runtime.check import check
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "Decoder": ("cmrt.runtime.api", "Decoder"),
     "Sampler": ("cmrt.runtime.api", "Sampler"),
-    "export": ("cmrt.export.api", "export"),
+    "export": ("cmrt.export", None),  # the subpackage, callable as the export function
     "check": ("cmrt.runtime.check", "check"),
     "ParityReport": ("cmrt.parity", "ParityReport"),
 }
@@ -41,7 +41,8 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
+        value = importlib.import_module(module)
+        value = value if attr is None else getattr(value, attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'cmrt' has no attribute {name!r}")
