@@ -45,8 +45,27 @@ def export_graph(module: torch.nn.Module, args: Sequence[torch.Tensor], input_na
                                     output_names=[OUTPUT_NAME], dynamic_shapes=dyn, opset_version=opset,
                                     dynamo=True, external_data=True, optimize=True, verbose=False)
     n_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    strip_metadata(program.model_proto.graph, KEEP_METADATA)
     program.save(str(path), external_data=n_bytes > EXTERNAL_DATA_ABOVE)
     onnx.checker.check_model(str(path), full_check=False)
+
+
+#: Per-node exporter metadata kept in cmrt's graphs: module scopes and the FX node (the FP16 pass
+#: reads both). Stack traces (with the exporting machine's file paths) and the rest are dropped:
+#: they can outweigh a small model's weights.
+SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+FX_NODE_KEY = "pkg.torch.onnx.fx_node"
+KEEP_METADATA = frozenset({SCOPES_KEY, FX_NODE_KEY})
+
+
+def strip_metadata(graph, keep: frozenset[str] = KEEP_METADATA) -> None:
+    """Drop every per-node metadata entry whose key is not in ``keep``."""
+    for node in graph.node:
+        kept = [(p.key, p.value) for p in node.metadata_props if p.key in keep]
+        del node.metadata_props[:]
+        for key, value in kept:
+            entry = node.metadata_props.add()
+            entry.key, entry.value = key, value
 
 
 def describe_io(path: Path) -> tuple[list[dict], list[dict]]:

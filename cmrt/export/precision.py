@@ -36,6 +36,7 @@ import numpy as np
 
 from ..bundle import OUTPUT_NAME
 from ..errors import ConfigError
+from .onnx import FX_NODE_KEY, SCOPES_KEY, strip_metadata
 
 FP16_MAX = 65504.0  # largest finite float16
 #: A tensor whose magnitude calibration saw above this keeps its node in FP32. The same default as
@@ -57,9 +58,8 @@ IO_PRECISIONS = ("fp32", "fp16")
 CONVERTER = "onnxconverter-common"
 INLINE_BELOW = 1024  # bytes: smaller tensors (shapes, scalars) stay inside the graph, as parsers need
 
-_SCOPES = "pkg.torch.onnx.name_scopes"
-_FX_NODE = "pkg.torch.onnx.fx_node"
-_KEEP_METADATA = {_SCOPES}  # the FP16 graph keeps module scopes, drops stack traces and fx dumps
+_SCOPES, _FX_NODE = SCOPES_KEY, FX_NODE_KEY
+_KEEP_METADATA = frozenset({_SCOPES})  # the FP16 graph keeps module scopes only
 _FLOAT_TYPES = (1, 10, 11, 16)  # onnx FLOAT, FLOAT16, DOUBLE, BFLOAT16
 _FP32, _FP16 = 1, 10
 
@@ -241,7 +241,7 @@ def convert(model, keep_fp32: list[str], *, io: str = "fp32"):
             max_finite_val=FP16_MAX)
     if io == "fp32":
         restore_fp32_outputs(fp16.graph)
-    strip_metadata(fp16.graph)
+    strip_metadata(fp16.graph, _KEEP_METADATA)
     return fp16
 
 
@@ -270,17 +270,6 @@ def restore_fp32_outputs(graph) -> None:
         for v in stale:
             graph.value_info.remove(v)
         out.type.tensor_type.elem_type = _FP32
-
-
-def strip_metadata(graph) -> None:
-    """Drop the exporter's per-node stack traces and FX dumps (they can outweigh small models'
-    weights); keep the module scopes."""
-    for node in graph.node:
-        keep = [(p.key, p.value) for p in node.metadata_props if p.key in _KEEP_METADATA]
-        del node.metadata_props[:]
-        for key, value in keep:
-            entry = node.metadata_props.add()
-            entry.key, entry.value = key, value
 
 
 def precision_counts(model) -> dict[str, int]:
