@@ -163,3 +163,10 @@ def normalize_latents(z: torch.Tensor) -> torch.Tensor:
     means = torch.tensor(LATENT_MEANS, dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
     stds = torch.tensor(LATENT_STDS, dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
     return (z * LATENT_SCALE - means) / stds
+
+
+def denormalize_latents(n: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``normalize_latents``: the decoder's normalized conditioning → unscaled SD-convention latents."""
+    means = torch.tensor(LATENT_MEANS, dtype=n.dtype, device=n.device).view(1, -1, 1, 1)
+    stds = torch.tensor(LATENT_STDS, dtype=n.dtype, device=n.device).view(1, -1, 1, 1)
+    return (n * stds + means) / LATENT_SCALE

@@ -34,7 +34,7 @@ def test_export_check_sample_default_model(tmp_path):
     p = run("export", "--steps", "1", "--out", tmp_path / "b")
     assert p.returncode == 0, p.stderr
     assert "wrote" in p.stdout and "parity" in p.stdout
-    assert "UNTRAINED" in p.stdout or "untrained" in p.stdout.lower()  # until the training issue lands
+    assert "untrained" not in p.stdout.lower()  # the bundled default model is trained (cmrt train cd, issue 5)
     p = run("check", tmp_path / "b")
     assert p.returncode == 0 and "PASS" in p.stdout and "max abs" in p.stdout and "PSNR" in p.stdout
     p = run("sample", tmp_path / "b", "--n", "4", "--out", tmp_path / "g.png")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -52,11 +54,22 @@ class DecoderDenoiser(nn.Module):
         super().__init__()
         self.unet, self.sigma_data = unet, sigma_data
 
-    def forward(self, x_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
-        s = S.decoder_scalings(t, self.sigma_data)
-        t_in = torch.tensor([t], dtype=torch.long, device=x_t.device)
+    def forward(self, x_t: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, torch.Tensor):  # training: per-sample (B,) timesteps, scalings looked up
+            s = {k: _as_column(v.to(x_t.device)[t], x_t) for k, v in _decoder_table(self.sigma_data).items()}
+            t_in = t.long()
+        else:  # export: a fixed int t folds the scalings into constants
+            s = S.decoder_scalings(t, self.sigma_data)
+            t_in = torch.tensor([t], dtype=torch.long, device=x_t.device)
         out = self.unet(torch.cat([s["c_in"] * x_t, cond], dim=1), t_in)[:, : x_t.shape[1]]
         return s["c_out"] * out + s["c_skip"] * x_t
+
+
+@functools.lru_cache(maxsize=4)
+def _decoder_table(sigma_data: float) -> dict[str, torch.Tensor]:
+    """``decoder_scalings`` of every timestep 0..1023 as float32 tables (for per-sample training t)."""
+    rows = [S.decoder_scalings(t, sigma_data) for t in range(S.DECODER_T)]
+    return {k: torch.tensor([r[k] for r in rows], dtype=torch.float32) for k in rows[0]}
 
 
 def build_denoiser(spec: ModelSpec, unet: UNet | None = None) -> nn.Module:

@@ -23,6 +23,7 @@ from .unet import UNet
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL = ASSETS / "digits16_cm.safetensors"
+DEFAULT_DECODER = ASSETS / "digits_decoder.safetensors"  # with digits_encoder.safetensors (cmrt.train.autoencoder)
 SPEC_KEY = "cmrt.spec"
 FORMAT_KEY = "cmrt.format"
 CHECKPOINT_FORMAT = "cmrt-checkpoint-v1"
@@ -75,6 +76,9 @@ def load_checkpoint(path: str | Path, *, use_ema: bool = True) -> LoadedModel:
         spec = ModelSpec.from_dict(json.loads(meta[SPEC_KEY]))
     except (ValueError, TypeError, KeyError) as exc:
         raise SourceError(f"{path}: its model spec is invalid ({exc})") from None
+    if meta.get("cmrt.method") == "edm":
+        raise SourceError(f"{path} is an EDM diffusion teacher (it needs a many-step Heun sampler, not the "
+                          "consistency sampler): distill it with `cmrt train cd --teacher RUN` and export that")
     tensors = load_file(str(path))
     ema = {k[len(EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
     state = ema if (use_ema and ema) else {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}

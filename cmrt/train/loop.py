@@ -1,0 +1,262 @@
+"""The training loop shared by every method: EMA, checkpoints, exact resume, metrics, DDP, AMP.
+
+Run under ``torchrun --nproc_per_node N`` it trains with DistributedDataParallel (gloo on the CPU,
+nccl on GPUs); rank 0 writes the run, every rank writes the SHA-256 of its final weights to
+``rank_<r>.sha256`` so that identical replicas can be checked.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .._io import write_json_atomic
+from ..errors import ConfigError
+from ..samplers import decoder_condition
+from . import losses as L
+from . import runs as R
+from .data import Dataset, load_data
+from .models import TrainConfig, build_backbone, denoiser_for, model_spec
+
+EMA_WARMUP = 10.0  # EMA decay ramps as (1 + k)/(EMA_WARMUP + k) early on
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (gloo on the CPU, nccl on GPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Dist(dist.get_rank() if world > 1 else 0, world, device)
+
+
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """θ_ema ← decay·θ_ema + (1 − decay)·θ."""
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - decay)
+
+
+def weights_digest(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+
+
+class Trainer:
+    """One run: builds the model and loss of ``cfg.method`` on ``data`` and steps it."""
+
+    def __init__(self, cfg: TrainConfig, data: Dataset | None = None, env: Dist | None = None) -> None:
+        self.cfg, self.env = cfg, env or Dist()
+        self.data = data or load_data(cfg.data, size=cfg.image_size, channels=cfg.channels)
+        self.out = Path(cfg.out)
+        image = self.data.kind == "image"
+        if not image and cfg.method in ("decoder",):
+            raise ConfigError("the decoder method needs an image data set")
+        if image and self.data.x.shape[1] != cfg.channels:
+            raise ConfigError(f"--data {cfg.data} has {self.data.x.shape[1]} channel(s): pass --channels {self.data.x.shape[1]}")
+        if image and cfg.method != "decoder" and self.data.x.shape[-1] != cfg.image_size:
+            raise ConfigError(f"--data {cfg.data} has {self.data.x.shape[-1]}-pixel images: pass --image-size {self.data.x.shape[-1]}")
+        self.spec = model_spec(cfg, self.data.num_classes, self.data.name) if image else None
+        torch.manual_seed(cfg.seed)
+        self.backbone = build_backbone(cfg, self.spec).to(self.env.device)
+        if cfg.init:
+            self.backbone.load_state_dict(R.load_run(cfg.init).ema.state_dict())
+        self.ema = copy.deepcopy(self.backbone).requires_grad_(False)
+        self.denoiser = denoiser_for(cfg.method, self.backbone, self.spec)
+        self.model = self._wrap(self.denoiser)
+        self.target = self._make_target()
+        self.teacher = self._make_teacher()
+        self.cond = self._make_condition()
+        self.opt = torch.optim.Adam(self.backbone.parameters(), lr=cfg.lr)
+        self.gen = torch.Generator(self.env.device).manual_seed(cfg.seed * 1000 + self.env.rank)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.env.rank + 1)
+        self.step = 0
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if self.env.world == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
+    def _make_target(self) -> nn.Module:
+        if self.cfg.method == "cd":  # an EMA target network θ⁻
+            return denoiser_for("cd", copy.deepcopy(self.backbone).requires_grad_(False), self.spec)
+        return self.denoiser  # ct / decoder: the online network without gradient (iCT: no EMA)
+
+    def _make_teacher(self) -> nn.Module | None:
+        if self.cfg.method != "cd":
+            return None
+        run = R.load_run(self.cfg.teacher)
+        if run.config.method != "edm":
+            raise ConfigError(f"--teacher {self.cfg.teacher} was trained with '{run.config.method}', not 'edm'")
+        return denoiser_for("edm", run.ema.to(self.env.device).requires_grad_(False), run.spec)
+
+    def _make_condition(self) -> torch.Tensor | None:
+        """Decoder runs: the frozen encoder's latents of every image, as the decoder's conditioning."""
+        if self.cfg.method != "decoder":
+            return None
+        from .autoencoder import encode, load_encoder
+
+        encoder = load_encoder(self.cfg.encoder)
+        return encode(encoder, self.data.x)
+
+    # --- one step ---------------------------------------------------------------------
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        idx = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=self.data_gen)
+        x = self.data.x[idx].to(self.env.device)
+        y = self.data.labels[idx].to(self.env.device) if self.data.labels is not None else None
+        c = decoder_condition(self.cond[idx]).to(self.env.device) if self.cond is not None else None
+        return x, y, c
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
+        cfg, m = self.cfg, self.cfg.method
+        target = self.target.module if isinstance(self.target, nn.parallel.DistributedDataParallel) else self.target
+        if m == "edm":
+            return L.edm_loss(self.model, x, y, self.gen)
+        if m == "ct":
+            n = L.ct_discretization(self.step, cfg.max_steps, cfg.ct_s0, cfg.ct_s1)
+            return L.ct_loss(self.model, target, x, y, self.gen, n=n, distance=cfg.loss_distance)
+        if m == "cd":
+            return L.cd_loss(self.model, target, self.teacher, x, y, self.gen, n=cfg.cd_grid,
+                             distance=cfg.loss_distance)
+        n = L.ct_discretization(self.step, cfg.max_steps, cfg.ct_s0, cfg.ct_s1)
+        return L.decoder_loss(self.model, target, x, c, self.gen, n=n, denoise_weight=cfg.denoise_weight,
+                              distance=cfg.loss_distance)
+
+    def train_step(self) -> float:
+        """One optimizer step (gradient clipping, warm-up, EMA and target updates); returns the loss."""
+        cfg = self.cfg
+        self.backbone.train()
+        x, y, c = self.batch()
+        amp = cfg.amp and self.env.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = self.loss(x, y, c)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.backbone.parameters(), cfg.grad_clip)
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(cfg, self.step)
+        self.opt.step()
+        update_ema(self.ema, self.backbone, min(cfg.ema_decay, (1 + self.step) / (EMA_WARMUP + self.step)))
+        if cfg.method == "cd":
+            update_ema(self.target.unet, self.backbone, cfg.target_ema)
+        self.step += 1
+        return float(loss.detach())
+
+    # --- checkpoints ------------------------------------------------------------------
+    def save(self) -> Path:
+        path = R.step_path(self.out, self.step)
+        R.save_weights(path, self.cfg, self.spec, self.backbone.state_dict(), self.ema.state_dict(), self.step)
+        state = {"step": self.step, "optimizer": self.opt.state_dict(), "generator": self.gen.get_state(),
+                 "data_generator": self.data_gen.get_state()}
+        if self.cfg.method == "cd":
+            state["target"] = self.target.unet.state_dict()
+        R.save_trainer_state(R.trainer_state_path(path), state)
+        return path
+
+    def resume(self) -> Path | None:
+        """Continue from the latest checkpoint at its exact step (weights, EMA, optimizer, target, RNG)."""
+        path = R.latest_checkpoint(self.out)
+        if path is None:
+            return None
+        run = R.load_run(path)
+        self.backbone.load_state_dict(run.backbone.state_dict())
+        self.ema.load_state_dict(run.ema.state_dict())
+        state = R.load_trainer_state(R.trainer_state_path(path))
+        self.opt.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["generator"])
+        self.data_gen.set_state(state["data_generator"])
+        if "target" in state:
+            self.target.unet.load_state_dict(state["target"])
+        self.step = int(state["step"])
+        return path
+
+    def finish(self) -> Path:
+        """The final checkpoint, also as ``model.safetensors`` (what ``load_model(run)`` and export read)."""
+        path = R.step_path(self.out, self.step)
+        if not path.is_file():
+            path = self.save()
+        final = self.out / R.FINAL
+        R.save_weights(final, self.cfg, self.spec, self.backbone.state_dict(), self.ema.state_dict(), self.step)
+        return final
+
+
+def _log(out: Path, record: dict) -> None:
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, data: Dataset | None = None, progress: bool = True) -> Path:
+    """Train ``cfg`` to ``cfg.max_steps``; returns the run folder. Runs under torchrun use DDP."""
+    from tqdm import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    env = init_distributed()
+    trainer = Trainer(cfg, data, env)
+    out = trainer.out
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", {"config": cfg.to_dict(), "versions": R.versions(), "world": env.world})
+    if env.world > 1:
+        dist.barrier()  # the run folder exists before any rank writes to it
+    if resume:
+        found = trainer.resume()
+        if env.main:
+            print(f"resuming from step {trainer.step} ({found})" if found else f"no checkpoint in {out}: starting at step 0",
+                  flush=True)
+    bar = tqdm(total=cfg.max_steps, initial=trainer.step, disable=not (progress and env.main), dynamic_ncols=True)
+    t0, last = time.perf_counter(), trainer.step
+    while trainer.step < cfg.max_steps:
+        loss = trainer.train_step()
+        bar.update(1)
+        if trainer.step % cfg.log_every == 0 or trainer.step == cfg.max_steps:
+            dt = time.perf_counter() - t0
+            its = (trainer.step - last) / dt if dt > 0 else 0.0
+            bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{its * cfg.batch_size * env.world:.0f}")
+            if env.main:
+                _log(out, {"step": trainer.step, "loss": loss, "lr": lr_at(cfg, trainer.step - 1), "it_s": its,
+                           "img_s": its * cfg.batch_size * env.world, "time": time.time()})
+            t0, last = time.perf_counter(), trainer.step
+        if trainer.step % cfg.ckpt_every == 0 and env.main:
+            trainer.save()
+    bar.close()
+    if env.main:
+        trainer.finish()
+    (out / f"rank_{env.rank}.sha256").write_text(weights_digest(trainer.backbone) + "\n")
+    if env.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return out
