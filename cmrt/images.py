@@ -29,11 +29,11 @@ def grid(images: Any, cols: int | None = None, pad: int = 2) -> np.ndarray:
     return out
 
 
-def save_grid(images: Any, path: str | Path, cols: int | None = None, scale: int = 1) -> None:
+def save_grid(images: Any, path: str | Path, cols: int | None = None, scale: int = 1, pad: int = 2) -> None:
     """Write a PNG grid (written to a temporary name, then renamed)."""
     from PIL import Image
 
-    g = grid(images, cols)
+    g = grid(images, cols, pad)
     img = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
