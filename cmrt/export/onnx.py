@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Sequence
 
 import onnx
-import torch
 
 from ..bundle import OUTPUT_NAME
 
@@ -38,6 +37,8 @@ def export_graph(module: torch.nn.Module, args: Sequence[torch.Tensor], input_na
     Weights go to ``<path>.data`` when large. The graph is checked with ``onnx.checker`` (by
     path, so graphs above 2 GB work).
     """
+    import torch  # heavy: imported where used, so the module (and precision.py) import cheaply
+
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
