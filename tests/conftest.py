@@ -62,3 +62,21 @@ def decoder_bundle(decoder_model, tmp_path_factory):
     from cmrt.export.api import export
 
     return export(out=tmp_path_factory.mktemp("b") / "dec2", steps=2, model=decoder_model)
+
+
+@pytest.fixture(scope="session")
+def dec16(tmp_path_factory):
+    """The tiny decoder exported at 2 steps with an FP16 graph (shared by the FP16 and engine tests)."""
+    from cmrt.export.api import export
+
+    return export(out=tmp_path_factory.mktemp("fp16") / "decoder", steps=2, model=loaded(tiny_decoder_spec()),
+                  precision="fp16")
+
+
+@pytest.fixture(scope="session")
+def cm16(tmp_path_factory):
+    """The tiny class-conditional CM with attention exported at 2 steps with an FP16 graph."""
+    from cmrt.export.api import export
+
+    return export(out=tmp_path_factory.mktemp("fp16") / "cm", steps=2, model=loaded(tiny_cm_spec()),
+                  precision="fp16")

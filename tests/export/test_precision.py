@@ -16,20 +16,9 @@ from cmrt.cli import main
 from cmrt.export import precision as P
 from cmrt.export.api import build_unrolled, export
 from conftest import loaded, tiny_cm_spec, tiny_decoder_spec
-from fp16_bundles import fp16_bundle
 
 FP16, FP32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
 SIZE_RATIO_TARGET = 0.55
-
-
-@pytest.fixture(scope="module")
-def dec16(tmp_path_factory) -> Bundle:
-    return Bundle.open(fp16_bundle("decoder", tmp_path_factory))
-
-
-@pytest.fixture(scope="module")
-def cm16(tmp_path_factory) -> Bundle:
-    return Bundle.open(fp16_bundle("cm", tmp_path_factory))
 
 
 def _types(model) -> dict[str, int]:

@@ -12,22 +12,11 @@ from cmrt.bundle import MANIFEST, Bundle
 from cmrt.cli import main
 from cmrt.export import tensorrt as T
 from cmrt.runtime.backends import default_backend_name
-from fp16_bundles import fp16_bundle
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is installed by `make setup` (extra trt-rtx)")
 
 DEC_PROFILE = T.ProfileSpec(batch=(1, 1, 2), latent=((4, 4), (8, 8), (16, 16)))
 CM_PROFILE = T.ProfileSpec(batch=(1, 2, 4))
-
-
-@pytest.fixture(scope="module")
-def dec16(tmp_path_factory) -> Bundle:
-    return Bundle.open(fp16_bundle("decoder", tmp_path_factory))
-
-
-@pytest.fixture(scope="module")
-def cm16(tmp_path_factory) -> Bundle:
-    return Bundle.open(fp16_bundle("cm", tmp_path_factory))
 
 
 def _fp16_tensors(graph) -> int:
