@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exported {m.model['name']} ({m.kind}, {m.steps} steps, σ {[round(s, 4) for s in m.sigmas]}) "
               f"to {bundle.path} in {time.perf_counter() - t0:.1f} s")
         if not m.model.get("trained", True):
-            print("NOTE: the bundled default model is UNTRAINED (random weights) until the training issue lands: "
-                  "its samples are noise-like by design; the export, parity and runtime path is real.")
+            print("NOTE: this model is UNTRAINED (random weights): its samples are noise-like by design; "
+                  "the export, parity and runtime path is real.")
         for line in (r for rep in m.parity.values() for r in _report_lines(rep)):
             print(line)
         labels = [i % (m.num_classes or 1) for i in range(DEMO_BATCH)] if m.num_classes else None
