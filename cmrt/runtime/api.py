@@ -240,8 +240,9 @@ class Sampler(_Runner):
             if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
                 raise InputTypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
             candidates["batch_size"] = int(batch_size)
-        if class_labels is not None and np.ndim(_labels_array(class_labels)) == 1:
-            candidates["class_labels"] = len(_labels_array(class_labels))
+        labels = None if class_labels is None else _labels_array(class_labels)
+        if labels is not None and labels.ndim == 1:
+            candidates["class_labels"] = len(labels)
         if noise is not None and isinstance(noise, Sequence) and len(noise) and hasattr(noise[0], "shape"):
             candidates["noise[0]"] = int(noise[0].shape[0]) if len(noise[0].shape) else 0
         if len(set(candidates.values())) > 1:
