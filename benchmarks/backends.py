@@ -8,6 +8,7 @@ A backend that cannot run here raises ``Absent`` with the reason; the suite list
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -303,6 +304,41 @@ def onnxruntime_loop(p: Prepared) -> Call:
     return lambda: loop_sample(runs, p.kind, p.schedule, feeds, sigma_min=sigma_min)
 
 
+def _plain_graph(p: Prepared):
+    """A plain ``torch.onnx.export(..., dynamo=True)`` of the same unrolled module, with the same
+    input names and dynamic axes and every other argument at its default (exported once, cached
+    beside the bundle)."""
+    import torch
+
+    from cmrt.export.onnx import dynamic_shapes
+
+    path = p.bundle.path.with_name(p.bundle.path.name + "-plain") / "model.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spec = p.model.spec
+        dyn = dynamic_shapes(spec.kind, len(p.schedule), spec.num_classes is not None)
+        args = tuple(torch.from_numpy(v) for v in p.feeds.values())
+        with warnings.catch_warnings():  # the exporter's notes on axis names are not the benchmark's
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(_unrolled(p), args, input_names=list(p.feeds), output_names=["images"],
+                                        dynamic_shapes=dyn, dynamo=True, verbose=False)
+        tmp = path.with_name("tmp-" + path.name)
+        program.save(str(tmp))
+        for f in tmp.parent.glob(tmp.name + "*"):
+            f.rename(f.with_name(f.name.replace("tmp-", "", 1)))
+    return path
+
+
+def onnxruntime_plain(p: Prepared) -> Call:
+    """A plain dynamo export of the same module, on ONNX Runtime with default ``SessionOptions``:
+    what cmrt's graph clean-up and session options are measured against."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(_plain_graph(p)), providers=["CPUExecutionProvider"])
+    feeds = dict(p.feeds)
+    return lambda: sess.run(None, feeds)[0]
+
+
 # --- TensorRT --------------------------------------------------------------------------
 def tensorrt(p: Prepared) -> Call:
     """``cmrt.Decoder``/``Sampler`` on a TensorRT engine built from the bundle's FP16 graph."""
@@ -332,6 +368,8 @@ BENCH_BACKENDS: dict[str, BenchBackend] = {b.name: b for b in (
     BenchBackend("onnxruntime-cpu", "fp32", CPU, onnxruntime_cpu, "cmrt.Decoder/Sampler on ONNX Runtime CPU"),
     BenchBackend("onnxruntime-session", "fp32", CPU, onnxruntime_session,
                  "bare InferenceSession.run on the same graph (no cmrt API)"),
+    BenchBackend("onnxruntime-plain", "fp32", CPU, onnxruntime_plain,
+                 "a plain torch.onnx dynamo export of the same module, default ONNX Runtime options"),
     BenchBackend("onnxruntime-loop", "fp32", CPU, onnxruntime_loop,
                  "single-step graphs stepped from a Python loop (vs the one-graph unrolled sampler)"),
     BenchBackend("onnxruntime-cuda", "fp32", CUDA, onnxruntime_cuda, "cmrt on ONNX Runtime CUDA"),

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -174,12 +175,25 @@ def _weights_digest(model: LoadedModel) -> str:
     return h.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """A digest of cmrt's source: a cached bundle is reused only if the code that exported it is unchanged."""
+    import cmrt
+
+    root = Path(cmrt.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cached_bundle(model: LoadedModel, digest: str, cache: Path, schedule: Sequence, *, fp16: bool = False) -> Bundle:
     """The exported bundle of ``model`` at ``schedule`` (σ's or timesteps), exported on first use."""
     from cmrt import __version__
     from cmrt.export.api import export
 
-    key = json.dumps([__version__, digest, [round(float(s), 6) for s in schedule], fp16])
+    key = json.dumps([__version__, _code_digest(), digest, [round(float(s), 6) for s in schedule], fp16])
     out = cache / f"{model.spec.name.split()[0]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if (out / "cmrt.json").is_file():
         return Bundle.open(out)

@@ -159,13 +159,14 @@ def export(source: str | Path | None = None, out: str | Path = "bundle", *, step
     with staged_dir(out, overwrite=overwrite) as tmp:
         graph = tmp / GRAPH_FILES["fp32"]
         t0 = time.perf_counter()
-        export_graph(sampler, list(feeds.values()), list(feeds), dynamic_shapes(
+        rewrites = export_graph(sampler, list(feeds.values()), list(feeds), dynamic_shapes(
             model.spec.kind, len(sig or ts), model.spec.num_classes is not None), graph)
         export_s = time.perf_counter() - t0
         report, reference = _check_graph(sampler, graph, feeds)
         save_parity(tmp / "parity.npz", {k: v.numpy() for k, v in feeds.items()}, reference)
         manifest = _manifest(model, sampler, graph, sig, ts, clip, {"onnxruntime-cpu/fp32": report.to_dict()})
         manifest.graphs["fp32"]["export_seconds"] = round(export_s, 2)
+        manifest.graphs["fp32"]["rewrites"] = rewrites
         Bundle(tmp, manifest).save_manifest()
         report.raise_if_failed()
         if precision == "fp16":

@@ -31,12 +31,15 @@ def dynamic_shapes(kind: str, n_noise: int, conditional: bool):
 
 
 def export_graph(module: torch.nn.Module, args: Sequence[torch.Tensor], input_names: list[str],
-                 dyn: tuple, path: Path, *, opset: int = OPSET) -> None:
+                 dyn: tuple, path: Path, *, opset: int = OPSET) -> dict[str, int]:
     """Export ``module(*args)`` to ``path`` with named inputs, output ``images`` and dynamic axes.
 
-    Weights go to ``<path>.data`` when large. The graph is checked with ``onnx.checker`` (by
-    path, so graphs above 2 GB work).
+    The graph is cleaned up for a fixed schedule (``cmrt.export.optimize``; what it did is
+    returned). Weights go to ``<path>.data`` when large. The graph is checked with
+    ``onnx.checker`` (by path, so graphs above 2 GB work).
     """
+    from .optimize import optimize
+
     import torch  # heavy: imported where used, so the module (and precision.py) import cheaply
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -46,9 +49,11 @@ def export_graph(module: torch.nn.Module, args: Sequence[torch.Tensor], input_na
                                     output_names=[OUTPUT_NAME], dynamic_shapes=dyn, opset_version=opset,
                                     dynamo=True, external_data=True, optimize=True, verbose=False)
     n_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    strip_metadata(program.model_proto.graph, KEEP_METADATA)
+    rewrites = optimize(program.model).to_dict()
+    strip_ir_metadata(program.model, KEEP_METADATA)
     program.save(str(path), external_data=n_bytes > EXTERNAL_DATA_ABOVE)
     onnx.checker.check_model(str(path), full_check=False)
+    return rewrites
 
 
 #: Per-node exporter metadata kept in cmrt's graphs: module scopes and the FX node (the FP16 pass
@@ -67,6 +72,13 @@ def strip_metadata(graph, keep: frozenset[str] = KEEP_METADATA) -> None:
         for key, value in kept:
             entry = node.metadata_props.add()
             entry.key, entry.value = key, value
+
+
+def strip_ir_metadata(model, keep: frozenset[str] = KEEP_METADATA) -> None:
+    """``strip_metadata`` on an ``onnx_ir`` model (the exporter's, before it is saved)."""
+    for node in model.graph.all_nodes():
+        for key in [k for k in node.metadata_props if k not in keep]:
+            del node.metadata_props[key]
 
 
 def describe_io(path: Path) -> tuple[list[dict], list[dict]]:

@@ -59,7 +59,6 @@ CONVERTER = "onnxconverter-common"
 INLINE_BELOW = 1024  # bytes: smaller tensors (shapes, scalars) stay inside the graph, as parsers need
 
 _SCOPES, _FX_NODE = SCOPES_KEY, FX_NODE_KEY
-_KEEP_METADATA = frozenset({_SCOPES})  # the FP16 graph keeps module scopes only
 _FLOAT_TYPES = (1, 10, 11, 16)  # onnx FLOAT, FLOAT16, DOUBLE, BFLOAT16
 _FP32, _FP16 = 1, 10
 
@@ -241,7 +240,7 @@ def convert(model, keep_fp32: list[str], *, io: str = "fp32"):
             max_finite_val=FP16_MAX)
     if io == "fp32":
         restore_fp32_outputs(fp16.graph)
-    strip_metadata(fp16.graph, _KEEP_METADATA)
+    strip_metadata(fp16.graph, frozenset())  # its decisions are in the manifest, by node name
     return fp16
 
 
@@ -290,9 +289,15 @@ def precision_counts(model) -> dict[str, int]:
 
 
 def save_graph(model, path: Path) -> list[Path]:
-    """Save ``model`` with its weights in ``<path>.data``; return the files written."""
+    """Save ``model`` with its weights in ``<path>.data``; return the files written.
+
+    The saved graph carries no per-node metadata and no intermediate ``value_info`` (ONNX Runtime,
+    TensorRT and ``onnx.shape_inference`` derive it): on a small model these annotations would
+    outweigh the halving of its weights.
+    """
     import onnx
 
+    del model.graph.value_info[:]
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)  # onnx appends to an existing data file
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -354,6 +359,7 @@ def make_fp16(sampler, fp32_graph: Path, out: Path, spec, feeds: dict[str, np.nd
     decisions = decide(model.graph, peaks, safe_abs_max=safe_abs_max)
     fp16 = convert(model, [d.node for d in decisions], io=io)
     del model
+    counts = precision_counts(fp16)
     files = save_graph(fp16, out)
     cases = verification_cases(feeds, spec.kind)
     reports = verify(out, torch_reference(sampler), cases)
@@ -361,7 +367,7 @@ def make_fp16(sampler, fp32_graph: Path, out: Path, spec, feeds: dict[str, np.nd
     fp16_bytes = sum(f.stat().st_size for f in files)
     graph = {"file": out.name, "data": [f.name for f in files[1:]], "opset": _opset(fp16),
              "sha256": _sha(out), "bytes": fp16_bytes, "size_ratio_vs_fp32": round(fp16_bytes / fp32_bytes, 4)}
-    record = decisions_record(decisions, peaks, calibration, precision_counts(fp16), io, safe_abs_max)
+    record = decisions_record(decisions, peaks, calibration, counts, io, safe_abs_max)
     record["verification"] = {name: _summary(r) for name, r in reports.items()}
     return Fp16Result(graph, record, reports)
 

@@ -123,7 +123,8 @@ class ResBlock(nn.Module):
         h = self.conv1(h)
         t = self.time_emb_proj(F.silu(emb))[:, :, None, None]
         if self.scale_shift:
-            scale, shift = t.chunk(2, dim=1)
+            c = t.shape[1] // 2  # slices, not chunk: a fixed-step export folds them to constants
+            scale, shift = t[:, :c], t[:, c:]
             h = self.norm2(h) * (1 + scale) + shift
         else:
             h = self.norm2(h + t)

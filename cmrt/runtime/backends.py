@@ -22,7 +22,13 @@ class Backend(Protocol):
 
 def session_options(threads: int | None = None):
     """ONNX Runtime options for latency: all graph optimizations, sequential execution, spinning
-    intra-op threads (one per physical core unless ``threads``), memory patterns on."""
+    intra-op threads (one per physical core unless ``threads``) that stop spinning when a run
+    ends, memory patterns on.
+
+    Stopping the spin matters whenever anything else computes between runs: a second cmrt object,
+    PyTorch (the UNet of a Stable Diffusion pipeline before ``decode``): with ONNX Runtime's default,
+    idle workers keep spinning and slowed such neighbours 2.5× here (``benchmarks/interleaved.py``).
+    """
     ort = require("onnxruntime", "onnxruntime", "running a graph")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -30,6 +36,7 @@ def session_options(threads: int | None = None):
     so.intra_op_num_threads = threads or 0
     so.enable_mem_pattern = True
     so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    so.add_session_config_entry("session.force_spinning_stop", "1")
     so.log_severity_level = 3
     return so
 

@@ -17,7 +17,8 @@ from benchmarks.suites import MODELS, Case, prepare, _weights_digest
 
 # the console script: under `python -m cmrt.cli` plugins register in a second copy of cmrt.cli
 CMRT = [str(Path(sys.executable).parent / "cmrt")]
-SMOKE_BACKENDS = "pytorch-eager,diffusers,onnxruntime-cpu,onnxruntime-session,onnxruntime-loop,onnxruntime-cuda"
+SMOKE_BACKENDS = ("pytorch-eager,diffusers,onnxruntime-cpu,onnxruntime-session,onnxruntime-plain,onnxruntime-loop,"
+                  "onnxruntime-cuda")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LOOP_TOLERANCE = 1e-4  # the fp32 parity tolerance (cmrt.parity.TOLERANCES)
 
@@ -67,7 +68,8 @@ def test_smoke_rows_have_required_keys(smoke):
     ok = [r for r in rows if r["status"] == "ok"]
     assert {(r["model"], r["backend"]) for r in ok} >= {
         (m, b) for m in ("tiny-decoder", "tiny-cm")
-        for b in ("pytorch-eager", "diffusers", "onnxruntime-cpu", "onnxruntime-session", "onnxruntime-loop")}
+        for b in ("pytorch-eager", "diffusers", "onnxruntime-cpu", "onnxruntime-session", "onnxruntime-plain",
+                  "onnxruntime-loop")}
     for r in ok:
         missing = [k for k in REQUIRED_KEYS if r.get(k) is None]
         assert not missing, (r["backend"], missing)

@@ -148,3 +148,11 @@ def test_open_by_graph_path_and_kind_mismatch(cm_bundle, decoder_bundle):
     with pytest.raises(cmrt.BundleError, match="cmrt.Sampler"):
         cmrt.Decoder(cm_bundle.path)
     assert isinstance(Bundle.open(decoder_bundle.path).manifest.latent, dict)
+
+
+def test_sessions_spin_only_while_running(decoder_bundle):
+    """cmrt's ONNX Runtime sessions spin their threads during a run and stop when it ends, so idle
+    cmrt objects do not slow PyTorch or each other (benchmarks/interleaved.py measures the effect)."""
+    options = cmrt.Decoder(decoder_bundle.path, backend="onnxruntime-cpu").backend.session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"

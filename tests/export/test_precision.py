@@ -22,6 +22,8 @@ SIZE_RATIO_TARGET = 0.55
 
 
 def _types(model) -> dict[str, int]:
+    """Element type of every value (the saved graph keeps no value_info: shape inference gives it)."""
+    model = onnx.shape_inference.infer_shapes(model)
     vals = (*model.graph.value_info, *model.graph.input, *model.graph.output)
     types = {v.name: v.type.tensor_type.elem_type for v in vals}
     types |= {i.name: i.data_type for i in model.graph.initializer}

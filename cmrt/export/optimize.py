@@ -1,0 +1,163 @@
+"""Graph clean-up for fixed-step samplers, run on the exported graph before it is saved.
+
+A fixed schedule makes every network evaluation's time input a constant, so the whole time path
+(embedding table row, embedding MLP, each res block's scale/shift projection) folds into per-channel
+constants. What is left around each GroupNorm is then a chain of per-channel multiply/adds, which
+these rules merge:
+
+* ``Add(Mul(Add(Mul(x, a), b), c), d)`` → ``Add(Mul(x, a·c), b·c + d)`` (norm affine ∘ scale-shift);
+* a GroupNorm with one channel per group, exported as ``Reshape → InstanceNormalization →
+  Reshape → Mul → Add``, → one ``InstanceNormalization`` carrying the affine (exactly the same
+  statistics: each group is one channel).
+
+Each rewrite saves one or two full passes over an activation tensor: on ONNX Runtime's CPU
+provider these memory-bound passes, not the convolutions, are what stands between a UNet and the
+machine's GEMM rate (``benchmarks/RESULTS.md``). The rewritten graph is standard ONNX (TensorRT and
+the FP16 pass read it unchanged); the export's parity check runs on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnxscript.optimizer
+from onnxscript import ir
+from onnxscript.rewriter.pattern import MatchResult, RewriteRuleClassBase, RewriteRuleSet
+
+from .onnx import SCOPES_KEY
+
+#: Constant folding limits, in elements. Inputs: large enough for the official decoder's time path
+#: (its 1024×320 table and 1280×1280 / 2048×1280 projections). Outputs: only small tensors (the
+#: per-channel vectors) are materialized, never a folded copy of an activation-sized tensor.
+FOLD_INPUT_LIMIT = 1 << 23
+FOLD_OUTPUT_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True)
+class OptimizeReport:
+    folded_affine_chains: int
+    fused_instance_norms: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"folded_affine_chains": self.folded_affine_chains, "fused_instance_norms": self.fused_instance_norms}
+
+
+def optimize(model: ir.Model) -> OptimizeReport:
+    """Fold constants, merge affine chains and one-channel GroupNorms, drop what became unused."""
+    log = logging.getLogger("onnxscript")
+    level = log.level
+    log.setLevel(logging.ERROR)  # "skipping constant folding for ..." is not news to a user
+    try:
+        onnxscript.optimizer.fold_constants(model, input_size_limit=FOLD_INPUT_LIMIT,
+                                            output_size_limit=FOLD_OUTPUT_LIMIT)
+    finally:
+        log.setLevel(level)
+    onnxscript.optimizer.remove_unused_nodes(model)
+    chains = RewriteRuleSet([FoldAffineChain.rule()]).apply_to_model(model)  # first: it shortens
+    norms = RewriteRuleSet([OneChannelGroupNorm.rule()]).apply_to_model(model)  # the chains this one ends in
+    onnxscript.optimizer.remove_unused_nodes(model)
+    return OptimizeReport(chains, norms)
+
+
+def _const(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def _per_channel(arr: np.ndarray | None, rank: int = 4) -> bool:
+    """A constant that broadcasts along the channel axis only: shape (C,1,1) or (1,C,1,1)."""
+    if arr is None or arr.dtype != np.float32 or arr.ndim > rank:
+        return False
+    shape = (1,) * (rank - arr.ndim) + arr.shape
+    return shape[0] == 1 and all(d == 1 for d in shape[2:])
+
+
+def _single_use(*values: ir.Value) -> bool:
+    return all(len(v.uses()) == 1 and not v.is_graph_output() for v in values)
+
+
+def _is_shape_of(shape: ir.Value, x: ir.Value) -> bool:
+    """``shape`` is ``Shape(x)``, or a constant equal to x's (static) shape."""
+    producer = shape.producer()
+    if producer is not None and producer.op_type == "Shape" and producer.inputs[0] is x:
+        start, end = producer.attributes.get("start"), producer.attributes.get("end")
+        return (start is None or start.as_int() == 0) and end is None
+    value = _const(shape)
+    static = x.shape is not None and all(isinstance(d, int) for d in x.shape)
+    return value is not None and static and value.tolist() == list(x.shape)
+
+
+def _keep_scope(new: ir.Value, old_node: ir.Node) -> None:
+    """The rewritten node keeps the module scope of the node it replaces (the FP16 pass reads it)."""
+    scope = old_node.metadata_props.get(SCOPES_KEY)
+    if scope is not None and new.producer() is not None:
+        new.producer().metadata_props[SCOPES_KEY] = scope
+
+
+def _initializer(op, arr: np.ndarray, like: ir.Value, suffix: str) -> ir.Value:
+    return op.initializer(ir.tensor(np.ascontiguousarray(arr, dtype=np.float32)), name=f"{like.name}_{suffix}")
+
+
+class FoldAffineChain(RewriteRuleClassBase):
+    """``(x·a + b)·c + d`` with per-channel constants → ``x·(a·c) + (b·c + d)``."""
+
+    def pattern(self, op, x, a, b, c, d):
+        return op.Add(op.Mul(op.Add(op.Mul(x, a, _outputs=["m1"]), b, _outputs=["a1"]), c, _outputs=["m2"]), d)
+
+    def check(self, context, x, a, b, c, d, m1, a1, m2) -> MatchResult:
+        result = MatchResult()
+        if not all(_per_channel(_const(v)) for v in (a, b, c, d)):
+            return result.fail("not all four operands are per-channel float32 constants")
+        if not _single_use(m1, a1, m2):
+            return result.fail("an intermediate value has other users")
+        return result
+
+    def rewrite(self, op, x, a, b, c, d, m1, a1, m2):
+        av, bv, cv, dv = (_const(v) for v in (a, b, c, d))
+        out = op.Add(op.Mul(x, _initializer(op, av * cv, m1, "scale")), _initializer(op, bv * cv + dv, m1, "shift"))
+        _keep_scope(out, m1.producer())
+        return out
+
+
+class OneChannelGroupNorm(RewriteRuleClassBase):
+    """GroupNorm with as many groups as channels, exported via a reshaped InstanceNormalization plus
+    an affine Mul/Add → ``InstanceNormalization(x, gamma, beta)`` on the 4-D tensor."""
+
+    def pattern(self, op, x, groups_shape, ones, zeros, back_shape, gamma, beta):
+        grouped = op.Reshape(x, groups_shape)
+        norm = op.InstanceNormalization(grouped, ones, zeros, _outputs=["normed"])
+        back = op.Reshape(norm, back_shape, _outputs=["back"])
+        return op.Add(op.Mul(back, gamma, _outputs=["scaled"]), beta)
+
+    def check(self, context, x, groups_shape, ones, zeros, back_shape, gamma, beta, normed, back,
+              scaled) -> MatchResult:
+        result = MatchResult()
+        if not _is_shape_of(back_shape, x):
+            return result.fail("the second reshape does not restore the input's shape")
+        shape, g, b = _const(groups_shape), _const(gamma), _const(beta)
+        one, zero = _const(ones), _const(zeros)
+        if shape is None or shape.tolist()[:2] != [0, shape.tolist()[1]] or len(shape) != 3 or shape[2] != -1:
+            return result.fail("the grouping reshape is not (0, G, -1)")
+        groups = int(shape[1])
+        if x.shape is None or len(x.shape) != 4 or x.shape[1] != groups:
+            return result.fail("not a 4-D input with one channel per group")
+        if one is None or zero is None or not (np.all(one == 1) and np.all(zero == 0)):
+            return result.fail("the InstanceNormalization carries its own affine")
+        if not (_per_channel(g) and _per_channel(b) and g.size == groups and b.size == groups):
+            return result.fail("the affine is not one constant per channel")
+        if not _single_use(normed, back, scaled):
+            return result.fail("an intermediate value has other users")
+        return result
+
+    def rewrite(self, op, x, groups_shape, ones, zeros, back_shape, gamma, beta, normed, back, scaled):
+        norm_node = normed.producer()
+        eps = norm_node.attributes.get("epsilon")
+        out = op.InstanceNormalization(x, _initializer(op, _const(gamma).reshape(-1), normed, "gamma"),
+                                       _initializer(op, _const(beta).reshape(-1), normed, "beta"),
+                                       epsilon=eps.as_float() if eps is not None else 1e-5)
+        _keep_scope(out, norm_node)
+        return out
+

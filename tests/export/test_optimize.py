@@ -1,0 +1,115 @@
+"""Graph clean-up rules (``cmrt.export.optimize``): each rewrite keeps the graph's outputs (checked
+on ONNX Runtime against the unrewritten graph or PyTorch) and removes the nodes it says it does."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from onnxscript import ir
+
+from cmrt.export.onnx import KEEP_METADATA, SCOPES_KEY
+from cmrt.export.optimize import optimize
+
+C, H, W = 8, 5, 6
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def _ops(model: onnx.ModelProto) -> collections.Counter:
+    return collections.Counter(n.op_type for n in model.graph.node)
+
+
+def _optimized(model: onnx.ModelProto):
+    ir_model = ir.serde.deserialize_model(model)
+    report = optimize(ir_model)
+    return ir.serde.serialize_model(ir_model), report
+
+
+def _affine_chain_model(extra_use: bool) -> onnx.ModelProto:
+    """x·a + b, then ·c + d (a GroupNorm affine followed by a scale-shift), all per channel."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((C, 1, 1)).astype(np.float32), n) for n in "abcd"]
+    nodes = [helper.make_node("Mul", ["x", "a"], ["m1"]), helper.make_node("Add", ["m1", "b"], ["a1"]),
+             helper.make_node("Mul", ["a1", "c"], ["m2"]), helper.make_node("Add", ["m2", "d"], ["y0"])]
+    if extra_use:  # the intermediate a1 feeds a second branch: folding it away would be wrong
+        nodes += [helper.make_node("Add", ["y0", "a1"], ["y"])]
+    else:
+        nodes += [helper.make_node("Identity", ["y0"], ["y"])]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, C, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, C, H, W])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def test_affine_chain_folds_to_one_mul_add():
+    model = _affine_chain_model(extra_use=False)
+    x = np.random.default_rng(1).standard_normal((2, C, H, W)).astype(np.float32)
+    new, report = _optimized(model)
+    assert report.folded_affine_chains == 1
+    assert _ops(new)["Mul"] == 1 and _ops(new)["Add"] == 1
+    np.testing.assert_allclose(_run(new, x), _run(model, x), atol=1e-5)
+
+
+def test_affine_chain_with_a_shared_intermediate_is_left_alone():
+    model = _affine_chain_model(extra_use=True)
+    x = np.random.default_rng(1).standard_normal((2, C, H, W)).astype(np.float32)
+    new, report = _optimized(model)
+    assert report.folded_affine_chains == 0
+    assert _ops(new)["Mul"] == 2
+    np.testing.assert_allclose(_run(new, x), _run(model, x), atol=1e-6)
+
+
+class _NormSiLU(torch.nn.Module):
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.norm = torch.nn.GroupNorm(groups, C)
+        with torch.no_grad():
+            self.norm.weight.copy_(torch.linspace(0.5, 2.0, C))
+            self.norm.bias.copy_(torch.linspace(-1.0, 1.0, C))
+
+    def forward(self, x):
+        return torch.nn.functional.silu(self.norm(x))
+
+
+def _exported(groups: int) -> onnx.ModelProto:
+    """What torch.onnx (dynamo) writes for a GroupNorm, before cmrt's clean-up."""
+    program = torch.onnx.export(_NormSiLU(groups).eval(), (torch.randn(2, C, H, W),), input_names=["x"],
+                                dynamo=True, opset_version=20, optimize=True, verbose=False)
+    return program.model_proto
+
+
+@pytest.mark.parametrize("groups, fused", [(C, 1), (C // 2, 0)])
+def test_group_norm_with_one_channel_per_group_becomes_one_instance_norm(groups, fused):
+    model = _exported(groups)
+    assert _ops(model)["InstanceNormalization"] == 1 and _ops(model)["Mul"] >= 1
+    x = np.random.default_rng(2).standard_normal((2, C, H, W)).astype(np.float32) * 3 + 1
+    new, report = _optimized(model)
+    assert report.fused_instance_norms == fused
+    if fused:  # Reshape → IN → Reshape → Mul → Add became one InstanceNormalization
+        assert _ops(new)["Reshape"] == 0 and _ops(new)["InstanceNormalization"] == 1
+        assert _ops(new)["Mul"] == _ops(model)["Mul"] - 1 and _ops(new)["Add"] == _ops(model)["Add"] - 1
+    with torch.no_grad():
+        reference = _NormSiLU(groups)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_run(new, x), reference, atol=1e-5)
+
+
+def test_exported_decoder_is_cleaned_up_and_keeps_scopes(decoder_bundle):
+    """The tiny decoder (32 channels, 32 groups, scale-shift) at a fixed schedule: every res block's
+    scale-shift folded into its norm, every one-channel GroupNorm fused; parity held (the export
+    checks it); module scopes kept for the FP16 pass, the exporter's stack traces dropped."""
+    rewrites = decoder_bundle.manifest.graphs["fp32"]["rewrites"]
+    assert rewrites["folded_affine_chains"] > 0 and rewrites["fused_instance_norms"] > 0
+    graph = onnx.load(str(decoder_bundle.graph_path()), load_external_data=False).graph
+    norms = [n for n in graph.node if n.op_type == "InstanceNormalization"]
+    assert norms and all(any(p.key == SCOPES_KEY for p in n.metadata_props) for n in norms)
+    assert {p.key for n in graph.node for p in n.metadata_props} <= KEEP_METADATA
+    assert not any(n.op_type == "Gemm" for n in graph.node)  # the time MLP folded away
+    assert decoder_bundle.manifest.parity["onnxruntime-cpu/fp32"]["passed"]
