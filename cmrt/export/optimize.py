@@ -139,8 +139,9 @@ class OneChannelGroupNorm(RewriteRuleClassBase):
             return result.fail("the second reshape does not restore the input's shape")
         shape, g, b = _const(groups_shape), _const(gamma), _const(beta)
         one, zero = _const(ones), _const(zeros)
-        if shape is None or shape.tolist()[:2] != [0, shape.tolist()[1]] or len(shape) != 3 or shape[2] != -1:
-            return result.fail("the grouping reshape is not (0, G, -1)")
+        batch = x.shape[0] if x.shape is not None else 0
+        if shape is None or shape.shape != (3,) or shape[0] not in (0, batch) or shape[2] != -1:
+            return result.fail("the grouping reshape is not (N, G, -1)")
         groups = int(shape[1])
         if x.shape is None or len(x.shape) != 4 or x.shape[1] != groups:
             return result.fail("not a 4-D input with one channel per group")
