@@ -310,11 +310,11 @@ def _plain_graph(p: Prepared):
     beside the bundle)."""
     import torch
 
+    from cmrt._io import staged_dir
     from cmrt.export.onnx import dynamic_shapes
 
-    path = p.bundle.path.with_name(p.bundle.path.name + "-plain") / "model.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    folder = p.bundle.path.with_name(p.bundle.path.name + "-plain")
+    if not (folder / "model.onnx").is_file():
         spec = p.model.spec
         dyn = dynamic_shapes(spec.kind, len(p.schedule), spec.num_classes is not None)
         args = tuple(torch.from_numpy(v) for v in p.feeds.values())
@@ -322,11 +322,9 @@ def _plain_graph(p: Prepared):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(_unrolled(p), args, input_names=list(p.feeds), output_names=["images"],
                                         dynamic_shapes=dyn, dynamo=True, verbose=False)
-        tmp = path.with_name("tmp-" + path.name)
-        program.save(str(tmp))
-        for f in tmp.parent.glob(tmp.name + "*"):
-            f.rename(f.with_name(f.name.replace("tmp-", "", 1)))
-    return path
+        with staged_dir(folder, overwrite=True) as tmp:
+            program.save(str(tmp / "model.onnx"))
+    return folder / "model.onnx"
 
 
 def onnxruntime_plain(p: Prepared) -> Call:

@@ -72,8 +72,8 @@ def _median_pair(first: Callable, second: Callable, rounds: int) -> tuple[float,
     for _ in range(3):
         first(), second()
     for _ in range(rounds):
-        a.append(measure._host_time(first))
-        b.append(measure._host_time(second))
+        a.append(measure.host_time(first))
+        b.append(measure.host_time(second))
     return float(np.median(a)), float(np.median(b))
 
 

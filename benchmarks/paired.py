@@ -45,7 +45,7 @@ def paired_rounds(calls: dict, rounds: int, per_round: int = PER_ROUND) -> dict[
         for name, call in calls.items():
             time.sleep(SETTLE_S)
             call()
-            samples[name].append(float(np.median([measure._host_time(call) for _ in range(per_round)])))
+            samples[name].append(float(np.median([measure.host_time(call) for _ in range(per_round)])))
     return samples
 
 
@@ -77,14 +77,13 @@ def run(model_key: str, resolutions: list[int], rounds: int, cache: Path, log=pr
         case = Case(model_key, res, 2)
         prepared = prepare(model, digest, case, cache, ["onnxruntime-cpu"], gpu=False)
         calls = {name: make(prepared) for name, make in BACKENDS.items()}
-        samples = paired_rounds(calls, rounds)
-        cases[res] = {"samples_ms": samples}
+        cases[res] = {"samples_ms": paired_rounds(calls, rounds), "gflop": case_flops(model, case)}
         del calls
         measure.release_memory()
     gemm_after = measure.gemm_rate()
     peak = max(gemm_before["peak"], gemm_after["peak"])
     for res, c in cases.items():
-        c.update(summarize(c["samples_ms"], case_flops(model, Case(model_key, res, 2)), peak))
+        c.update(summarize(c["samples_ms"], c["gflop"], peak))
         log(_line(res, c))
     env["load_1m_end"] = measure.load_average()
     return {"model": model_key, "rounds": rounds, "environment": env, "gemm_gflops": {"before": gemm_before,
