@@ -81,7 +81,7 @@ def _cuda_available() -> bool:
 
 
 def _unrolled(p: Prepared):
-    from cmrt.export.api import build_unrolled
+    from cmrt.exporter.api import build_unrolled
 
     sig, ts = (p.schedule, None) if p.kind == "sampler" else (None, p.schedule)
     return build_unrolled(p.model, sig, ts, bool(p.bundle.manifest.clip))
@@ -311,7 +311,7 @@ def _plain_graph(p: Prepared):
     import torch
 
     from cmrt._io import staged_dir
-    from cmrt.export.onnx import dynamic_shapes
+    from cmrt.exporter.onnx import dynamic_shapes
 
     folder = p.bundle.path.with_name(p.bundle.path.name + "-plain")
     if not (folder / "model.onnx").is_file():
@@ -348,7 +348,7 @@ def tensorrt(p: Prepared) -> Call:
         raise Absent("no CUDA GPU: TensorRT engines run on NVIDIA GPUs (they can be built here, not timed)")
     if p.fp16_bundle is None:
         raise Absent("no FP16 bundle was exported for this case")
-    from cmrt.export.tensorrt import build
+    from cmrt.exporter.tensorrt import build
 
     if not p.fp16_bundle.manifest.engines:
         build(p.fp16_bundle)

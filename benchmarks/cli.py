@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cmrt.cli import command
-
 from .backends import BENCH_BACKENDS
 from .suites import DEFAULT_CACHE, SUITES
 
@@ -37,13 +35,14 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_run(a: argparse.Namespace) -> int:
+    from cmrt._io import check_writable
     from cmrt.errors import ConfigError
 
     from . import report
     from .suites import RunOptions, check_names, run_suite, skipped
 
     suite, backends = check_names(a.suite, a.backend)
-    outputs = {kind: report.check_writable(path, f"--{kind}")
+    outputs = {kind: check_writable(path, f"--{kind}")
                for kind, path in (("json", a.json), ("markdown", a.markdown), ("plot", a.plot))}
     for flag, value in (("--warmup", a.warmup), ("--repeats", a.repeats)):
         if value is not None and value < (0 if flag == "--warmup" else 1):
@@ -58,7 +57,3 @@ def _bench_run(a: argparse.Namespace) -> int:
             writers[kind](result, path)
             print(f"wrote {path}")
     return 0
-
-
-command("bench", "benchmark latency, memory and FLOP rate of every backend against PyTorch and diffusers")(
-    (_bench_args, _bench_run))

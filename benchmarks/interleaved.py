@@ -23,7 +23,7 @@ from benchmarks.suites import DEFAULT_CACHE
 
 
 def _bundles(cache: Path):
-    from cmrt.export.api import export
+    from cmrt.exporter.api import export
     from cmrt.models.load import DEFAULT_DECODER, DEFAULT_MODEL
 
     out = {}
@@ -55,7 +55,8 @@ def _runners(bundles: dict, stop: bool):
 def _torch_unet() -> Callable[[], Any]:
     import torch
 
-    from cmrt.models.load import DEFAULT_MODEL, load_model
+    from cmrt.models.load import DEFAULT_MODEL
+    from cmrt.models.sources import load_model
 
     unet = load_model(DEFAULT_MODEL).unet.eval()
     x, t = torch.randn(16, 1, 16, 16), torch.full((16,), 0.5)

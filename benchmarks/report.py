@@ -17,25 +17,6 @@ PLOT_DPI = 110
 PANEL_INCHES = (5.0, 3.6)
 
 
-def check_writable(path: str | Path | None, what: str) -> Path | None:
-    """Fail before any work if ``path`` cannot be written: a ``ConfigError`` that says why."""
-    if path is None:
-        return None
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{what} {p} is a folder: give a file name")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"{what} {p}: folder {parent} does not exist: create it or choose another path")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", dir=parent)
-    except OSError as exc:
-        raise ConfigError(f"{what} {p}: cannot write in {parent} ({exc.strerror}): choose another path") from None
-    os.close(fd)
-    os.unlink(probe)
-    return p
-
-
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)

@@ -72,7 +72,7 @@ def tiny_cm_spec():
 
 
 def _digits() -> LoadedModel:
-    from cmrt.models.load import load_model
+    from cmrt.models.sources import load_model
 
     return load_model(None)
 
@@ -191,7 +191,7 @@ def _code_digest() -> str:
 def cached_bundle(model: LoadedModel, digest: str, cache: Path, schedule: Sequence, *, fp16: bool = False) -> Bundle:
     """The exported bundle of ``model`` at ``schedule`` (σ's or timesteps), exported on first use."""
     from cmrt import __version__
-    from cmrt.export.api import export
+    from cmrt.exporter.api import export
 
     key = json.dumps([__version__, _code_digest(), digest, [round(float(s), 6) for s in schedule], fp16])
     out = cache / f"{model.spec.name.split()[0]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
@@ -206,7 +206,7 @@ def cached_bundle(model: LoadedModel, digest: str, cache: Path, schedule: Sequen
 def prepare(model: LoadedModel, digest: str, case: Case, cache: Path, backends: Sequence[str],
             gpu: bool) -> Prepared:
     """Export (or reuse) the bundles a case needs and draw its inputs."""
-    from cmrt.export.api import parity_inputs, resolve_schedule
+    from cmrt.exporter.api import parity_inputs, resolve_schedule
     from cmrt.schedules import DECODER_UPSCALE
 
     spec = model.spec

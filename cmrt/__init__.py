@@ -14,26 +14,29 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .errors import (BundleError, BundleNotFoundError, CmrtError, ConfigError, InputError, InputTypeError,
-                     MissingDependencyError, ParityError, SourceError)
+from .errors import (BundleError, BundleNotFoundError, CmrtError, ConfigError, EngineBuildError, InputError,
+                     InputTypeError, IntegrityError, MissingDependencyError, OutputExistsError, ParityError,
+                     RunnerClosedError, SourceError)
 
 if TYPE_CHECKING:
-    from . import export
+    from .exporter.api import export
     from .parity import ParityReport
     from .runtime.api import Decoder, Sampler
-    from .runtime.check import check
+    from .runtime.check import CheckReport, check
 
 _LAZY = {
     "Decoder": ("cmrt.runtime.api", "Decoder"),
     "Sampler": ("cmrt.runtime.api", "Sampler"),
-    "export": ("cmrt.export", None),  # the subpackage, callable as the export function
+    "export": ("cmrt.exporter.api", "export"),
     "check": ("cmrt.runtime.check", "check"),
     "ParityReport": ("cmrt.parity", "ParityReport"),
+    "CheckReport": ("cmrt.runtime.check", "CheckReport"),
 }
 
-__all__ = ["Decoder", "Sampler", "export", "check", "ParityReport", "CmrtError", "InputError",
-           "InputTypeError", "ConfigError", "SourceError", "BundleError", "BundleNotFoundError",
-           "MissingDependencyError", "ParityError", "__version__"]
+__all__ = ["Decoder", "Sampler", "export", "check", "ParityReport", "CheckReport", "CmrtError", "InputError",
+           "InputTypeError", "ConfigError", "SourceError", "BundleError", "IntegrityError", "BundleNotFoundError",
+           "OutputExistsError", "RunnerClosedError", "EngineBuildError", "MissingDependencyError", "ParityError",
+           "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import ConfigError, OutputExistsError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -59,10 +61,10 @@ def staged_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
     is removed, so ``out`` never holds a half-written result."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder: choose another --out")
+        raise OutputExistsError(f"{out} exists and is not a folder: choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty: remove it, choose another --out, "
-                              "or pass --overwrite")
+        raise OutputExistsError(f"{out} already exists and is not empty: remove it, choose another --out, "
+                                "or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a bundle gets the usual folder mode
@@ -78,3 +80,23 @@ def staged_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable(path: str | os.PathLike | None, what: str) -> Path | None:
+    """Fail before any work if ``path`` cannot be written: a ``ConfigError`` that names ``what``
+    (the user's option, e.g. ``--out``) and says why."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{what} {p} is a folder: give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {p}: folder {parent} does not exist: create it or choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", dir=parent)
+    except OSError as exc:
+        raise ConfigError(f"{what} {p}: cannot write in {parent} ({exc.strerror}): choose another path") from None
+    os.close(fd)
+    os.unlink(probe)
+    return p

@@ -34,7 +34,7 @@ def latency_table(bundle, batch: int) -> list[tuple[str, float]]:
     """PyTorch eager (the unrolled module) vs the exported graph through cmrt.Sampler, same noise."""
     import torch
 
-    from .export.api import build_unrolled
+    from .exporter.api import build_unrolled
     from .models.load import load_model
     from .runtime.api import Sampler
 
@@ -58,7 +58,7 @@ def latency_table(bundle, batch: int) -> list[tuple[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import CmrtError
-    from .export.api import export
+    from .exporter.api import export
     from .images import save_grid
     from .runtime.api import Sampler
 
@@ -98,7 +98,7 @@ def decoder_demo(out: Path, n: int = 8) -> None:
     """Real images → the bundled encoder's latents → the bundled consistency decoder's bundle → images."""
     import numpy as np
 
-    from .export.api import export
+    from .exporter.api import export
     from .images import save_grid
     from .models.load import DEFAULT_DECODER
     from .parity import psnr

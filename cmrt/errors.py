@@ -32,8 +32,28 @@ class BundleError(CmrtError, ValueError):
     """A bundle is broken, incomplete, or its manifest does not match its graph."""
 
 
+class IntegrityError(BundleError):
+    """A bundle file differs from what its manifest recorded (size or SHA-256)."""
+
+
 class BundleNotFoundError(CmrtError, FileNotFoundError):
     """A bundle, graph or model file does not exist."""
+
+
+class OutputExistsError(CmrtError, FileExistsError):
+    """An output path already exists and would be overwritten (pass ``overwrite``/``--overwrite``)."""
+
+
+class RunnerClosedError(CmrtError, ValueError):
+    """A ``Decoder``/``Sampler``/``Editor`` was used after ``close()``."""
+
+
+class ExportError(CmrtError, RuntimeError):
+    """The export could not produce a trustworthy graph (a tracing or FP16-pass failure)."""
+
+
+class EngineBuildError(CmrtError, RuntimeError):
+    """TensorRT could not parse the graph or build the engine."""
 
 
 class MissingDependencyError(CmrtError, ImportError):

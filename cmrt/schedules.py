@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import ConfigError
+
 # --- consistency models -------------------------------------------------------------
 SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
@@ -36,7 +38,7 @@ def karras_sigma(ramp, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MA
 def karras_sigmas(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO) -> np.ndarray:
     """The N-point Karras grid, descending from σ_max to σ_min (float64)."""
     if n < 2:
-        raise ValueError(f"a Karras grid needs at least 2 points, got {n}")
+        raise ConfigError(f"a Karras grid needs at least 2 points (--grid), got {n}")
     return karras_sigma(np.arange(n, dtype=np.float64) / (n - 1), sigma_min, sigma_max, rho)
 
 
@@ -56,9 +58,10 @@ def default_cm_sigmas(steps: int, n: int = 40, sigma_min: float = SIGMA_MIN,
     40-point CD grid are indices 0 and 20).
     """
     if steps < 1:
-        raise ValueError(f"steps must be ≥ 1, got {steps}")
+        raise ConfigError(f"--steps must be ≥ 1, got {steps}")
     if steps > n:
-        raise ValueError(f"steps ({steps}) cannot exceed the grid size ({n})")
+        raise ConfigError(f"--steps {steps} exceeds the {n}-point Karras grid: choose at most {n} steps, "
+                          f"a larger --grid, or explicit --sigmas")
     ratio = n // steps
     return sigmas_from_indices([i * ratio for i in range(steps)], n, sigma_min, sigma_max, rho)
 
@@ -131,7 +134,7 @@ def decoder_scalings(t: int, sigma_data: float = SIGMA_DATA) -> dict[str, float]
     c_skip and c_in and no σ_min term.
     """
     if not 0 <= t < DECODER_T:
-        raise ValueError(f"decoder timestep must be in [0, {DECODER_T}), got {t}")
+        raise ConfigError(f"decoder timestep must be in [0, {DECODER_T}) (--timesteps), got {t}")
     abar = float(decoder_alphas_cumprod()[t])
     sigma = math.sqrt(1.0 / abar - 1.0)
     c_skip, c_out, c_in = edm_scalings(sigma, sigma_data)
@@ -150,11 +153,12 @@ def decoder_timesteps(steps: int) -> list[int]:
     """Timesteps of an N-step decoder schedule: fractions 1, 1 − 1/N, ... of the 1023 range,
     rounded as the original does. 1 step → [1008]; 2 steps → [1008, 512] (the published ones)."""
     if steps < 1:
-        raise ValueError(f"steps must be ≥ 1, got {steps}")
+        raise ConfigError(f"--steps must be ≥ 1, got {steps}")
     fractions = [1.0 - k / steps for k in range(steps)]
     ts = [round_decoder_timestep(int((DECODER_T - 1) * f)) for f in fractions]
     if len(set(ts)) != len(ts):
-        raise ValueError(f"{steps} steps do not fit the decoder's {DECODER_DISTILLED_STEPS}-step grid")
+        raise ConfigError(f"--steps {steps} does not fit the decoder's {DECODER_DISTILLED_STEPS}-step grid: "
+                          f"choose at most {DECODER_DISTILLED_STEPS - 1} steps, or explicit --timesteps")
     return ts
 
 

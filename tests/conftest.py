@@ -51,7 +51,7 @@ def decoder_model() -> LoadedModel:
 @pytest.fixture(scope="session")
 def cm_bundle(cm_model, tmp_path_factory):
     """A class-conditional tiny CM exported at 2 steps."""
-    from cmrt.export.api import export
+    from cmrt.exporter.api import export
 
     return export(out=tmp_path_factory.mktemp("b") / "cm2", steps=2, model=cm_model)
 
@@ -59,7 +59,7 @@ def cm_bundle(cm_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def decoder_bundle(decoder_model, tmp_path_factory):
     """A tiny consistency decoder exported at its published 2 steps."""
-    from cmrt.export.api import export
+    from cmrt.exporter.api import export
 
     return export(out=tmp_path_factory.mktemp("b") / "dec2", steps=2, model=decoder_model)
 
@@ -67,7 +67,7 @@ def decoder_bundle(decoder_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def dec16(tmp_path_factory):
     """The tiny decoder exported at 2 steps with an FP16 graph (shared by the FP16 and engine tests)."""
-    from cmrt.export.api import export
+    from cmrt.exporter.api import export
 
     return export(out=tmp_path_factory.mktemp("fp16") / "decoder", steps=2, model=loaded(tiny_decoder_spec()),
                   precision="fp16")
@@ -76,7 +76,7 @@ def dec16(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cm16(tmp_path_factory):
     """The tiny class-conditional CM with attention exported at 2 steps with an FP16 graph."""
-    from cmrt.export.api import export
+    from cmrt.exporter.api import export
 
     return export(out=tmp_path_factory.mktemp("fp16") / "cm", steps=2, model=loaded(tiny_cm_spec()),
                   precision="fp16")

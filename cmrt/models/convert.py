@@ -7,9 +7,12 @@ OpenAI layout):
 
 * OpenAI consistency models (``openai/consistency_models``, guided-diffusion names:
   ``input_blocks.{k}.{0|1}``, ``middle_block``, ``output_blocks``, ``in_layers``/``emb_layers``/
-  ``out_layers``, attention ``qkv``/``proj_out`` as 1×1 Conv1d). qkv rows are in flash-attention
-  order ``(three heads dim)``: the 3C rows split into contiguous q, k, v blocks. The layout of a
-  file is inferred from its keys and shapes alone (``infer_openai_cm_config``).
+  ``out_layers``). Attention ``qkv``/``proj_out`` are 1×1 **Conv2d** weights, (3C, C, 1, 1) and
+  (C, C, 1, 1): ``cm/unet.py`` builds ``AttentionBlock`` with ``conv_nd(dims=2, ...)``.
+  guided-diffusion's own checkpoints use 1×1 Conv1d, (3C, C, 1); both load. qkv rows are in
+  flash-attention order ``(three heads dim)`` (``QKVFlashAttention``, the default of every
+  published model): the 3C rows split into contiguous q, k, v blocks. The layout of a file is
+  inferred from its keys and shapes alone (``infer_openai_cm_config``).
 * OpenAI's consistency decoder (``decoder.pt``, TorchScript: ``down_{i}_conv_{j}``,
   ``down_{i}_downsamp``, ``mid_{i}``, ``up_{i}_conv_{j}``, ``up_{i}_upsamp``, leaves ``gn_1``,
   ``f_1``, ``f_t``, ``gn_2``, ``f_2``, ``f_s``, parameters ``.w``/``.g``/``.b``; optionally under
@@ -24,7 +27,7 @@ from typing import Iterator
 
 import torch
 
-from ..errors import SourceError
+from ..errors import ConfigError, SourceError
 from .unet import UNetConfig
 
 # --- OpenAI consistency models ----------------------------------------------------------
@@ -60,6 +63,25 @@ OPENAI_ARCHS: dict[str, OpenAIArch] = {
                    resblock_updown=True, attn_norm_groups=OPENAI_NORM_GROUPS),
         256, "LSUN 256×256, unconditional (cd/ct_bedroom256*.pt, cd/ct_cat256*.pt)"),
 }
+
+
+#: Karras grid points each published checkpoint was sampled on (``scripts/launch.sh`` ``--steps``;
+#: diffusers' ``convert_consistency_to_diffusers.py`` sets the same ``num_train_timesteps``):
+#: consistency distillation 40, consistency training 201 (ImageNet-64) and 151 (LSUN-256).
+OPENAI_CD_GRID = 40
+OPENAI_CT_GRIDS = {"ct_imagenet64": 201, "ct_bedroom256": 151, "ct_cat256": 151}
+
+
+def openai_grid(filename: str) -> tuple[int, str]:
+    """(grid points, why) for an OpenAI checkpoint, recognized by its published file name."""
+    stem = filename.lower().rsplit(".", 1)[0]
+    for prefix, n in OPENAI_CT_GRIDS.items():
+        if stem.startswith(prefix):
+            return n, f"the published {n}-point grid of {prefix}"
+    if stem.startswith("cd_"):
+        return OPENAI_CD_GRID, f"the published {OPENAI_CD_GRID}-point grid of OpenAI's CD checkpoints"
+    return OPENAI_CD_GRID, (f"assumed: the {OPENAI_CD_GRID}-point CD grid (an unrecognized file name); for a CT "
+                            "checkpoint pass --grid 201 (ImageNet-64) or --grid 151 (LSUN-256)")
 
 
 def openai_cm_layout(cfg: UNetConfig) -> Iterator[tuple[str, str, str]]:
@@ -132,7 +154,7 @@ def openai_cm_to_cmrt(state: dict[str, torch.Tensor], cfg: UNetConfig, where: st
                 key = _join(old, old_leaf, p)
                 if key in state:
                     v = state[key]
-                    out[_join(new, new_leaf, p)] = v.squeeze(-1) if kind == "attn" and v.dim() == 3 else v
+                    out[_join(new, new_leaf, p)] = _conv1x1_as_linear(v, key, where) if kind == "attn" else v
                     used.add(key)
         if kind == "attn":
             for p in _PARAMS:
@@ -140,7 +162,7 @@ def openai_cm_to_cmrt(state: dict[str, torch.Tensor], cfg: UNetConfig, where: st
                 if key not in state:
                     continue
                 used.add(key)
-                v = state[key].squeeze(-1) if state[key].dim() == 3 else state[key]
+                v = _conv1x1_as_linear(state[key], key, where)
                 if v.shape[0] % 3:
                     raise SourceError(f"{where}: {key} has {v.shape[0]} rows, not a multiple of 3 (q, k, v)")
                 for part, chunk in zip(QKV_PARTS, v.chunk(3, dim=0)):
@@ -153,9 +175,24 @@ def openai_cm_to_cmrt(state: dict[str, torch.Tensor], cfg: UNetConfig, where: st
     return out
 
 
-def cmrt_to_openai_cm(state: dict[str, torch.Tensor], cfg: UNetConfig) -> dict[str, torch.Tensor]:
+def _conv1x1_as_linear(v: torch.Tensor, key: str, where: str) -> torch.Tensor:
+    """A 1×1 Conv2d (out, in, 1, 1) or Conv1d (out, in, 1) weight as a Linear (out, in) one;
+    biases and 2-D weights pass through."""
+    if v.dim() <= 2:
+        return v
+    if v.dim() > 4 or any(d != 1 for d in v.shape[2:]):
+        raise SourceError(f"{where}: {key} has shape {tuple(v.shape)}, not a 1×1 convolution weight")
+    return v.reshape(v.shape[0], v.shape[1])
+
+
+def cmrt_to_openai_cm(state: dict[str, torch.Tensor], cfg: UNetConfig, *, conv_dims: int = 2) -> dict[str, torch.Tensor]:
     """The inverse of ``openai_cm_to_cmrt``: cmrt names → OpenAI names, q/k/v stacked into a
-    flash-order qkv Conv1d (3C, C, 1). Used to write test models in the OpenAI layout."""
+    flash-order qkv. Attention weights are written as ``openai/consistency_models`` writes them,
+    1×1 Conv2d (``conv_dims=2``), or as guided-diffusion's 1×1 Conv1d (``conv_dims=1``). Used to
+    write test models in the OpenAI layout."""
+    if conv_dims not in (1, 2):
+        raise ConfigError(f"conv_dims must be 1 or 2, got {conv_dims}")
+    as_conv = (lambda w: w[..., None]) if conv_dims == 1 else (lambda w: w[..., None, None])
     out: dict[str, torch.Tensor] = {}
     for old, new, kind in openai_cm_layout(cfg):
         for old_leaf, new_leaf in _leaf_pairs(kind):
@@ -163,12 +200,12 @@ def cmrt_to_openai_cm(state: dict[str, torch.Tensor], cfg: UNetConfig) -> dict[s
                 key = _join(new, new_leaf, p)
                 if key in state:
                     v = state[key]
-                    conv1d = new_leaf == "to_out.0" and p == "weight"  # proj_out is a 1×1 Conv1d
-                    out[_join(old, old_leaf, p)] = v[..., None] if conv1d else v
+                    conv = kind == "attn" and new_leaf == "to_out.0" and p == "weight"  # proj_out: a 1×1 conv
+                    out[_join(old, old_leaf, p)] = as_conv(v) if conv else v
         if kind == "attn":
             for p in _PARAMS:
                 qkv = torch.cat([state[_join(new, part, p)] for part in QKV_PARTS], dim=0)
-                out[_join(old, "qkv", p)] = qkv[..., None] if p == "weight" else qkv
+                out[_join(old, "qkv", p)] = as_conv(qkv) if p == "weight" else qkv
     return {k: v.contiguous() for k, v in out.items()}
 
 

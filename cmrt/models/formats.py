@@ -1,4 +1,4 @@
-"""Loaders for the published model formats, registered in ``cmrt.models.load.FORMATS``.
+"""Loaders for the published model formats (listed in ``cmrt.models.sources.FORMATS``).
 
 * a diffusers ``ConsistencyDecoderVAE`` folder (``config.json`` + safetensors): its
   ``decoder_unet.*`` weights; diffusers' decode does not clamp, so ``clip`` is False;
@@ -28,7 +28,7 @@ from .. import schedules as S
 from .._io import sha256_file, sha256_path
 from ..errors import ConfigError, SourceError
 from . import convert as C
-from .load import FORMATS, LoadedModel, load_state
+from .load import LoadedModel, load_state
 from .spec import ModelSpec
 from .unet import UNet, UNetConfig
 
@@ -113,7 +113,7 @@ def is_diffusers_vae(p: Path) -> bool:
     return p.is_dir() and _class_name(p / "config.json") == VAE_CLASS
 
 
-def load_diffusers_vae(path: Path, **_options) -> LoadedModel:
+def load_diffusers_vae(path: Path) -> LoadedModel:
     """A diffusers ``ConsistencyDecoderVAE`` folder → a decoder (no clamping, as diffusers)."""
     cfg = _read_json(path / "config.json")
     where = str(path / "config.json")
@@ -184,7 +184,7 @@ def _scheduler_fields(path: Path) -> dict:
             "grid_size": int(cfg.get("num_train_timesteps", 40)), "clip": bool(cfg.get("clip_denoised", True))}
 
 
-def load_diffusers_pipeline(path: Path, *, image_size: int | None = None, **_options) -> LoadedModel:
+def load_diffusers_pipeline(path: Path, *, image_size: int | None = None) -> LoadedModel:
     """A diffusers ``ConsistencyModelPipeline`` folder → a sampler following its scheduler."""
     unet_dir = path / "unet"
     where = str(unet_dir / "config.json")
@@ -197,7 +197,7 @@ def load_diffusers_pipeline(path: Path, *, image_size: int | None = None, **_opt
                                            "format": "diffusers ConsistencyModelPipeline"})
 
 
-def load_diffusers_unet(path: Path, *, image_size: int | None = None, **_options) -> LoadedModel:
+def load_diffusers_unet(path: Path, *, image_size: int | None = None) -> LoadedModel:
     """A bare diffusers ``UNet2DModel`` folder → a sampler with OpenAI's σ range and clamping;
     use ``--sigmas`` to set every evaluation's σ."""
     where = str(path / "config.json")
@@ -240,14 +240,16 @@ def _torch_load_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_openai_cm(path: Path, *, arch: str | None = None, image_size: int | None = None,
-                   **_options) -> LoadedModel:
+def load_openai_cm(path: Path, *, arch: str | None = None, image_size: int | None = None) -> LoadedModel:
     """An OpenAI consistency-model checkpoint → a sampler (OpenAI's σ range, clamped x0).
 
     Args:
         path: a plain state dict (``cd_imagenet64_l2.pt``, ``ct_bedroom256.pt``, ...).
         arch: "imagenet64" or "lsun256": check the file against that published configuration.
         image_size: the image side in pixels (needed only when the layout is not a published one).
+
+    The Karras grid that ``--steps N`` spaces on is recognized from the published file name
+    (``convert.openai_grid``: 201 for ``ct_imagenet64``, 151 for the LSUN-256 CT files, else 40).
     """
     state = _torch_load_state(path)
     cfg = C.infer_openai_cm_config(state, str(path))
@@ -256,15 +258,16 @@ def load_openai_cm(path: Path, *, arch: str | None = None, image_size: int | Non
     if not size:
         raise ConfigError(f"{path}: the layout is not a published one (--arch {'|'.join(C.OPENAI_ARCHS)}), "
                           "so the image size is unknown: pass --image-size")
+    grid, grid_rule = C.openai_grid(path.name)
     spec = _spec(str(path), kind="sampler", unet=cfg, image_channels=cfg.in_channels, image_size=int(size),
-                 num_classes=cfg.num_classes, clip=True, name=f"openai consistency model ({path.name})")
+                 num_classes=cfg.num_classes, clip=True, grid_size=grid, name=f"openai consistency model ({path.name})")
     converted = C.openai_cm_to_cmrt(state, cfg, str(path))
     return _build(spec, converted, str(path), {"path": str(path), "sha256": sha256_file(path),
-                                               "format": "openai consistency model", "arch": arch or C.match_arch(cfg)})
+                                               "format": "openai consistency model", "arch": arch or C.match_arch(cfg),
+                                               "grid": grid, "grid_rule": grid_rule})
 
 
-def load_openai_decoder(path: Path, *, trust: bool = False, embedding: str | Path | None = None,
-                        **_options) -> LoadedModel:
+def load_openai_decoder(path: Path, *, trust: bool = False, embedding: str | Path | None = None) -> LoadedModel:
     """OpenAI's ``decoder.pt`` (TorchScript) → a decoder that clamps x0 after each step, as the original.
 
     Args:
@@ -318,25 +321,16 @@ def _read_embedding(path: Path, embedding: str | Path | None) -> torch.Tensor:
 
 
 # --- unknown folders ------------------------------------------------------------------------
-def _is_other_diffusers(p: Path) -> bool:
+def is_other_diffusers(p: Path) -> bool:
     return p.is_dir() and ((p / "config.json").is_file() or (p / "model_index.json").is_file())
 
 
-def _reject_other_diffusers(p: Path, **_options) -> LoadedModel:
+def reject_other_diffusers(p: Path) -> LoadedModel:
     cfg = p / ("model_index.json" if (p / "model_index.json").is_file() else "config.json")
     name = _class_name(cfg) or "an unnamed config"
     raise SourceError(f"{cfg}: {name} is not a format cmrt exports (expected a {VAE_CLASS} folder, a {PIPELINE_CLASS} "
                       f"folder with unet/ and scheduler/, or a {UNET_CLASS} folder)")
 
-
-FORMATS.extend([
-    ("diffusers ConsistencyDecoderVAE", is_diffusers_vae, load_diffusers_vae),
-    ("diffusers ConsistencyModelPipeline", is_diffusers_pipeline, load_diffusers_pipeline),
-    ("diffusers UNet2DModel", is_diffusers_unet, load_diffusers_unet),
-    ("OpenAI consistency model (.pt)", is_openai_cm, load_openai_cm),
-    ("OpenAI decoder.pt (TorchScript)", is_openai_decoder, load_openai_decoder),
-    ("other diffusers folder", _is_other_diffusers, _reject_other_diffusers),
-])
 
 __all__ = ["DECODER_PT_SHA256", "read_diffusers_weights", "load_diffusers_vae", "load_diffusers_pipeline",
            "load_diffusers_unet", "load_openai_cm", "load_openai_decoder"]

@@ -1,9 +1,9 @@
-"""Loaders: a model source on disk → (ModelSpec, UNet with weights, source facts).
+"""cmrt's own checkpoints: a model source on disk → (ModelSpec, UNet with weights, source facts).
 
 cmrt's own format is a safetensors file whose metadata holds the ``ModelSpec`` as JSON
 (``cmrt.spec``); EMA weights, when present, are stored under the ``ema/`` prefix and preferred.
 A training run folder holds ``model.safetensors`` or ``checkpoints/step_*.safetensors``.
-Other formats (diffusers folders, OpenAI checkpoints) register a detector in ``FORMATS``.
+The published formats are in ``formats``; ``sources.load_model`` picks the loader of a source.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .._io import sha256_path
-from ..errors import BundleNotFoundError, SourceError
+from ..errors import SourceError
 from .spec import ModelSpec
 from .unet import UNet
 
@@ -109,7 +108,8 @@ def load_state(unet: UNet, state: dict[str, torch.Tensor], where: str) -> None:
     unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True, assign=meta)
 
 
-def _run_checkpoint(folder: Path) -> Path | None:
+def run_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint a run folder exports: ``model.safetensors``, else the latest step."""
     if (folder / "model.safetensors").is_file():
         return folder / "model.safetensors"
     ckpts = sorted((folder / "checkpoints").glob("step_*.safetensors"),
@@ -117,36 +117,18 @@ def _run_checkpoint(folder: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def _is_cmrt_file(p: Path) -> bool:
+def is_cmrt_file(p: Path) -> bool:
     return p.is_file() and p.suffix == ".safetensors" and SPEC_KEY in read_checkpoint_metadata(p)
 
 
-def _is_run_folder(p: Path) -> bool:
-    return p.is_dir() and _run_checkpoint(p) is not None and _is_cmrt_file(_run_checkpoint(p))
+def is_run_folder(p: Path) -> bool:
+    ckpt = run_checkpoint(p) if p.is_dir() else None
+    return ckpt is not None and is_cmrt_file(ckpt)
 
 
-#: (name, detector, loader) for each source format; later issues append theirs.
-FORMATS: list[tuple[str, Callable[[Path], bool], Callable[..., LoadedModel]]] = [
-    ("cmrt checkpoint", _is_cmrt_file, lambda p, **kw: load_checkpoint(p)),
-    ("cmrt training run", _is_run_folder, lambda p, **kw: load_checkpoint(_run_checkpoint(p))),
-]
-
-
-def load_model(source: str | Path | None = None, **options) -> LoadedModel:
-    """Load a model from ``source`` (None: the bundled default model).
-
-    Args:
-        source: a cmrt checkpoint, a training run folder, or another registered format.
-        **options: format-specific options (e.g. ``arch``, ``trust``), passed to the loader.
-    """
-    path = DEFAULT_MODEL if source is None else Path(source)
-    if not path.exists():
-        raise BundleNotFoundError(f"model source {path} does not exist")
-    for _name, detect, load in FORMATS:
-        if detect(path):
-            return load(path, **options)
-    names = ", ".join(n for n, _, _ in FORMATS)
-    raise SourceError(f"{path}: not a model cmrt can read (known formats: {names})")
-
-
-from . import formats as _formats  # noqa: E402,F401  (registers the published formats in FORMATS)
+def load_run(folder: Path) -> LoadedModel:
+    """A training run folder's final (or latest) checkpoint."""
+    ckpt = run_checkpoint(folder)
+    if ckpt is None:
+        raise SourceError(f"{folder}: no model.safetensors or checkpoints/step_*.safetensors")
+    return load_checkpoint(ckpt)

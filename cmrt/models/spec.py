@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 from .. import schedules as S
+from ..errors import ConfigError
 from .unet import UNetConfig
 
 KINDS = ("sampler", "decoder")
@@ -44,11 +45,11 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+            raise ConfigError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "sampler" and not self.image_size:
-            raise ValueError("a sampler spec needs image_size")
+            raise ConfigError("a sampler spec needs image_size")
         if self.num_classes != self.unet.num_classes:
-            raise ValueError(f"num_classes ({self.num_classes}) differs from the UNet's ({self.unet.num_classes})")
+            raise ConfigError(f"num_classes ({self.num_classes}) differs from the UNet's ({self.unet.num_classes})")
 
     def with_(self, **changes) -> "ModelSpec":
         return replace(self, **changes)
@@ -68,5 +69,5 @@ class ModelSpec:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model spec keys: {sorted(unknown)}")
+            raise ConfigError(f"unknown model spec keys: {sorted(unknown)}")
         return cls(unet=unet, **d)

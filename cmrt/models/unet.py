@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError, InputError
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -45,13 +47,13 @@ class UNetConfig:
         object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
         object.__setattr__(self, "attention", tuple(bool(a) for a in self.attention))
         if len(self.attention) != len(self.block_out_channels):
-            raise ValueError("attention needs one flag per level of block_out_channels "
+            raise ConfigError("attention needs one flag per level of block_out_channels "
                              f"({len(self.block_out_channels)}), got {len(self.attention)}")
         if self.time_embedding not in ("positional", "learned"):
-            raise ValueError(f"time_embedding must be 'positional' or 'learned', got {self.time_embedding!r}")
+            raise ConfigError(f"time_embedding must be 'positional' or 'learned', got {self.time_embedding!r}")
         for c in self.block_out_channels:
             if c % self.norm_groups:
-                raise ValueError(f"channel count {c} is not divisible by norm_groups={self.norm_groups}")
+                raise ConfigError(f"channel count {c} is not divisible by norm_groups={self.norm_groups}")
 
     @property
     def time_embed_dim(self) -> int:
@@ -65,7 +67,7 @@ class UNetConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown UNet config keys: {sorted(unknown)}")
+            raise ConfigError(f"unknown UNet config keys: {sorted(unknown)}")
         return cls(**d)
 
 
@@ -139,7 +141,7 @@ class Attention(nn.Module):
     def __init__(self, channels: int, head_dim: int, norm_groups: int | None, eps: float) -> None:
         super().__init__()
         if channels % head_dim:
-            raise ValueError(f"attention channels {channels} are not a multiple of head_dim {head_dim}")
+            raise ConfigError(f"attention channels {channels} are not a multiple of head_dim {head_dim}")
         self.heads = channels // head_dim
         self.group_norm = nn.GroupNorm(norm_groups, channels, eps=eps) if norm_groups else None
         self.to_q = nn.Linear(channels, channels)
@@ -264,7 +266,7 @@ class UNet(nn.Module):
         emb = self.time_embedding(t_emb.to(self.conv_in.weight.dtype))
         if cfg.num_classes is not None:
             if class_labels is None:
-                raise ValueError("this UNet is class-conditional: pass class_labels")
+                raise InputError("this UNet is class-conditional: pass class_labels")
             emb = emb + self.class_embedding(class_labels)
         return emb
 

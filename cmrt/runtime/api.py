@@ -3,13 +3,14 @@ around a backend. numpy in → numpy out; torch in → torch out (on the input's
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..bundle import Bundle
-from ..errors import BundleError, InputError, InputTypeError
+from ..errors import BundleError, InputError, InputTypeError, RunnerClosedError
 from .backends import Backend, open_backend
 
 _FLOAT_KINDS = "fiu"  # numpy dtype kinds that cast to float32 (float, signed, unsigned int)
@@ -122,17 +123,51 @@ def _host(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if _is_torch(x) else x
 
 
+_RUNNER_CLASSES = {"sampler": "Sampler", "decoder": "Decoder", "editor": "Editor"}
+
+
 class _Runner:
+    """A bundle opened on a backend. The lifecycle: construction opens the backend (session or
+    engine), ``close()`` frees it (also on leaving a ``with`` block); a closed runner refuses calls.
+    Calls from several threads are safe: they run concurrently where the backend allows it and
+    one at a time otherwise."""
+
     kind = ""
 
     def __init__(self, engine: str | Path | Bundle, *, backend: str | None = None) -> None:
         self.bundle = Bundle.open(engine)
         m = self.bundle.manifest
         if m.kind != self.kind:
-            other = "Sampler" if m.kind == "sampler" else "Decoder"
-            raise BundleError(f"{self.bundle.path} holds a {m.kind} bundle: open it with cmrt.{other}")
-        self.backend: Backend = open_backend(self.bundle, backend)
+            raise BundleError(f"{self.bundle.path} holds a {m.kind} bundle: open it with "
+                              f"cmrt.{_RUNNER_CLASSES.get(m.kind, m.kind)}")
+        self._backend: Backend | None = open_backend(self.bundle, backend)
+        self._lock = threading.Lock()
         self.steps = m.steps
+
+    @property
+    def backend(self) -> Backend:
+        backend = self._backend
+        if backend is None:
+            raise RunnerClosedError(f"this {type(self).__name__} was closed: open a new one on {self.bundle.path}")
+        return backend
+
+    @property
+    def closed(self) -> bool:
+        return self._backend is None
+
+    def close(self) -> None:
+        """Free the backend's session or engine; later calls raise ``RunnerClosedError``. Idempotent."""
+        with self._lock:
+            backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self):
+        self.backend  # noqa: B018  (a closed runner cannot be re-entered)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _noise(self, noise: Sequence[Any] | None, g, shape: tuple) -> list[np.ndarray]:
         if noise is None:
@@ -156,13 +191,21 @@ class _Runner:
     def _run(self, feeds: dict[str, Any]):
         """CUDA tensors go to a device backend's ``run_torch`` without host copies (seeded noise,
         drawn on the CPU generator for parity with PyTorch/diffusers, is copied up); else numpy."""
+        backend = self.backend
+        if backend.thread_safe:
+            return self._call(backend, feeds)
+        with self._lock:
+            return self._call(self.backend, feeds)
+
+    @staticmethod
+    def _call(backend: Backend, feeds: dict[str, Any]):
         on_device = [v for v in feeds.values() if _is_device_tensor(v)]
-        if on_device and hasattr(self.backend, "run_torch"):
+        if on_device and hasattr(backend, "run_torch"):
             import torch
 
             dev = on_device[0].device
-            return self.backend.run_torch({k: torch.as_tensor(v, device=dev) for k, v in feeds.items()})
-        return self.backend.run({k: _host(v) for k, v in feeds.items()})
+            return backend.run_torch({k: torch.as_tensor(v, device=dev) for k, v in feeds.items()})
+        return backend.run({k: _host(v) for k, v in feeds.items()})
 
 
 class Decoder(_Runner):
@@ -186,10 +229,10 @@ class Decoder(_Runner):
         """
         like = latents if _is_torch(latents) else None
         z = as_float32(latents, "latents")
-        lat = self.bundle.manifest.latent or {}
-        _check_shape(z, "latents", (None, lat.get("channels", 4), None, None))
-        up = lat.get("upscale", 8)
-        shape = (z.shape[0], self.bundle.manifest.image["channels"], up * z.shape[2], up * z.shape[3])
+        m = self.bundle.manifest
+        _check_shape(z, "latents", (None, m.latent.channels, None, None))
+        up = m.latent.upscale
+        shape = (z.shape[0], m.image.channels, up * z.shape[2], up * z.shape[3])
         noise_arrays = self._noise(noise, self._generator(seed, noise), shape)
         feeds = {"latents": z} | dict(zip(self.bundle.manifest.noise_names, noise_arrays))
         return _return_like(self._run(feeds), like)
@@ -223,7 +266,7 @@ class Sampler(_Runner):
         like = next((x for x in (class_labels, *(noise or ())) if _is_torch(x)), None)
         img = self.bundle.manifest.image
         batch = self._batch_size(batch_size, class_labels, noise)
-        shape = (batch, img["channels"], img["height"], img["width"])
+        shape = (batch, img.channels, img.height, img.width)
         feeds: dict[str, np.ndarray] = {}
         g = self._generator(seed, noise)
         noise_arrays = self._noise(noise, g, shape)  # noise first, in step order, then labels

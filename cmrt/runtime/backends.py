@@ -13,11 +13,17 @@ from ..errors import BundleError, ConfigError, MissingDependencyError, require
 
 
 class Backend(Protocol):
+    """What runners need of a backend. ``thread_safe``: ``run`` may be called from several threads
+    at once (else the runner serializes calls); ``max_batch``: the largest batch it accepts, or None."""
+
     name: str  # e.g. "onnxruntime-cpu"
     precision: str  # "fp32" or "fp16": which tolerances apply
     input_names: list[str]
+    thread_safe: bool
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
 
 
 def session_options(threads: int | None = None):
@@ -37,12 +43,17 @@ def session_options(threads: int | None = None):
     so.enable_mem_pattern = True
     so.add_session_config_entry("session.intra_op.allow_spinning", "1")
     so.add_session_config_entry("session.force_spinning_stop", "1")
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: load failures become one-line BundleErrors, not a log dump
     return so
 
 
 class OnnxRuntimeBackend:
-    """A graph on ONNX Runtime. ``device``: "cpu", "cuda", or "auto" (CUDA when its provider is present)."""
+    """A graph on ONNX Runtime. ``device``: "cpu", "cuda", or "auto" (CUDA when its provider is present).
+
+    ``InferenceSession.run`` is thread-safe, so one backend serves concurrent calls.
+    """
+
+    thread_safe = True
 
     def __init__(self, graph: str | Path, *, device: str = "auto", threads: int | None = None,
                  precision: str = "fp32") -> None:
@@ -67,6 +78,10 @@ class OnnxRuntimeBackend:
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {k: _as_graph_dtype(v, self._input_types.get(k)) for k, v in feeds.items()}
         return np.asarray(self.session.run([OUTPUT_NAME], feeds)[0], dtype=np.float32)
+
+    def close(self) -> None:
+        """Free the session (its weights and arenas)."""
+        self.session = None
 
 
 def _as_graph_dtype(value: np.ndarray, ort_type: str | None) -> np.ndarray:
@@ -118,7 +133,8 @@ def open_backend(bundle: Bundle, name: str | None = None) -> Backend:
         raise ConfigError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
     backend = BACKENDS[name](bundle)
     expected = bundle.manifest.input_names
-    if list(backend.input_names) != expected:
+    if sorted(backend.input_names) != sorted(expected):
+        backend.close()
         raise BundleError(f"{bundle.path}: the graph's inputs {backend.input_names} do not match the "
                           f"manifest's {expected}: the bundle was modified; re-export it")
     return backend

@@ -1,23 +1,85 @@
-"""Re-check a bundle on any backend against the PyTorch outputs stored at export."""
+"""Re-check a bundle: the integrity of its files, then any backend against the PyTorch outputs
+stored at export."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..bundle import OUTPUT_NAME, Bundle
+from ..bundle import OUTPUT_NAME, Bundle, EngineParity, Gpu, IntegrityReport, ParityRecord
+from ..errors import ParityError
 from ..parity import ParityReport, compare
 from .backends import open_backend
 
 
-def check(engine: str | Path | Bundle, *, backend: str | None = None) -> ParityReport:
-    """Run ``backend`` on the bundle's stored parity inputs and compare with the stored PyTorch
-    outputs, with the tolerances of the graph's precision. Needs no PyTorch model.
+@dataclass(frozen=True)
+class CheckReport:
+    """``cmrt check``'s result: the integrity report, then the parity report (None when the
+    integrity check failed: a changed file is not run). Truthy when both passed."""
+
+    integrity: IntegrityReport
+    parity: ParityReport | None
+
+    @property
+    def passed(self) -> bool:
+        return self.integrity.passed and self.parity is not None and self.parity.passed
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def lines(self) -> list[str]:
+        out = self.integrity.lines()
+        if self.parity is None:
+            return out + ["parity: not run (the bundle's files differ from what its manifest recorded)"]
+        return out + self.parity.lines()
+
+    def raise_if_failed(self) -> "CheckReport":
+        self.integrity.raise_if_failed()
+        if self.parity is None:
+            raise ParityError("parity was not checked")
+        self.parity.raise_if_failed()
+        return self
+
+
+def check(engine: str | Path | Bundle, *, backend: str | None = None, record: bool = True) -> CheckReport:
+    """Verify every file's SHA-256 and the manifest's digest; then run ``backend`` on the bundle's
+    stored parity inputs and compare with the stored PyTorch outputs, with the tolerances of the
+    graph's precision. Needs no PyTorch model.
+
+    Args:
+        engine: a bundle folder, or a graph/engine file inside one.
+        backend: a backend name (None: the default for the bundle).
+        record: when an engine was checked, write the result into its manifest record
+            (``engines[target].parity``).
 
     Returns:
         The report (falsy on failure; call ``raise_if_failed()`` to raise).
     """
     bundle = Bundle.open(engine)
+    integrity = bundle.verify()
+    if not integrity.passed:
+        return CheckReport(integrity, None)
     runner = open_backend(bundle, backend)
-    inputs, expected = bundle.parity_data()
-    actual = {OUTPUT_NAME: runner.run(inputs)}
-    return compare(actual, expected, backend=runner.name, precision=runner.precision)
+    try:
+        inputs, expected = bundle.parity_data()
+        actual = {OUTPUT_NAME: runner.run(inputs)}
+    finally:
+        runner.close()
+    report = compare(actual, expected, backend=runner.name, precision=runner.precision)
+    target = getattr(runner, "engine_target", None)
+    if record and target is not None:
+        record_engine_parity(bundle, target, report, gpu=getattr(runner, "gpu", None),
+                             library_version=getattr(runner, "library_version", None))
+    return CheckReport(integrity, report)
+
+
+def record_engine_parity(bundle: Bundle, target: str, report: ParityReport, *, gpu: Gpu | None,
+                         library_version: str | None) -> None:
+    """Write an engine's check result into its manifest record (atomically)."""
+    import datetime as _dt
+
+    engines = dict(bundle.manifest.engines)
+    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    engines[target] = replace(engines[target], parity=EngineParity(True, gpu, library_version, when,
+                                                                   ParityRecord.of(report)))
+    bundle.update(engines=engines)

@@ -103,7 +103,7 @@ def check_shapes(record: dict, feeds: dict[str, tuple[int, ...]]) -> None:
 
 # --- the backend ------------------------------------------------------------------------
 def _device() -> dict | None:
-    from ..export.tensorrt import cuda_device
+    from ..exporter.tensorrt import cuda_device
 
     return cuda_device()
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ..cli import command, float_list, int_list
+from ..cli import float_list, int_list
 from .models import METHODS, TrainConfig
 
 TRAIN_EXAMPLES = """examples:
@@ -77,8 +77,6 @@ def _train_run(a: argparse.Namespace) -> int:
     return 0
 
 
-command("train", "train a consistency model (ct, cd), an EDM teacher (edm) or a consistency decoder")(
-    (_train_args, _train_run))
 
 
 def _ae_args(p: argparse.ArgumentParser) -> None:
@@ -97,8 +95,6 @@ def _ae_run(a: argparse.Namespace) -> int:
     return 0
 
 
-command("train-autoencoder", "train the small frozen encoder (image → SD-convention latents) for decoder runs")(
-    (_ae_args, _ae_run))
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -122,7 +118,3 @@ def _eval_run(a: argparse.Namespace) -> int:
 
         write_json_atomic(a.json, report.to_dict())
     return 0
-
-
-command("eval", "score sample quality: Fréchet distance and class accuracy (digits), SWD (2-D), PSNR (decoders)")(
-    (_eval_args, _eval_run))

@@ -72,8 +72,25 @@ class TrainConfig:
             raise ConfigError("--max-steps and --batch-size must be ≥ 1")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "attention", tuple(bool(a) for a in self.attention))
+        self._check_architecture()
         if self.distance and self.distance not in ("l2", "pseudo_huber"):
             raise ConfigError(f"--distance must be l2 or pseudo_huber, got {self.distance!r}")
+
+    def _check_architecture(self) -> None:
+        """The UNet options, checked with the command line's names before any model is built."""
+        widths = ",".join(map(str, self.widths))
+        if not self.widths or any(w < 1 for w in self.widths):
+            raise ConfigError(f"--widths must be positive integers, got {widths!r}")
+        if self.norm_groups < 1 or any(w % self.norm_groups for w in self.widths):
+            raise ConfigError(f"--widths {widths}: every width must be divisible by --norm-groups {self.norm_groups}")
+        if self.method != "decoder" and len(self.attention) != len(self.widths):
+            raise ConfigError(f"--attention needs one flag per --widths level ({len(self.widths)}), got "
+                              f"{len(self.attention)}")
+        bad = [w for w, a in zip(self.widths, self.attention) if a and w % self.head_dim]
+        if self.method != "decoder" and (bad or self.widths[-1] % self.head_dim):
+            raise ConfigError(f"--widths {widths}: attention widths must be multiples of --head-dim {self.head_dim}")
+        if self.layers_per_block < 1 or self.image_size < 1 or self.channels < 1:
+            raise ConfigError("--layers-per-block, --image-size and --channels must be ≥ 1")
 
     @property
     def loss_distance(self) -> str:

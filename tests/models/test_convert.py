@@ -28,29 +28,50 @@ def small_cm_cfg(**over) -> UNetConfig:
                                   {"resblock_updown": False, "layers_per_block": 1},
                                   {"attention": (False, False, True), "block_out_channels": (64, 128, 128)}])
 def test_openai_cm_roundtrip_and_inference(over):
+    """Written as openai/consistency_models writes it (attention as 1×1 Conv2d), the file's layout
+    is inferred and every weight maps back exactly."""
     cfg = small_cm_cfg(**over)
     unet = randomize(UNet(cfg))
     openai = C.cmrt_to_openai_cm(unet.state_dict(), cfg)
     assert "input_blocks.0.0.weight" in openai and "middle_block.1.qkv.weight" in openai
-    assert openai["middle_block.1.qkv.weight"].shape == (3 * cfg.block_out_channels[-1], cfg.block_out_channels[-1], 1)
+    c = cfg.block_out_channels[-1]
+    assert openai["middle_block.1.qkv.weight"].shape == (3 * c, c, 1, 1)  # cm/unet.py: conv_nd(2, C, 3C, 1)
+    assert openai["middle_block.1.proj_out.weight"].shape == (c, c, 1, 1)
     assert C.infer_openai_cm_config(openai, "x") == cfg
     back = C.openai_cm_to_cmrt(openai, cfg, "x")
     own = unet.state_dict()
     assert set(back) == set(own) and all(torch.equal(back[k], own[k]) for k in own)
 
 
+def test_guided_diffusion_conv1d_attention_also_loads():
+    cfg = small_cm_cfg()
+    unet = randomize(UNet(cfg))
+    conv1d = C.cmrt_to_openai_cm(unet.state_dict(), cfg, conv_dims=1)
+    assert conv1d["middle_block.1.qkv.weight"].dim() == 3
+    back = C.openai_cm_to_cmrt(conv1d, cfg, "x")
+    assert all(torch.equal(back[k], v) for k, v in unet.state_dict().items())
+
+
+def test_attention_weight_that_is_not_1x1_is_refused():
+    cfg = small_cm_cfg()
+    openai = C.cmrt_to_openai_cm(randomize(UNet(cfg)).state_dict(), cfg)
+    openai["middle_block.1.proj_out.weight"] = torch.zeros(128, 128, 3, 3)
+    with pytest.raises(SourceError, match=r"proj_out.weight has shape \(128, 128, 3, 3\), not a 1×1"):
+        C.openai_cm_to_cmrt(openai, cfg, "ckpt.pt")
+
+
 def _openai_flash_attention(x, sd, prefix, heads):
-    """openai/consistency_models' AttentionBlock with flash ordering, written from its description:
-    qkv = Conv1d(GN(x)); rows split as (three, heads, dim); softmax(q·k/√d)·v; proj_out; + x."""
+    """openai/consistency_models' AttentionBlock (cm/unet.py, dims=2) with flash ordering, written
+    from its description: qkv = Conv2d₁ₓ₁(GN(x)) flattened to (b, 3c, s); rows split as
+    (three, heads, dim); softmax(q·k/√d)·v; proj_out = Conv2d₁ₓ₁ on the (b, c, h, w) map; + x."""
     b, c, h, w = x.shape
-    xs = x.reshape(b, c, h * w)
-    hn = F.group_norm(xs, 32, sd[f"{prefix}.norm.weight"], sd[f"{prefix}.norm.bias"])
-    qkv = F.conv1d(hn, sd[f"{prefix}.qkv.weight"], sd[f"{prefix}.qkv.bias"])  # (b, 3c, s)
+    hn = F.group_norm(x, 32, sd[f"{prefix}.norm.weight"], sd[f"{prefix}.norm.bias"])
+    qkv = F.conv2d(hn, sd[f"{prefix}.qkv.weight"], sd[f"{prefix}.qkv.bias"]).reshape(b, 3 * c, h * w)
     q, k, v = qkv.reshape(b, 3, heads, c // heads, h * w).unbind(1)  # flash order: (three h d)
     attn = torch.softmax(torch.einsum("bhds,bhdt->bhst", q, k) / (c // heads) ** 0.5, dim=-1)
-    out = torch.einsum("bhst,bhdt->bhds", attn, v).reshape(b, c, h * w)
-    out = F.conv1d(out, sd[f"{prefix}.proj_out.weight"], sd[f"{prefix}.proj_out.bias"])
-    return (xs + out).reshape(b, c, h, w)
+    out = torch.einsum("bhst,bhdt->bhds", attn, v).reshape(b, c, h, w)
+    out = F.conv2d(out, sd[f"{prefix}.proj_out.weight"], sd[f"{prefix}.proj_out.bias"])
+    return x + out
 
 
 def test_qkv_is_split_in_flash_order():
@@ -65,7 +86,7 @@ def test_qkv_is_split_in_flash_order():
     with torch.no_grad():
         got = unet.mid_block.attentions[0](x)
     assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
-    legacy = openai[f"{prefix}.qkv.weight"].reshape(2, 3, 64, 128, 1).transpose(0, 1).reshape(384, 128, 1)
+    legacy = openai[f"{prefix}.qkv.weight"].reshape(2, 3, 64, 128, 1, 1).transpose(0, 1).reshape(384, 128, 1, 1)
     bad = _openai_flash_attention(x, openai | {f"{prefix}.qkv.weight": legacy}, prefix, heads=2)
     assert (bad - ref).abs().max() > 1e-3  # the ordering is observable
 

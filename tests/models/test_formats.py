@@ -15,7 +15,7 @@ from cmrt import schedules as S
 from cmrt.cli import main
 from cmrt.errors import ConfigError, SourceError
 from cmrt.models import convert as C
-from cmrt.models.load import load_model
+from cmrt.models.sources import load_model
 from cmrt.parity import TOLERANCES
 from tests.conftest import randomize
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cmrt
-from cmrt.export.api import export
+from cmrt.exporter.api import export
 
 
 @pytest.fixture(scope="module")

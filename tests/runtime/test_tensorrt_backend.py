@@ -23,7 +23,7 @@ A100 = {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
 
 
 def _record(target: str, version: str, ccs, gpu=None) -> dict:
-    """The fields ``cmrt build`` writes that the backend reads (see cmrt.export.tensorrt._record)."""
+    """The fields ``cmrt build`` writes that the backend reads (see cmrt.exporter.tensorrt._record)."""
     module = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}[target]
     return {"file": f"engine.{target}.plan", "target": target, "library": module, "library_version": version,
             "compute_capabilities": ccs, "gpu": gpu,
@@ -32,7 +32,7 @@ def _record(target: str, version: str, ccs, gpu=None) -> dict:
 
 def test_module_imports_without_tensorrt_or_cuda():
     code = ("import sys; sys.modules['tensorrt'] = None; sys.modules['tensorrt_rtx'] = None\n"
-            "import cmrt.runtime.tensorrt, cmrt.export.tensorrt, cmrt.export.precision, cmrt.export.cli\n"
+            "import cmrt.runtime.tensorrt, cmrt.exporter.tensorrt, cmrt.exporter.precision, cmrt.exporter.cli\n"
             "assert 'torch' not in sys.modules and 'onnxconverter_common' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -104,8 +104,8 @@ def _gpu_bundle(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU here (engine execution needs one)")
     from conftest import loaded, tiny_decoder_spec
-    from cmrt.export.api import export
-    from cmrt.export.tensorrt import ProfileSpec, build, resolve_target
+    from cmrt.exporter.api import export
+    from cmrt.exporter.tensorrt import ProfileSpec, build, resolve_target
 
     target = resolve_target(None)
     if target.name == "tensorrt-rtx" and torch.cuda.get_device_capability() == (9, 0):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from cmrt import schedules as S
-from cmrt.models.load import DEFAULT_DECODER, DEFAULT_MODEL, load_model
+from cmrt.models.load import DEFAULT_DECODER, DEFAULT_MODEL
+from cmrt.models.sources import load_model
 from cmrt.train.autoencoder import DEFAULT_ENCODER, encode_file
 from cmrt.train.data import load_digits_color
 from cmrt.train.eval import psnr

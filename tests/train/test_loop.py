@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from cmrt.models.load import load_model
+from cmrt.models.sources import load_model
 from cmrt.train import runs as R
 from cmrt.train.loop import Trainer, train
 

@@ -14,7 +14,7 @@ from cmrt import ConfigError, ParityError, check, parity
 from cmrt.bundle import Bundle
 from cmrt.cli import main
 from cmrt.export import precision as P
-from cmrt.export.api import build_unrolled, export
+from cmrt.exporter.api import build_unrolled, export
 from conftest import loaded, tiny_cm_spec, tiny_decoder_spec
 
 FP16, FP32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT

@@ -10,7 +10,7 @@ import torch
 import cmrt
 from cmrt import parity
 from cmrt.bundle import Bundle
-from cmrt.export.api import build_unrolled, export
+from cmrt.exporter.api import build_unrolled, export
 
 
 def _torch_reference(model, bundle, feeds):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import command
-
 BUILD_EXAMPLES = """examples:
   cmrt export --model run/ --precision fp16 --out bundle
   cmrt build bundle                                   whichever TensorRT is installed
@@ -62,7 +60,3 @@ def _build_run(a: argparse.Namespace) -> int:
     print(f"wrote {a.bundle / record['file']} ({record['library']} {record['library_version']}, "
           f"compute capability {where}, {record['bytes'] / 2**20:.1f} MiB, built in {record['build_seconds']:.1f} s)")
     return 0
-
-
-command("build", "build a TensorRT / TensorRT-RTX engine from a bundle's FP16 graph (strongly typed)")(
-    (_build_args, _build_run))

@@ -34,9 +34,11 @@ from typing import Callable
 
 import numpy as np
 
-from ..bundle import OUTPUT_NAME
+from ..bundle import (OUTPUT_NAME, Calibration, CaseParity, FileRecord, Fp32Node, GraphRecord, NodeCounts,
+                      PrecisionRecord)
 from ..errors import ConfigError
-from .onnx import FX_NODE_KEY, SCOPES_KEY, strip_metadata
+from .onnx import graph_files
+from .metadata import FX_NODE_KEY, SCOPES_KEY, strip_metadata
 
 FP16_MAX = 65504.0  # largest finite float16
 #: A tensor whose magnitude calibration saw above this keeps its node in FP32. The same default as
@@ -51,6 +53,9 @@ CALIBRATION_BATCH = 2
 #: once, and value ranges of convolutions and normalizations barely depend on the spatial size.
 CALIBRATION_LATENT_HW = (4, 4)
 NETWORK_SCOPE = "denoiser.unet"  # torch module path of the backbone in the unrolled samplers
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+#: The FP16 pass refuses to write a graph in which fewer of the convolutions/matmuls run in FP16.
+MIN_FP16_COMPUTE_SHARE = 0.5
 NORM_TARGETS = ("aten.group_norm", "aten.native_group_norm", "aten.layer_norm", "aten.native_layer_norm")
 NORM_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization", "BatchNormalization")
 NORM_STAT_OPS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "Pow", "Sqrt", "Reciprocal", "Sub", "Div")
@@ -81,8 +86,8 @@ class Decision:
 class Fp16Result:
     """What ``make_fp16`` produced: the graph entry, the decisions record and the parity reports."""
 
-    graph: dict
-    record: dict
+    graph: GraphRecord
+    record: PrecisionRecord
     reports: dict = field(default_factory=dict)  # case name → ParityReport
 
     @property
@@ -119,7 +124,7 @@ def verification_cases(feeds: dict[str, np.ndarray], kind: str) -> dict[str, dic
 
 def calibration_feeds(spec, steps: int) -> dict[str, np.ndarray]:
     """Calibration inputs: fresh draws (``CALIBRATION_SEED``) shaped like the parity inputs."""
-    from .api import parity_inputs
+    from .inputs import parity_inputs
 
     feeds = parity_inputs(spec, steps, batch=CALIBRATION_BATCH, latent_hw=CALIBRATION_LATENT_HW,
                           seed=CALIBRATION_SEED)
@@ -357,49 +362,72 @@ def make_fp16(sampler, fp32_graph: Path, out: Path, spec, feeds: dict[str, np.nd
     peaks = calibrate(fp32_graph, list(calibration.values()))
     model = onnx.load(str(fp32_graph))
     decisions = decide(model.graph, peaks, safe_abs_max=safe_abs_max)
+    check_coverage(model.graph, decisions)
     fp16 = convert(model, [d.node for d in decisions], io=io)
     del model
     counts = precision_counts(fp16)
     files = save_graph(fp16, out)
     cases = verification_cases(feeds, spec.kind)
     reports = verify(out, torch_reference(sampler), cases)
-    fp32_bytes = sum(f.stat().st_size for f in _graph_files(fp32_graph))
-    fp16_bytes = sum(f.stat().st_size for f in files)
-    graph = {"file": out.name, "data": [f.name for f in files[1:]], "opset": _opset(fp16),
-             "sha256": _sha(out), "bytes": fp16_bytes, "size_ratio_vs_fp32": round(fp16_bytes / fp32_bytes, 4)}
-    record = decisions_record(decisions, peaks, calibration, counts, io, safe_abs_max)
-    record["verification"] = {name: _summary(r) for name, r in reports.items()}
+    fp32_bytes = sum(f.stat().st_size for f in graph_files(fp32_graph))
+    records = tuple(FileRecord.of(f) for f in files)
+    graph = GraphRecord(out.name, records, _opset(fp16), io=io,
+                        size_ratio_vs_fp32=round(sum(r.bytes for r in records) / fp32_bytes, 4))
+    record = decisions_record(decisions, peaks, calibration, counts, io, safe_abs_max,
+                              {name: _summary(r) for name, r in reports.items()})
     return Fp16Result(graph, record, reports)
 
 
+def check_coverage(graph, decisions: list[Decision], *, min_fp16_share: float = MIN_FP16_COMPUTE_SHARE) -> None:
+    """Fail loudly when the rules left too few of the network's convolutions and matmuls to FP16
+    (e.g. the exporter's scope metadata changed and every node looked like sampler arithmetic),
+    instead of writing an all-FP32 "fp16" graph."""
+    from ..errors import ExportError
+
+    scopes = node_scopes(graph)
+    compute = [n.name for n in graph.node if n.op_type in COMPUTE_OPS]
+    network = [n for n in compute if scopes[n].startswith(NETWORK_SCOPE)]
+    kept = {d.node for d in decisions}
+    fp16 = [n for n in network if n not in kept]
+    if not compute:
+        return
+    if not network or len(fp16) < min_fp16_share * len(compute):
+        raise ExportError(
+            f"the FP16 pass would run only {len(fp16)} of {len(compute)} convolutions/matmuls in FP16 "
+            f"({len(network)} carry the network scope '{NETWORK_SCOPE}'): the graph's module-scope metadata "
+            "is missing or changed (torch.onnx version?), or calibration saw huge activations; nothing was "
+            "written. Check `python -c 'import torch; print(torch.__version__)'` against cmrt's tested versions")
+
+
 def decisions_record(decisions: list[Decision], peaks: dict[str, float], calibration: dict, counts: dict,
-                     io: str, safe_abs_max: float) -> dict:
+                     io: str, safe_abs_max: float, verification: dict) -> PrecisionRecord:
     """The manifest's ``precision["fp16"]``: converter, rules, calibration inputs and every FP32 node."""
     import onnxconverter_common
 
-    by_reason: dict[str, list[dict]] = {}
+    by_reason: dict[str, list[Fp32Node]] = {}
     for d in decisions:
-        by_reason.setdefault(d.reason, []).append(
-            {"node": d.node, "op": d.op} | ({"max_abs": _round(d.max_abs)} if d.max_abs is not None else {}))
+        by_reason.setdefault(d.reason, []).append(Fp32Node(d.node, d.op, _round(d.max_abs)))
     finite = [p for p in peaks.values() if math.isfinite(p)]
-    return {
-        "io": io,
-        "converter": f"{CONVERTER} {onnxconverter_common.__version__} convert_float_to_float16",
-        "converter_default_fp32_ops": "Resize, Range, CumSum, Min, Max, TopK, ... (its DEFAULT_OP_BLOCK_LIST)",
-        "rules": [REASON_SAMPLER, REASON_NORM, REASON_RANGE],
-        "calibration": {"cases": list(calibration), "seed": CALIBRATION_SEED, "batch": CALIBRATION_BATCH,
-                        "latent_hw": list(CALIBRATION_LATENT_HW),
-                        "safe_abs_max": safe_abs_max, "tensors": len(peaks),
-                        "largest_abs": _round(max(finite)) if finite else None},
-        "nodes": counts,
-        "fp32_nodes": by_reason,
-    }
+    return PrecisionRecord(
+        io=io,
+        converter=f"{CONVERTER} {onnxconverter_common.__version__} convert_float_to_float16",
+        converter_default_fp32_ops="Resize, Range, CumSum, Min, Max, TopK, ... (its DEFAULT_OP_BLOCK_LIST)",
+        rules=(REASON_SAMPLER, REASON_NORM, REASON_RANGE),
+        calibration=Calibration(tuple(calibration), CALIBRATION_SEED, CALIBRATION_BATCH, tuple(CALIBRATION_LATENT_HW),
+                                safe_abs_max, len(peaks), _round(max(finite)) if finite else None),
+        nodes=NodeCounts(**counts),
+        fp32_nodes={k: tuple(v) for k, v in by_reason.items()},
+        verification=verification)
 
 
-def _summary(report) -> dict:
+def _summary(report) -> CaseParity:
     o = report.outputs[0]
-    return {"max_abs": o.max_abs, "mean_abs": o.mean_abs, "psnr": None if math.isinf(o.psnr) else round(o.psnr, 2),
-            "finite": o.finite, "passed": o.passed}
+    return CaseParity(_round_keep(o.max_abs), _round_keep(o.mean_abs),
+                      None if not math.isfinite(o.psnr) else round(o.psnr, 2), o.finite, o.passed)
+
+
+def _round_keep(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
 
 def _round(x: float | None) -> float | None:
@@ -408,15 +436,3 @@ def _round(x: float | None) -> float | None:
 
 def _opset(model) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _sha(path: Path) -> str:
-    from .._io import sha256_file
-
-    return sha256_file(path)
-
-
-def _graph_files(path: Path) -> list[Path]:
-    from .onnx import graph_files
-
-    return graph_files(path)

@@ -1,4 +1,4 @@
-"""Graph clean-up rules (``cmrt.export.optimize``): each rewrite keeps the graph's outputs (checked
+"""Graph clean-up rules (``cmrt.exporter.optimize``): each rewrite keeps the graph's outputs (checked
 on ONNX Runtime against the unrewritten graph or PyTorch) and removes the nodes it says it does."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnxscript import ir
 
-from cmrt.export.onnx import KEEP_METADATA, SCOPES_KEY
-from cmrt.export.optimize import optimize
+from cmrt.exporter.onnx import KEEP_METADATA, SCOPES_KEY
+from cmrt.exporter.optimize import optimize
 
 C, H, W = 8, 5, 6
 

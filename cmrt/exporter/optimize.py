@@ -26,7 +26,7 @@ import onnxscript.optimizer
 from onnxscript import ir
 from onnxscript.rewriter.pattern import MatchResult, RewriteRuleClassBase, RewriteRuleSet
 
-from .onnx import SCOPES_KEY
+from .metadata import SCOPES_KEY
 
 #: Constant folding limits, in elements. Inputs: large enough for the official decoder's time path
 #: (its 1024×320 table and 1280×1280 / 2048×1280 projections). Outputs: only small tensors (the
@@ -44,21 +44,63 @@ class OptimizeReport:
         return {"folded_affine_chains": self.folded_affine_chains, "fused_instance_norms": self.fused_instance_norms}
 
 
-def optimize(model: ir.Model) -> OptimizeReport:
-    """Fold constants, merge affine chains and one-channel GroupNorms, drop what became unused."""
+def tidy(model: ir.Model) -> None:
+    """The exporter's own clean-up, at a fraction of its cost: constant folding (shapes, casts),
+    then onnxscript's no-op, basic (cast/reshape/transpose chains), slice and reshape-shape rules.
+
+    ``torch.onnx.export(optimize=True)`` runs these and a dozen more rule sets (MatMul broadcast,
+    Relu/Clip, BatchNorm and Pad fusions, ScatterND, LLM fusions) that never match a UNet, on the
+    whole unrolled graph; cmrt runs this once per network graph, before the steps are spliced in.
+    """
+    from onnxscript import rewriter
+    from onnxscript.rewriter import _basic_rules, _collapse_slices, _materialize_reshape_shape, _no_op
+
+    rules = [*_no_op.rules, *_basic_rules.basic_optimization_rules(), *_collapse_slices.rules,
+             *_materialize_reshape_shape.rules]
+    for _ in range(2):  # as the exporter's optimizer: a second round catches what the first exposed
+        _fold(model)
+        rewriter.RewritePass(rules)(model)
+        onnxscript.optimizer.remove_unused_nodes(model)
+
+
+def _fold(model: ir.Model) -> None:
     log = logging.getLogger("onnxscript")
     level = log.level
     log.setLevel(logging.ERROR)  # "skipping constant folding for ..." is not news to a user
     try:
-        onnxscript.optimizer.fold_constants(model, input_size_limit=FOLD_INPUT_LIMIT,
+        # node-level shape inference: the exporter leaves intermediate values untyped when its own
+        # optimizer is off, and typed values are what lets CastLike and the shape ops fold
+        onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, input_size_limit=FOLD_INPUT_LIMIT,
                                             output_size_limit=FOLD_OUTPUT_LIMIT)
     finally:
         log.setLevel(level)
+
+
+def optimize(model: ir.Model) -> OptimizeReport:
+    """Fold constants, merge affine chains and one-channel GroupNorms, drop what became unused."""
+    _fold(model)
+    _dedupe(model)
     onnxscript.optimizer.remove_unused_nodes(model)
     chains = RewriteRuleSet([FoldAffineChain.rule()]).apply_to_model(model)  # first: it shortens
     norms = RewriteRuleSet([OneChannelGroupNorm.rule()]).apply_to_model(model)  # the chains this one ends in
     onnxscript.optimizer.remove_unused_nodes(model)
+    _lift_constants(model)
     return OptimizeReport(chains, norms)
+
+
+def _dedupe(model: ir.Model) -> None:
+    """Common subexpressions once: what every step computes alike (the class embedding of the same
+    labels, each res block's SiLU of the shared embedding) is computed once."""
+    from onnx_ir.passes.common import CommonSubexpressionEliminationPass
+
+    CommonSubexpressionEliminationPass()(model)
+
+
+def _lift_constants(model: ir.Model) -> None:
+    """Constant nodes → initializers, as the exporter's own optimizer leaves its graphs."""
+    from onnx_ir.passes.common import LiftConstantsToInitializersPass
+
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:

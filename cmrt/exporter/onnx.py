@@ -1,0 +1,122 @@
+"""PyTorch sampler → ONNX graph (dynamo exporter, the network traced once), cleaned up, checked
+and described."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import onnx
+
+from ..bundle import OUTPUT_NAME, TensorSpec
+
+OPSET = 20  # TensorRT 10.x/11 and TensorRT-RTX parse it; ORT runs it
+EXTERNAL_DATA_ABOVE = 1 << 20  # weights go to a side file once the graph holds more than 1 MiB
+
+
+def dynamic_shapes(kind: str, n_inputs: int, *, spatial: bool):
+    """torch.export dynamic shapes of an unrolled sampler's inputs: batch always; with ``spatial``
+    (decoders) the latent h, w of input 0 and 8h, 8w of the noise inputs.
+
+    The structure mirrors the samplers' signatures: ``forward(latents, *noise)`` and
+    ``forward(*inputs)``.
+    """
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=1024)
+    if spatial:
+        h, w = Dim("h", min=1, max=512), Dim("w", min=1, max=512)
+        return ({0: batch, 2: h, 3: w}, tuple({0: batch, 2: 8 * h, 3: 8 * w} for _ in range(n_inputs - 1)))
+    return (tuple([{0: batch}] * n_inputs),)
+
+
+@dataclass(frozen=True)
+class GraphExport:
+    """What ``export_graph`` did: clean-up counts, network calls spliced, whether the network
+    graph came from the cache, and the wall time of each stage."""
+
+    rewrites: dict[str, int]
+    network_calls: int
+    network_cached: bool
+    seconds: dict[str, float]
+
+
+def export_graph(sampler, network, args: Sequence, input_names: list[str], dyn, path: Path, *,
+                 spatial: bool, opset: int = OPSET, cache: bool = True) -> GraphExport:
+    """Export ``sampler(*args)`` to ``path`` with named inputs, output ``images`` and dynamic axes.
+
+    ``network`` (a submodule of ``sampler``, called once per step) is traced once and spliced into
+    every step (``cmrt.exporter.trace``); the graph is then cleaned up for the fixed schedule
+    (``cmrt.exporter.optimize``). Weights go to ``<path>.data`` when large. The graph is checked
+    with ``onnx.checker`` (by path, so graphs above 2 GB work).
+    """
+    from .metadata import strip_ir_metadata
+    from .optimize import optimize
+    from .trace import NetworkCall, first_network_call, splice, trace_network, trace_sampler
+
+    clock = _Clock()
+    call, out = first_network_call(sampler, network, args)
+    net, cached = trace_network(network, call, spatial=spatial, opset=opset, cache=cache)
+    clock.lap("network")
+    with swapped(sampler, network, NetworkCall(out.shape[1])):
+        program = trace_sampler(sampler, args, input_names, dyn, opset=opset)
+    clock.lap("sampler")
+    state = network.state_dict()
+    calls = splice(program.model, net, state)
+    rewrites = optimize(program.model).to_dict()
+    strip_ir_metadata(program.model)
+    clock.lap("splice_optimize")
+    n_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    program.save(str(path), external_data=n_bytes > EXTERNAL_DATA_ABOVE)
+    onnx.checker.check_model(str(path), full_check=False)
+    clock.lap("save")
+    return GraphExport(rewrites, calls, cached, clock.laps)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t, self.laps = time.perf_counter(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.t, 3)
+        self.t = now
+
+
+@contextmanager
+def swapped(root, old, new) -> Iterator[None]:
+    """Temporarily replace submodule ``old`` of ``root`` by ``new`` (wherever it is attached)."""
+    places = [(parent, name) for parent in root.modules() for name, child in parent.named_children() if child is old]
+    if not places:
+        raise RuntimeError("the network is not a submodule of the sampler")
+    for parent, name in places:
+        setattr(parent, name, new)
+    try:
+        yield
+    finally:
+        for parent, name in places:
+            setattr(parent, name, old)
+
+
+def describe_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Names, dtypes and (symbolic) shapes of a graph's inputs and outputs."""
+    model = onnx.load(str(path), load_external_data=False)
+
+    def one(v) -> TensorSpec:
+        t = v.type.tensor_type
+        dims = tuple(d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim)
+        return TensorSpec(v.name, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, dims)
+
+    return tuple(one(v) for v in model.graph.input), tuple(one(v) for v in model.graph.output)
+
+
+def graph_files(path: Path) -> list[Path]:
+    """The graph file and its external data file, if any."""
+    data = path.with_name(path.name + ".data")
+    return [path] + ([data] if data.exists() else [])
+
+
+__all__ = ["OPSET", "OUTPUT_NAME", "GraphExport", "export_graph", "dynamic_shapes", "describe_io", "graph_files"]
