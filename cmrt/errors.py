@@ -40,6 +40,10 @@ class MissingDependencyError(CmrtError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
+class EngineBuildError(CmrtError, RuntimeError):
+    """TensorRT could not parse the graph, configure the build, or build the engine."""
+
+
 class ParityError(CmrtError, RuntimeError):
     """An exported graph or engine does not reproduce its PyTorch source within tolerance."""
 

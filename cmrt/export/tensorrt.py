@@ -22,17 +22,13 @@ from pathlib import Path
 
 from .._io import sha256_file
 from ..bundle import Bundle
-from ..errors import CmrtError, ConfigError, MissingDependencyError, require
+from ..errors import ConfigError, EngineBuildError, MissingDependencyError, require  # EngineBuildError: re-exported
 
 GIB = 1 << 30
 MIB = 1 << 20
 DECODER_LATENT_MAX = 512  # the exported graphs' dynamic latent side limit (export/onnx.py)
 PORTABLE = "library default (portable set)"
 HEADER_DEFECTS = {"MALFORMED_ENGINE", "VERSION_MISMATCH"}
-
-
-class EngineBuildError(CmrtError, RuntimeError):
-    """TensorRT could not parse the graph or build the engine."""
 
 
 @dataclass(frozen=True)
