@@ -55,6 +55,27 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
         raise
 
 
+def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
+    """Write a bytes-like object (``bytes``, ``memoryview``, TensorRT's ``IHostMemory``) to a
+    temporary file beside ``path``, then rename it into place; returns ``path``.
+
+    Args:
+        path: the file to write or replace.
+        data: any object with the buffer protocol; it is written without an extra copy.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(memoryview(data))
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 @contextmanager
 def staged_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out``, on failure it

@@ -52,12 +52,12 @@ class ExportError(CmrtError, RuntimeError):
     """The export could not produce a trustworthy graph (a tracing or FP16-pass failure)."""
 
 
-class EngineBuildError(CmrtError, RuntimeError):
-    """TensorRT could not parse the graph or build the engine."""
-
-
 class MissingDependencyError(CmrtError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class EngineBuildError(CmrtError, RuntimeError):
+    """TensorRT could not parse the graph, configure the build, or build the engine."""
 
 
 class ParityError(CmrtError, RuntimeError):

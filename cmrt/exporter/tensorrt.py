@@ -13,26 +13,22 @@ the manifest's ``engines[target]`` record.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import resource
-import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .._io import sha256_file
+from .._io import sha256_file, write_bytes_atomic
 from ..bundle import Bundle
-from ..errors import CmrtError, ConfigError, MissingDependencyError, require
+from ..errors import ConfigError, EngineBuildError, MissingDependencyError, require  # EngineBuildError: re-exported
+from ..runtime._trt import RUNTIME_CACHE_FILE, diagnostic_names
 
 GIB = 1 << 30
 MIB = 1 << 20
 DECODER_LATENT_MAX = 512  # the exported graphs' dynamic latent side limit (export/onnx.py)
 PORTABLE = "library default (portable set)"
 HEADER_DEFECTS = {"MALFORMED_ENGINE", "VERSION_MISMATCH"}
-
-
-class EngineBuildError(CmrtError, RuntimeError):
-    """TensorRT could not parse the graph or build the engine."""
 
 
 @dataclass(frozen=True)
@@ -167,32 +163,89 @@ def network_from_graph(trt, builder, graph: Path):
 
 
 def configure(trt, builder, target: Target, shapes: dict, *, workspace_gb: float | None,
-              compute_capabilities: list[str] | None, timing_cache: bytes | None):
-    """A builder config: workspace limit, one optimization profile, and the target's extras."""
+              compute_capabilities: list[str] | None):
+    """A builder config: workspace limit, one optimization profile, and the target's compute
+    capabilities (the timing cache is attached by ``TimingCacheFile``)."""
     config = builder.create_builder_config()
     if workspace_gb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * GIB))
-    profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in shapes.items():
-        profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
+    add_profile(builder, config, shapes)
     if compute_capabilities:
-        config.num_compute_capabilities = len(compute_capabilities)
-        for i, cc in enumerate(compute_capabilities):
-            config.set_compute_capability(getattr(trt.ComputeCapability, cc), i)
-    if timing_cache is not None:
-        config.set_timing_cache(config.create_timing_cache(timing_cache), ignore_mismatch=False)
+        set_compute_capabilities(trt, config, compute_capabilities)
     return config
 
 
-def build_serialized(builder, network, config) -> bytes:
+def add_profile(builder, config, shapes: dict) -> int:
+    """Add one optimization profile; ``add_optimization_profile`` returns its index, or -1 when the
+    profile is invalid (NvInfer.h ``addOptimizationProfile``), which is an ``EngineBuildError``."""
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in shapes.items():
+        profile.set_shape(name, lo, opt, hi)
+    index = config.add_optimization_profile(profile)
+    if index < 0:
+        ranges = ", ".join(f"{n} {tuple(lo)}..{tuple(hi)}" for n, (lo, _opt, hi) in shapes.items())
+        raise EngineBuildError(f"TensorRT refused the optimization profile ({ranges}; see its log): check "
+                               "--min/--opt/--max-batch and --min/--opt/--max-latent")
+    return index
+
+
+def set_compute_capabilities(trt, config, names: list[str]) -> None:
+    """Set TensorRT-RTX's target compute capabilities; a False from ``set_compute_capability``
+    (its 1.7.1 docstring: "True if successful, false otherwise") is an ``EngineBuildError``."""
+    config.num_compute_capabilities = len(names)
+    for i, cc in enumerate(names):
+        if not config.set_compute_capability(getattr(trt.ComputeCapability, cc), i):
+            raise EngineBuildError(f"TensorRT-RTX refused compute capability {cc} (see its log): choose from "
+                                   f"{', '.join(RTX_COMPUTE_CAPABILITIES)}")
+
+
+@dataclass
+class TimingCacheFile:
+    """A ``--timing-cache`` file: read before the build, written after it only if TensorRT took it.
+
+    ``set_timing_cache(cache, ignore_mismatch=False)`` returns False for a cache made on another
+    GPU or TensorRT version (NvInfer.h ``setTimingCache``; pyCore.cpp binds it with the result):
+    that is warned about, the build goes on without it, and the user's file is left as it is.
+    """
+
+    path: Path
+    accepted: bool = False
+
+    def attach(self, config) -> bool:
+        """Create the cache from the file (``b""`` when absent: a new cache) and set it on ``config``."""
+        blob = self.path.read_bytes() if self.path.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        self.accepted = cache is not None and bool(config.set_timing_cache(cache, ignore_mismatch=False))
+        if not self.accepted:
+            warnings.warn(f"the timing cache {self.path} was rejected (made on another GPU or TensorRT version): "
+                          "building without it and leaving the file unchanged; pass another --timing-cache file "
+                          "to keep one for this GPU", stacklevel=2)
+        return self.accepted
+
+    def save(self, config) -> bool:
+        """Write the config's cache to the file atomically; False (nothing written) when it was
+        rejected, or (warned) when TensorRT returns none."""
+        if not self.accepted:
+            return False
+        cache = config.get_timing_cache()
+        data = None if cache is None else cache.serialize()
+        if data is None:
+            warnings.warn(f"TensorRT returned no timing cache after the build: {self.path} is left unchanged",
+                          stacklevel=2)
+            return False
+        write_bytes_atomic(self.path, data)
+        return True
+
+
+def build_serialized(builder, network, config):
+    """Build the plan: TensorRT's ``IHostMemory`` (a buffer, written and hashed without a copy)."""
     plan = builder.build_serialized_network(network, config)
-    if plan is None:
+    if plan is None or plan.nbytes == 0:
         raise EngineBuildError("TensorRT failed to build the engine (see its log above)")
-    return bytes(plan)
+    return plan
 
 
-def engine_validity(trt, plan: bytes, *, gpu: dict | None = None) -> dict:
+def engine_validity(trt, plan, *, gpu: dict | None = None) -> dict:
     """The plan's validity from its header (``Runtime.get_engine_validity``).
 
     ``header_ok`` is True when the header is well-formed and from this library version (no
@@ -205,8 +258,7 @@ def engine_validity(trt, plan: bytes, *, gpu: dict | None = None) -> dict:
     if check is None:
         return {"checked": False}
     validity, diagnostics = check(plan)
-    flags = [name for name, member in trt.EngineInvalidityDiagnostics.__members__.items()
-             if int(diagnostics) & int(member)]
+    flags = diagnostic_names(trt, diagnostics)
     header_ok = not set(flags) & HEADER_DEFECTS
     verdict = ("header malformed or from another version" if not header_ok else
                f"header valid; on this GPU: {validity.name}" if gpu is not None else
@@ -243,18 +295,9 @@ class _QuietLogger:
         return Quiet()
 
 
-def write_engine(bundle: Bundle, name: str, plan: bytes) -> Path:
-    """Write ``plan`` into the bundle atomically (temporary file, then rename)."""
-    path = bundle.path / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=bundle.path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(plan)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def write_engine(bundle: Bundle, name: str, plan) -> Path:
+    """Write ``plan`` (bytes or TensorRT's ``IHostMemory``) into the bundle atomically."""
+    return write_bytes_atomic(bundle.path / name, plan)
 
 
 # --- the command -----------------------------------------------------------------------
@@ -270,6 +313,7 @@ def build(engine: str | Path | Bundle, *, target: str | None = None, profile: Pr
         workspace_gb: builder workspace limit in GiB (None: the library's default).
         compute_capabilities: TensorRT-RTX targets, e.g. ["8.6", "8.9"] (None: its portable set).
         timing_cache: a TensorRT timing cache file, read if present and written after the build
+            unless TensorRT rejected it (another GPU or version: warned, file left unchanged)
             (``tensorrt`` only: a cache makes TensorRT-RTX look for a GPU).
 
     Returns:
@@ -284,26 +328,37 @@ def build(engine: str | Path | Bundle, *, target: str | None = None, profile: Pr
     shapes = profile_shapes(bundle.manifest, profile)
     trt = load_library(tgt)
     gpu = None if tgt.builds_without_gpu else _require_gpu(tgt)
-    cache_path = Path(timing_cache) if timing_cache else None
-    cache = cache_path.read_bytes() if cache_path and cache_path.is_file() else (b"" if cache_path else None)
+    cache_file = TimingCacheFile(Path(timing_cache)) if timing_cache else None
     t0 = time.perf_counter()
     builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
     network, _parser = network_from_graph(trt, builder, graph)
-    config = configure(trt, builder, tgt, shapes, workspace_gb=workspace_gb, compute_capabilities=ccs,
-                       timing_cache=cache)
+    config = configure(trt, builder, tgt, shapes, workspace_gb=workspace_gb, compute_capabilities=ccs)
+    if cache_file is not None:
+        cache_file.attach(config)
     plan = build_serialized(builder, network, config)
     seconds = time.perf_counter() - t0
     validity = engine_validity(trt, plan, gpu=gpu)
     problem = validity_problem(validity)
     if problem:
         raise EngineBuildError(f"the built {tgt.name} engine is refused: {problem}")
-    if cache_path is not None:
-        _save_timing_cache(config, cache_path)
+    if cache_file is not None:
+        cache_file.save(config)
     path = write_engine(bundle, tgt.engine_file, plan)
     record = _record(tgt, trt, bundle, graph, path, shapes, profile, seconds, validity, gpu, ccs, workspace_gb)
+    record["timing_cache"] = None if cache_file is None else {"file": str(cache_file.path),
+                                                              "accepted": cache_file.accepted}
+    if tgt.name == "tensorrt-rtx":
+        record["runtime_cache"] = _fresh_runtime_cache(bundle)
     bundle.manifest.engines[tgt.name] = record
     bundle.save_manifest()
     return record
+
+
+def _fresh_runtime_cache(bundle: Bundle) -> dict:
+    """A new engine invalidates the runtime cache of the old one: remove the file; the first run on a
+    GPU writes it again (``cmrt.runtime.tensorrt.save_runtime_cache``) with its SHA-256."""
+    (bundle.path / RUNTIME_CACHE_FILE).unlink(missing_ok=True)
+    return {"file": RUNTIME_CACHE_FILE, "sha256": None}
 
 
 def _check_target_options(tgt: Target, ccs: list[str] | None, timing_cache) -> None:
@@ -322,13 +377,6 @@ def _require_gpu(tgt: Target) -> dict:
                                      "is visible (with a CUDA build of torch): run `cmrt build` on that GPU "
                                      "machine, or use --target tensorrt-rtx (builds without a GPU)")
     return gpu
-
-
-def _save_timing_cache(config, path: Path) -> None:
-    data = bytes(config.get_timing_cache().serialize())
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _record(tgt, trt, bundle, graph, path, shapes, profile, seconds, validity, gpu, ccs, workspace_gb) -> dict:

@@ -5,22 +5,31 @@ checks, before touching the device, that the engine's library is installed, that
 visible, and that the engine was built by this library version for this GPU (from the facts
 ``cmrt build`` recorded in the manifest); any mismatch is refused with a message to rebuild.
 
-Running: input shapes are set and device buffers (torch CUDA tensors) allocated once per shape,
-tensor addresses bound, ``execute_async_v3`` launched on a stream; ``run_torch`` takes and returns
-CUDA tensors without host copies; ``cuda_graph=True`` captures one CUDA graph per shape after a
-warm-up run and replays it.
+Running (the TensorRT calls sit behind the seam in ``cmrt.runtime._trt``): a TensorRT-RTX engine
+is checked with ``get_engine_validity`` before it is deserialized, and its context is created from
+a runtime config that carries the runtime cache stored beside the engine
+(``engine.tensorrt-rtx.cache``, written back after the JIT compile). Per input shape, device
+buffers (torch CUDA tensors) are allocated once and bound (a few shapes are kept),
+``execute_async_v3`` runs on the backend's stream, ordered after the caller's current stream;
+``run_torch`` takes and returns CUDA tensors without host copies. ``cuda_graph=True``: TensorRT-RTX
+captures graphs itself; with TensorRT cmrt captures one per shape after a warm-up run. The
+contract is written out in ``docs/tensorrt.md``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._io import write_bytes_atomic
 from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import BundleError, MissingDependencyError, require
+from . import _trt
 
 #: Engine targets in the order a bundle's engines are tried (module, pip extra).
 ENGINE_TARGETS = {"tensorrt": ("tensorrt", "trt"), "tensorrt-rtx": ("tensorrt_rtx", "trt-rtx")}
@@ -125,12 +134,19 @@ def usable(bundle: Bundle) -> bool:
 
 
 class TensorRTBackend:
-    """A bundle's TensorRT or TensorRT-RTX engine on the current CUDA GPU.
+    """A bundle's TensorRT or TensorRT-RTX engine on one CUDA GPU.
+
+    The GPU is the one current when the backend is opened; the stream, the engine, the context
+    and every buffer live on it, and every run happens under it, whatever device is current then.
+    Runs are ordered after the caller's current stream and outputs are handed back recorded on it
+    (see ``docs/tensorrt.md``).
 
     Args:
         bundle: an opened bundle with an engine (``cmrt build``).
         target: "tensorrt" or "tensorrt-rtx" (None: the selected file, else the installed library's).
-        cuda_graph: capture and replay a CUDA graph per input shape.
+        cuda_graph: run with CUDA graphs: TensorRT-RTX captures them itself per shape
+            (``WHOLE_GRAPH_CAPTURE``); with TensorRT cmrt captures one per input shape after a
+            warm-up run (up to ``MAX_CACHED_SHAPES``) and falls back to plain runs if capture fails.
     """
 
     precision = "fp16"
@@ -150,79 +166,148 @@ class TensorRTBackend:
         if problem:
             raise BundleError(problem)
         self.name, self.torch, self.cuda_graph = self.record["target"], torch, cuda_graph
-        self.engine = self._deserialize(bundle.path / self.record["file"])
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        is_input = [self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT for n in names]
-        self.input_names = [n for n, i in zip(names, is_input) if i]
-        self.output_names = [n for n, i in zip(names, is_input) if not i]
-        self._shape: tuple | None = None
-        self._buffers: dict[str, Any] = {}
-        self._graph = None
+        self.bundle_path, self.gpu = bundle.path, device
+        self.device = torch.device("cuda", torch.cuda.current_device())  # recorded once; every call runs under it
+        with torch.cuda.device(self.device):
+            self.stream = torch.cuda.Stream(self.device)
+            self.engine = self._deserialize(bundle.path / self.record["file"])
+            self.setup = self._create_context()
+        self.context = self.setup.context
+        inputs, outputs = _trt.engine_io(self.trt, self.engine)
+        self.input_names = _trt.match_io(inputs, outputs, bundle.manifest.input_names, OUTPUT_NAME,
+                                         file=self.record["file"])
+        self.output_names = outputs
+        self.runner = self._runner()
+        self.save_runtime_cache()
 
     def _deserialize(self, path: Path):
         if not path.is_file():
             raise BundleError(f"{path} is listed in the manifest but missing: rebuild it with `cmrt build`")
         runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            raise BundleError(f"{path} could not be loaded by {self.record['library']} {self.trt.__version__}: "
-                              f"rebuild it here with `cmrt build {path.parent} --target {self.record['target']}`")
-        return engine
+        rebuild = f"rebuild it here with `cmrt build {path.parent} --target {self.record['target']}`"
+        return _trt.deserialize(self.trt, runtime, path.read_bytes(), file=path.name, rebuild=rebuild)
+
+    def _create_context(self) -> _trt.ContextSetup:
+        rtx = self.record["target"] == "tensorrt-rtx"
+        whole_graph = rtx and self.cuda_graph and hasattr(self.trt, "CudaGraphStrategy")
+        blob = runtime_cache_blob(self.bundle_path, self.record) if rtx else None
+        return _trt.create_context(self.trt, self.engine, file=self.record["file"], runtime_config=rtx,
+                                   whole_graph=whole_graph, cache_blob=blob)
+
+    def _runner(self) -> _trt.EngineRunner:
+        torch, handle = self.torch, self.stream.cuda_stream
+        capture = capturable = None
+        if self.cuda_graph and not self.setup.whole_graph:
+            capture = _trt.torch_capture(torch, self.stream)
+            check = getattr(self.context, "is_stream_capturable", None)  # TensorRT-RTX only
+            capturable = None if check is None else (lambda: bool(check(handle)))
+
+        def allocate(name: str, shape: tuple):
+            return torch.empty(shape, dtype=self._dtype(name), device=self.device)
+
+        return _trt.EngineRunner(self.context, inputs=self.input_names, outputs=self.output_names,
+                                 allocate=allocate, stream_handle=handle, capture=capture, capturable=capturable,
+                                 name=f"the {self.name} engine {self.record['file']}")
 
     def _dtype(self, name: str):
         return getattr(self.torch, _TORCH_DTYPES[self.engine.get_tensor_dtype(name).name])
 
-    def _bind(self, shapes: dict[str, tuple[int, ...]]) -> None:
-        """Set input shapes, allocate every buffer once for them, and bind the addresses."""
-        torch = self.torch
-        check_shapes(self.record, shapes)
-        for name, shape in shapes.items():
-            self.context.set_input_shape(name, shape)
-            self._buffers[name] = torch.empty(shape, dtype=self._dtype(name), device="cuda")
-        for name in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(name))
-            self._buffers[name] = torch.empty(shape, dtype=self._dtype(name), device="cuda")
-        for name, buf in self._buffers.items():
-            self.context.set_tensor_address(name, buf.data_ptr())
-        self._shape, self._graph = tuple(shapes.values()), None
+    def save_runtime_cache(self) -> Path | None:
+        """Write the TensorRT-RTX runtime cache beside the engine when it changed (after the JIT
+        compile at context creation; call again later to keep kernels compiled for new shapes).
 
-    def _launch(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise BundleError(f"{self.name} failed to run the engine (see the TensorRT log)")
-
-    def _execute(self) -> None:
-        if not self.cuda_graph:
-            self._launch()
-            return
-        if self._graph is None:
-            self._launch()  # warm-up: TensorRT allocates lazily on the first run
-            self.stream.synchronize()
-            graph = self.torch.cuda.CUDAGraph()
-            with self.torch.cuda.graph(graph, stream=self.stream):
-                self._launch()
-            self._graph = graph
-        self._graph.replay()
+        Returns the file written, or None (no change, not TensorRT-RTX, or not writable: warned).
+        """
+        if self.setup.runtime_cache is None:
+            return None
+        return save_runtime_cache(self.bundle_path, self.record, self.setup.runtime_cache,
+                                  library_version=self.trt.__version__, gpu=self.gpu)
 
     def run_torch(self, feeds: dict[str, Any]):
-        """Run on torch tensors (CUDA tensors stay on the device); returns a float32 CUDA tensor."""
-        torch = self.torch
+        """Run on torch tensors and return a float32 CUDA tensor on the backend's GPU.
+
+        CUDA inputs must be on the backend's GPU (``InputError`` otherwise); CPU tensors are copied
+        up. The run is ordered after the caller's current stream, and the result is ready for it.
+        """
+        check_devices(feeds, self.device)
         shapes = {n: tuple(feeds[n].shape) for n in self.input_names}
-        if self._shape != tuple(shapes.values()):
-            self._bind(shapes)
-        with torch.cuda.stream(self.stream):
+        check_shapes(self.record, shapes)
+
+        def work():
+            buffers = self.runner.prepare(shapes)
             for name in self.input_names:
-                self._buffers[name].copy_(feeds[name], non_blocking=True)
-            self._execute()
-            out = self._buffers[OUTPUT_NAME].float().clone()
-        self.stream.synchronize()
-        return out
+                buffers[name].copy_(feeds[name], non_blocking=True)
+            self.runner.execute()
+            out = buffers[OUTPUT_NAME]
+            return out.clone() if out.dtype == self.torch.float32 else out.float()  # one copy either way
+
+        return _trt.run_ordered(self.torch, self.device, self.stream, work)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         torch = self.torch
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).cuda() for k, v in feeds.items()}
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feeds.items()}
         return self.run_torch(tensors).cpu().numpy()
+
+
+def check_devices(feeds: dict[str, Any], device) -> None:
+    """Refuse CUDA tensors on another GPU than the backend's, naming both (CPU tensors are fine)."""
+    from ..errors import InputError
+
+    for name, value in feeds.items():
+        where = getattr(value, "device", None)  # numpy arrays have a string device
+        if getattr(where, "type", None) == "cuda" and where.index != device.index:
+            raise InputError(f"{name} is on {where}, but this engine was loaded on {device}: move the inputs "
+                             f"there (`.to('{device}')`), or open the backend while {where} is current")
+
+
+# --- the TensorRT-RTX runtime cache beside the engine ------------------------------------
+def runtime_cache_blob(bundle_path: Path, record: dict) -> bytes | None:
+    """The stored runtime cache for this engine, or None (none yet, or its SHA-256 does not match
+    the manifest's: warned, and rebuilt by the JIT)."""
+    info = record.get("runtime_cache") or {}
+    path = bundle_path / info.get("file", _trt.RUNTIME_CACHE_FILE)
+    if not path.is_file():
+        return None
+    blob = path.read_bytes()
+    if info.get("sha256") and hashlib.sha256(blob).hexdigest() != info["sha256"]:
+        warnings.warn(f"{path} does not match the SHA-256 recorded in the manifest: not used (it is rebuilt)",
+                      stacklevel=3)
+        return None
+    return blob
+
+
+def save_runtime_cache(bundle_path: Path, record: dict, cache, *, library_version: str, gpu: dict) -> Path | None:
+    """Serialize ``cache`` and, when it differs from the file beside the engine, write it
+    atomically and record it in the manifest's engine record under ``runtime_cache``.
+
+    A bundle that cannot be written (read-only install) is warned about, not fatal: the next
+    process then compiles the kernels again. Returns the file written, or None.
+    """
+    data = _trt.serialize_runtime_cache(cache, file=record["file"])
+    if data is None:
+        return None
+    name = (record.get("runtime_cache") or {}).get("file", _trt.RUNTIME_CACHE_FILE)
+    digest = hashlib.sha256(memoryview(data)).hexdigest()
+    if (record.get("runtime_cache") or {}).get("sha256") == digest and (bundle_path / name).is_file():
+        return None
+    try:
+        path = write_bytes_atomic(bundle_path / name, data)
+        info = {"file": name, "sha256": digest, "bytes": path.stat().st_size, "library_version": library_version,
+                "gpu": gpu}
+        _record_runtime_cache(bundle_path, record["target"], info)
+    except OSError as exc:
+        warnings.warn(f"could not save the TensorRT-RTX runtime cache in {bundle_path} ({exc}): each process "
+                      "will JIT-compile the engine again", stacklevel=3)
+        return None
+    record["runtime_cache"] = info
+    return path
+
+
+def _record_runtime_cache(bundle_path: Path, target: str, info: dict) -> None:
+    bundle = Bundle.open(bundle_path)  # re-read: another process may have changed the manifest
+    if target in bundle.manifest.engines:
+        bundle.manifest.engines[target]["runtime_cache"] = info
+        bundle.save_manifest()
 
 
 def open_tensorrt(bundle: Bundle) -> TensorRTBackend:

@@ -1,16 +1,19 @@
-"""TensorRT-RTX engine builds on the CPU (real, from the FP16 graphs), profile logic and errors."""
+"""TensorRT-RTX engine builds on the CPU (real, from the FP16 graphs), profile logic and errors,
+checked builder return codes, the timing-cache file handling, and the runtime-cache record."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import pytest
 
-from cmrt import BundleError, ConfigError, MissingDependencyError
+import cmrt
+from cmrt import BundleError, ConfigError, EngineBuildError, MissingDependencyError
 from cmrt.bundle import MANIFEST, Bundle
 from cmrt.cli import main
-from cmrt.export import tensorrt as T
+from cmrt.exporter import tensorrt as T
 from cmrt.runtime.backends import default_backend_name
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is installed by `make setup` (extra trt-rtx)")
@@ -33,7 +36,11 @@ def _fp16_tensors(graph) -> int:
 def test_rtx_engine_builds_on_the_cpu(which, profile, ccs, request):
     bundle = request.getfixturevalue(which)
     assert _fp16_tensors(bundle.graph_path("fp16")) > 0  # strongly typed, and FP16 where the graph says
+    stale = bundle.path / "engine.tensorrt-rtx.cache"
+    stale.write_bytes(b"kernels of an older engine")
     record = T.build(bundle.path, target="tensorrt-rtx", profile=profile, compute_capabilities=ccs)
+    assert not stale.exists() and record["runtime_cache"] == {"file": stale.name, "sha256": None}
+    assert record["timing_cache"] is None
     plan = bundle.path / "engine.tensorrt-rtx.plan"
     assert plan.is_file() and plan.stat().st_size == record["bytes"] > 0
     assert record["library_version"] == trt.__version__ and record["strongly_typed"]
@@ -128,3 +135,94 @@ def test_missing_fp16_file_is_a_bundle_error(cm16, tmp_path):
     (copy.path / "model.fp16.onnx").unlink()
     with pytest.raises((BundleError, FileNotFoundError), match="missing"):
         T.build(copy.path, target="tensorrt-rtx")
+
+
+# --- checked builder calls, without building a graph --------------------------------------------
+def test_engine_build_error_is_public():
+    assert T.EngineBuildError is cmrt.EngineBuildError is EngineBuildError
+    assert issubclass(EngineBuildError, cmrt.CmrtError) and issubclass(EngineBuildError, RuntimeError)
+    assert "EngineBuildError" in cmrt.__all__
+
+
+def _builder():
+    return trt.Builder(trt.Logger(trt.Logger.INTERNAL_ERROR))
+
+
+def test_an_invalid_profile_is_refused():
+    builder = _builder()
+    config = builder.create_builder_config()
+    assert T.add_profile(builder, config, {"x": ((1, 4), (2, 4), (4, 4))}) == 0
+    with pytest.raises(EngineBuildError, match=r"refused the optimization profile \(x \(4, 4\)..\(1, 4\)"):
+        T.add_profile(builder, config, {"x": ((4, 4), (2, 4), (1, 4))})  # min > max: TensorRT answers -1
+
+
+def test_a_refused_compute_capability_is_an_error():
+    config = _builder().create_builder_config()
+    T.set_compute_capabilities(trt, config, ["SM86", "SM89"])
+    assert config.num_compute_capabilities == 2
+    with pytest.raises(EngineBuildError, match="refused compute capability NONE"):
+        T.set_compute_capabilities(trt, config, ["NONE"])  # "cannot be kNONE": set_compute_capability → False
+
+
+def test_the_plan_is_written_without_a_copy(dec16, tmp_path):
+    builder = _builder()
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    x = network.add_input("x", trt.DataType.FLOAT, (2, 4))
+    network.mark_output(network.add_activation(x, trt.ActivationType.RELU).get_output(0))
+    plan = T.build_serialized(builder, network, builder.create_builder_config())
+    assert type(plan).__name__ == "IHostMemory" and plan.nbytes > 0  # TensorRT's buffer, not bytes
+    copy = Bundle.open(shutil.copytree(dec16.path, tmp_path / "b"))
+    path = T.write_engine(copy, "engine.tensorrt-rtx.plan", plan)
+    assert path.read_bytes() == bytes(memoryview(plan)) and T.engine_validity(trt, plan)["header_ok"]
+
+
+class _TimingConfig:
+    """A builder config of full TensorRT: ``set_timing_cache(cache, ignore_mismatch=False)`` returns
+    False for a cache from another GPU (NvInfer.h ``setTimingCache``); ``get_timing_cache`` returns
+    the cache in use, whose ``serialize`` gives a buffer."""
+
+    def __init__(self, accept: bool) -> None:
+        self.accept, self.cache = accept, None
+
+    def create_timing_cache(self, blob):
+        return {"blob": bytes(blob)}
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        assert ignore_mismatch is False
+        self.cache = cache if self.accept else None
+        return self.accept
+
+    def get_timing_cache(self):
+        class Cache:
+            def serialize(_self):
+                return memoryview(b"timings+" + self.cache["blob"])
+
+        return None if self.cache is None else Cache()
+
+
+def test_a_rejected_timing_cache_is_warned_about_and_left_unchanged(tmp_path):
+    path = tmp_path / "trt.cache"
+    path.write_bytes(b"from another GPU")
+    cache = T.TimingCacheFile(path)
+    config = _TimingConfig(accept=False)
+    with pytest.warns(UserWarning, match="was rejected .*leaving the file unchanged"):
+        assert cache.attach(config) is False
+    assert cache.save(config) is False and path.read_bytes() == b"from another GPU"
+
+
+def test_an_accepted_timing_cache_is_updated_atomically(tmp_path):
+    path = tmp_path / "trt.cache"
+    cache = T.TimingCacheFile(path)  # no file yet: TensorRT starts from b""
+    config = _TimingConfig(accept=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert cache.attach(config) and config.cache == {"blob": b""}
+    assert cache.save(config) and path.read_bytes() == b"timings+"
+    assert [p.name for p in tmp_path.iterdir()] == ["trt.cache"]
+
+
+def test_timing_cache_calls_match_the_real_binding(tmp_path):
+    """The real TensorRT-RTX config takes the same calls (timing caches are no-ops there: True)."""
+    config = _builder().create_builder_config()
+    cache = T.TimingCacheFile(tmp_path / "none")
+    assert cache.attach(config) is True

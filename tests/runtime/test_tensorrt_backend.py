@@ -1,9 +1,12 @@
 """The TensorRT backend: cheap import, refusal of engines built for another library version or GPU
 (from the facts ``cmrt build`` records), shape checks against the profile, missing GPU/library
-errors; engine execution on a GPU (marked ``gpu``, skipped without one)."""
+errors, inputs on another GPU, the TensorRT-RTX runtime cache beside the engine; engine execution
+on a GPU (marked ``gpu``, skipped without one)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -13,7 +16,7 @@ import pytest
 
 import cmrt
 from cmrt import BundleError, InputError, MissingDependencyError
-from cmrt.bundle import Bundle
+from cmrt.bundle import MANIFEST, Bundle
 from cmrt.runtime import tensorrt as R
 from cmrt.runtime.backends import default_backend_name
 
@@ -97,6 +100,64 @@ def test_no_gpu_is_one_actionable_error(bundle_with_engine_record):
         R.select_engine(bundle_with_engine_record, "tensorrt")
 
 
+def test_cuda_inputs_on_another_gpu_are_refused():
+    import torch
+
+    class OnGpu1:  # a CUDA tensor's device, without a GPU here
+        device = torch.device("cuda", 1)
+
+    with pytest.raises(InputError, match=r"latents is on cuda:1, but this engine was loaded on cuda:0.*\.to"):
+        R.check_devices({"latents": OnGpu1()}, torch.device("cuda", 0))
+    R.check_devices({"latents": torch.zeros(1), "n": np.zeros(1)}, torch.device("cuda", 0))  # host data: copied up
+
+
+class _Cache:
+    """``IRuntimeCache.serialize`` returns a buffer (tensorrt_rtx 1.7.1); its content here is fixed."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def serialize(self):
+        return memoryview(self.data)
+
+
+def test_runtime_cache_is_saved_beside_the_engine_and_recorded(bundle_with_engine_record):
+    b = bundle_with_engine_record
+    record = b.manifest.engines["tensorrt-rtx"]
+    gpu = {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}
+    path = R.save_runtime_cache(b.path, record, _Cache(b"kernels"), library_version="1.7.1.116", gpu=gpu)
+    assert path == b.path / "engine.tensorrt-rtx.cache" and path.read_bytes() == b"kernels"
+    on_disk = json.loads((b.path / MANIFEST).read_text())["engines"]["tensorrt-rtx"]["runtime_cache"]
+    assert on_disk == record["runtime_cache"] == {
+        "file": "engine.tensorrt-rtx.cache", "sha256": hashlib.sha256(b"kernels").hexdigest(), "bytes": 7,
+        "library_version": "1.7.1.116", "gpu": gpu}
+    assert not list(b.path.glob(".engine.tensorrt-rtx.cache.*"))  # written through a temporary file
+    assert R.runtime_cache_blob(b.path, record) == b"kernels"
+    # unchanged: not written again; changed: replaced
+    assert R.save_runtime_cache(b.path, record, _Cache(b"kernels"), library_version="1", gpu=gpu) is None
+    assert R.save_runtime_cache(b.path, record, _Cache(b"more kernels"), library_version="1", gpu=gpu) == path
+    assert R.runtime_cache_blob(b.path, record) == b"more kernels"
+
+
+def test_a_runtime_cache_that_does_not_match_the_manifest_is_not_used(bundle_with_engine_record):
+    b = bundle_with_engine_record
+    record = b.manifest.engines["tensorrt-rtx"]
+    assert R.runtime_cache_blob(b.path, record) is None  # none yet
+    R.save_runtime_cache(b.path, record, _Cache(b"kernels"), library_version="1", gpu={})
+    (b.path / "engine.tensorrt-rtx.cache").write_bytes(b"tampered")
+    with pytest.warns(UserWarning, match="does not match the SHA-256"):
+        assert R.runtime_cache_blob(b.path, record) is None
+
+
+def test_an_unwritable_runtime_cache_is_a_warning(bundle_with_engine_record):
+    b = bundle_with_engine_record
+    record = b.manifest.engines["tensorrt-rtx"]
+    (b.path / "engine.tensorrt-rtx.cache").mkdir()  # writing the file fails (as in a read-only bundle)
+    with pytest.warns(UserWarning, match="could not save the TensorRT-RTX runtime cache.*JIT-compile"):
+        assert R.save_runtime_cache(b.path, record, _Cache(b"k"), library_version="1", gpu={}) is None
+    assert "runtime_cache" not in json.loads((b.path / MANIFEST).read_text())["engines"]["tensorrt-rtx"]
+
+
 # --- on a GPU -------------------------------------------------------------------------------
 def _gpu_bundle(tmp_path):
     """A tiny FP16 decoder bundle with an engine for this GPU (TensorRT, else TensorRT-RTX)."""
@@ -151,3 +212,52 @@ def test_decoder_api_keeps_cuda_tensors_on_device(tmp_path):
     assert out.is_cuda and out.dtype == torch.float32
     assert np.abs(out.cpu().numpy() - expected["images"]).max() <= 2e-2
     assert dec.decode(z, seed=0).is_cuda
+
+
+@pytest.mark.gpu
+def test_alternating_shapes_keep_their_buffers_and_graphs(tmp_path):
+    """Batch 1 and 2 alternate: one slot (and, with TensorRT, one graph) each, no re-capture; with
+    TensorRT-RTX the library captures graphs itself (WHOLE_GRAPH_CAPTURE) and cmrt captures none."""
+    import torch
+
+    bundle = _gpu_bundle(tmp_path)
+    inputs, _ = bundle.parity_data()
+    one = {k: torch.from_numpy(v).cuda() for k, v in inputs.items()}
+    two = {k: torch.cat([v, v]) for k, v in one.items()}
+    backend = R.TensorRTBackend(bundle, cuda_graph=True)
+    outs = [backend.run_torch(feeds) for feeds in (one, two, one, two)]
+    assert len(backend.runner.slots) == 2 and backend.runner.graphs_off is None
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
+    assert torch.allclose(outs[1][:1], outs[0], atol=1e-3)
+    if backend.setup.whole_graph:
+        assert backend.runner.capture is None and backend.runner.launches == 4
+    else:
+        assert all(s.graph is not None for s in backend.runner.slots.values()) and backend.runner.launches == 4
+
+
+@pytest.mark.gpu
+def test_run_torch_waits_for_the_callers_stream(tmp_path):
+    import torch
+
+    bundle = _gpu_bundle(tmp_path)
+    inputs, _ = bundle.parity_data()
+    backend = R.TensorRTBackend(bundle)
+    expected = backend.run_torch({k: torch.from_numpy(v).cuda() for k, v in inputs.items()})
+    pending = {k: torch.zeros(v.shape, device="cuda") for k, v in inputs.items()}
+    torch.cuda._sleep(50_000_000)  # the caller's stream writes the inputs late
+    for k, v in inputs.items():
+        pending[k].copy_(torch.from_numpy(v).cuda())
+    assert torch.equal(backend.run_torch(pending), expected)
+
+
+@pytest.mark.gpu
+def test_rtx_runtime_cache_is_written_and_reused(tmp_path):
+    bundle = _gpu_bundle(tmp_path)
+    if "tensorrt-rtx" not in bundle.manifest.engines:
+        pytest.skip("the runtime cache is TensorRT-RTX's; this GPU runs TensorRT")
+    first = R.TensorRTBackend(bundle, target="tensorrt-rtx")
+    info = json.loads((bundle.path / MANIFEST).read_text())["engines"]["tensorrt-rtx"]["runtime_cache"]
+    cache = bundle.path / info["file"]
+    assert first.setup.cache_loaded is None and cache.is_file() and info["sha256"]
+    second = R.TensorRTBackend(Bundle.open(bundle.path), target="tensorrt-rtx")
+    assert second.setup.cache_loaded is True
