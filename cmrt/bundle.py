@@ -412,11 +412,45 @@ class EngineParity:
 
 
 @dataclass(frozen=True)
+class RuntimeCache:
+    """TensorRT-RTX's runtime (JIT) cache, saved beside its engine after the first run on a GPU.
+
+    Attributes:
+        file: name inside the bundle.
+        sha256: its SHA-256 once written (null: not yet compiled on any GPU).
+        bytes: its size once written.
+        library_version: the library that wrote it.
+        gpu: the GPU it was compiled for.
+    """
+
+    file: str
+    sha256: str | None = None
+    bytes: int | None = None
+    library_version: str | None = None
+    gpu: Gpu | None = None
+
+
+@dataclass(frozen=True)
+class TimingCache:
+    """The TensorRT timing cache a build used (a file outside the bundle).
+
+    Attributes:
+        file: its path.
+        accepted: whether TensorRT accepted it (a cache from another GPU is rejected and left alone).
+    """
+
+    file: str
+    accepted: bool
+
+
+@dataclass(frozen=True)
 class EngineRecord:
     """A TensorRT or TensorRT-RTX engine built from the FP16 graph (``cmrt build``).
 
     Attributes:
-        file: the plan's name and hash.
+        file: the plan, inside the bundle.
+        bytes: its size.
+        sha256: its SHA-256.
         target: "tensorrt" or "tensorrt-rtx".
         library: the Python module that built it.
         library_version: its version (engines load only on the same version).
@@ -427,16 +461,20 @@ class EngineRecord:
         strongly_typed: always true (precision comes from the graph).
         io: dtype of its inputs/outputs.
         profiles: input → min/opt/max shapes, per optimization profile.
+        profile_spec: the ``ProfileSpec`` asked for (batch and latent ranges).
         workspace_bytes: the builder's workspace limit, if set.
         build_seconds: wall time of the build.
         peak_rss_mib: the build process's peak memory.
         validity: the header check after the build.
         built: UTC time of the build.
         parity: whether and where it was checked against PyTorch.
-        runtime_cache: TensorRT-RTX runtime (JIT) cache file, when one was saved.
+        runtime_cache: TensorRT-RTX's runtime (JIT) cache beside the plan, else null.
+        timing_cache: the timing cache of a TensorRT build, else null.
     """
 
-    file: FileRecord
+    file: str
+    bytes: int
+    sha256: str
     target: str
     library: str
     library_version: str
@@ -447,13 +485,22 @@ class EngineRecord:
     strongly_typed: bool
     io: Precision
     profiles: tuple[dict[str, ProfileRange], ...]
+    profile_spec: dict[str, Any]
     workspace_bytes: int | None
     build_seconds: float
     peak_rss_mib: float
     validity: EngineValidity
     built: str
     parity: EngineParity = field(default_factory=EngineParity)
-    runtime_cache: FileRecord | None = None
+    runtime_cache: RuntimeCache | None = None
+    timing_cache: TimingCache | None = None
+
+    def files(self) -> list[FileRecord]:
+        out = [FileRecord(self.file, self.bytes, self.sha256)]
+        rc = self.runtime_cache
+        if rc is not None and rc.sha256 is not None and rc.bytes is not None:
+            out.append(FileRecord(rc.file, rc.bytes, rc.sha256))
+        return out
 
 
 @dataclass(frozen=True)
@@ -582,7 +629,7 @@ class Manifest:
         """Every file the manifest lists (graphs, parity data, engines and their caches)."""
         out = [f for g in self.graphs.values() for f in g.files] + [self.parity_inputs]
         for e in self.engines.values():
-            out += [e.file] + ([e.runtime_cache] if e.runtime_cache else [])
+            out += e.files()
         return out
 
     # --- JSON ------------------------------------------------------------------------------
@@ -693,7 +740,7 @@ class Bundle:
         return bundle
 
     def known_files(self) -> set[str]:
-        return {g.file for g in self.manifest.graphs.values()} | {e.file.file for e in self.manifest.engines.values()}
+        return {g.file for g in self.manifest.graphs.values()} | {e.file for e in self.manifest.engines.values()}
 
     def check_files(self) -> None:
         """Every listed file exists with its recorded size (``BundleError`` otherwise)."""

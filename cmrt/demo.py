@@ -35,15 +35,15 @@ def latency_table(bundle, batch: int) -> list[tuple[str, float]]:
     import torch
 
     from .exporter.api import build_unrolled
-    from .models.load import load_model
+    from .models.sources import load_model
     from .runtime.api import Sampler
 
     m = bundle.manifest
-    model = load_model(m.source["path"])
-    module = build_unrolled(model, m.sigmas, m.timesteps, m.clip)
+    model = load_model(m.source.path)
+    module = build_unrolled(model, m.schedule)
     sampler = Sampler(bundle.path)
     g = torch.Generator().manual_seed(DEMO_SEED)
-    shape = (batch, m.image["channels"], m.image["height"], m.image["width"])
+    shape = (batch, m.image.channels, m.image.height, m.image.width)
     noise = [torch.randn(shape, generator=g) for _ in range(m.steps)]
     labels = torch.arange(batch) % m.num_classes if m.num_classes else None
     args = ([labels] if labels is not None else []) + noise
@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         a.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        bundle = export(None, a.out / "bundle", steps=DEMO_STEPS, overwrite=True)
+        bundle = export(None, out=a.out / "bundle", steps=DEMO_STEPS, overwrite=True)
         m = bundle.manifest
-        print(f"exported {m.model['name']} ({m.kind}, {m.steps} steps, σ {[round(s, 4) for s in m.sigmas]}) "
+        print(f"exported {m.model.name} ({m.kind}, {m.steps} steps, σ {[round(s, 4) for s in m.sigmas]}) "
               f"to {bundle.path} in {time.perf_counter() - t0:.1f} s")
-        if not m.model.get("trained", True):
+        if not m.model.trained:
             print("NOTE: this model is UNTRAINED (random weights): its samples are noise-like by design; "
                   "the export, parity and runtime path is real.")
         for line in (r for rep in m.parity.values() for r in _report_lines(rep)):
@@ -106,25 +106,26 @@ def decoder_demo(out: Path, n: int = 8) -> None:
     from .train.autoencoder import encode_file
     from .train.data import load_digits_color
 
-    bundle = export(DEFAULT_DECODER, out / "decoder-bundle", steps=DECODER_DEMO_STEPS, overwrite=True)
+    bundle = export(DEFAULT_DECODER, out=out / "decoder-bundle", steps=DECODER_DEMO_STEPS, overwrite=True)
     held_out = load_digits_color("test").x[:n].numpy()  # images the encoder and decoder never saw
     files = []
     for i, img in enumerate(held_out):
         files.append(out / f"input_{i}.png")
         save_grid(img[None], files[-1], pad=0)
     latents = np.concatenate([encode_file(f) for f in files])  # PNG → (1, 4, 4, 4) SD-convention latents
-    decoded = Decoder(bundle.path).decode(latents, seed=DEMO_SEED)
+    with Decoder(bundle.path) as decoder:
+        decoded = decoder.decode(latents, seed=DEMO_SEED)
     save_grid(np.concatenate([held_out, decoded]), out / "decoded.png", cols=n, scale=4)
     quality = psnr(decoded, held_out)
     print(f"\ndecoder: {n} held-out images → latents {latents.shape} → {bundle.path} ({bundle.manifest.steps} step)"
           f" → {out / 'decoded.png'} (top: inputs, bottom: decoded), PSNR {quality:.1f} dB")
 
 
-def _report_lines(rep: dict) -> list[str]:
-    return [f"parity {rep['backend']} [{rep['precision']}] vs PyTorch: " + ", ".join(
-        f"{o['name']} max abs {o['max_abs']:.3g}, mean abs {o['mean_abs']:.3g}, "
-        f"PSNR {o['psnr'] if o['psnr'] is None else round(o['psnr'], 1)} dB" for o in rep["outputs"])
-        + ("  PASS" if rep["passed"] else "  FAIL")]
+def _report_lines(rep) -> list[str]:
+    return [f"parity {rep.backend} [{rep.precision}] vs PyTorch: " + ", ".join(
+        f"{o.name} max abs {o.max_abs:.3g}, mean abs {o.mean_abs:.3g}, "
+        f"PSNR {'inf' if o.psnr is None else round(o.psnr, 1)} dB" for o in rep.outputs)
+        + ("  PASS" if rep.passed else "  FAIL")]
 
 
 if __name__ == "__main__":

@@ -41,6 +41,14 @@ def psnr(actual: np.ndarray, expected: np.ndarray, peak_to_peak: float = IMAGE_P
     return math.inf if mse == 0 else 10.0 * math.log10(peak_to_peak**2 / mse)
 
 
+def psnr_per_image(actual, expected, peak_to_peak: float = IMAGE_PEAK_TO_PEAK) -> np.ndarray:
+    """PSNR in dB of every image of a batch (axis 0); numpy arrays or torch tensors."""
+    a = np.asarray(actual.detach().cpu() if hasattr(actual, "detach") else actual, dtype=np.float64)
+    e = np.asarray(expected.detach().cpu() if hasattr(expected, "detach") else expected, dtype=np.float64)
+    mse = ((a - e) ** 2).reshape(a.shape[0], -1).mean(axis=1)
+    return 10.0 * np.log10(peak_to_peak**2 / np.maximum(mse, 1e-12))
+
+
 @dataclass(frozen=True)
 class OutputResult:
     """How one output compares: errors, PSNR, whether all values are finite, and the verdict."""

@@ -33,6 +33,35 @@ def consistency_sample(denoiser: nn.Module, sigmas: Sequence[float], noise: Sequ
     return x0
 
 
+def _column(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (B,) tensor shaped to broadcast over x's (B, ...)."""
+    return v.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def heun_step(denoiser: nn.Module, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+              labels: torch.Tensor | None = None) -> torch.Tensor:
+    """One Heun step of the PF-ODE dx/dσ = (x − D(x, σ))/σ from σ to σ_next (Euler where σ_next = 0;
+    Karras et al. 2022, Alg. 1). ``sigma``/``sigma_next``: (B,) tensors."""
+    d = (x - denoiser(x, sigma, labels)) / _column(sigma, x)
+    h = _column(sigma_next - sigma, x)
+    x_euler = x + h * d
+    if bool((sigma_next == 0).all()):
+        return x_euler
+    d_next = (x_euler - denoiser(x_euler, sigma_next, labels)) / _column(sigma_next, x)
+    return x + h * (d + d_next) / 2
+
+
+def heun_sample(denoiser: nn.Module, noise: torch.Tensor, sigmas: Sequence[float],
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+    """EDM's deterministic sampler: x = σ_0·ε, then a Heun step between consecutive σ's (end the list
+    with 0 for a final Euler step): 2·(len(sigmas) − 1) − 1 evaluations with a trailing 0."""
+    x = noise * sigmas[0]
+    b = x.shape[0]
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        x = heun_step(denoiser, x, torch.full((b,), float(s)), torch.full((b,), float(s_next)), labels)
+    return x
+
+
 def decoder_condition(latents: torch.Tensor) -> torch.Tensor:
     """Unscaled SD latents (B, 4, h, w) → the decoder's conditioning (B, 4, 8h, 8w)."""
     return F.interpolate(S.normalize_latents(latents), scale_factor=float(S.DECODER_UPSCALE), mode="nearest")

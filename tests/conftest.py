@@ -1,13 +1,57 @@
-"""Shared fixtures: tiny models built in the test, and bundles exported once per session."""
+"""Shared fixtures: tiny models built in the test, and bundles exported once per test run.
+
+Under pytest-xdist every worker is its own process, so session fixtures would export once per
+worker. ``shared_bundle`` exports once per *run* instead: into a folder all workers of this run
+share (the xdist-documented ``getbasetemp().parent``), guarded by a file lock. The traced
+network graphs are cached the same way (``CMRT_CACHE_DIR`` points into that folder), so every
+export of an architecture after the first costs only the sampler's trace and the parity check.
+Nothing is shared between runs: each run tests the code as it is.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Callable
+
 import pytest
 import torch
+from filelock import FileLock
 
 from cmrt.models.load import LoadedModel
 from cmrt.models.spec import ModelSpec
 from cmrt.models.unet import UNet, UNetConfig
+
+
+def _run_root(factory: pytest.TempPathFactory) -> Path:
+    """A folder shared by every worker of this test run (and by nothing else)."""
+    base = factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _network_cache(tmp_path_factory):
+    """Traced network graphs shared by this run's workers (never the user's own cache)."""
+    previous = os.environ.get("CMRT_CACHE_DIR")
+    os.environ["CMRT_CACHE_DIR"] = str(_run_root(tmp_path_factory) / "cmrt-cache")
+    yield
+    if previous is None:
+        os.environ.pop("CMRT_CACHE_DIR", None)
+    else:
+        os.environ["CMRT_CACHE_DIR"] = previous
+
+
+def shared_bundle(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]):
+    """The bundle ``make(out)`` exports, made once per test run and opened by every worker."""
+    from cmrt.bundle import Bundle
+
+    folder = _run_root(factory) / "bundles"
+    folder.mkdir(exist_ok=True)
+    out = folder / name
+    with FileLock(str(out) + ".lock"):
+        if not (out / "cmrt.json").is_file():
+            make(out)
+    return Bundle.open(out)
 
 
 def randomize(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
@@ -48,35 +92,45 @@ def decoder_model() -> LoadedModel:
     return loaded(tiny_decoder_spec())
 
 
+def _export(model: LoadedModel, **options):
+    from cmrt import export
+
+    return lambda out: export(out=out, model=model, **options)
+
+
 @pytest.fixture(scope="session")
 def cm_bundle(cm_model, tmp_path_factory):
     """A class-conditional tiny CM exported at 2 steps."""
-    from cmrt.exporter.api import export
-
-    return export(out=tmp_path_factory.mktemp("b") / "cm2", steps=2, model=cm_model)
+    return shared_bundle(tmp_path_factory, "cm2", _export(cm_model, steps=2))
 
 
 @pytest.fixture(scope="session")
 def decoder_bundle(decoder_model, tmp_path_factory):
     """A tiny consistency decoder exported at its published 2 steps."""
-    from cmrt.exporter.api import export
-
-    return export(out=tmp_path_factory.mktemp("b") / "dec2", steps=2, model=decoder_model)
+    return shared_bundle(tmp_path_factory, "dec2", _export(decoder_model, steps=2))
 
 
 @pytest.fixture(scope="session")
 def dec16(tmp_path_factory):
     """The tiny decoder exported at 2 steps with an FP16 graph (shared by the FP16 and engine tests)."""
-    from cmrt.exporter.api import export
-
-    return export(out=tmp_path_factory.mktemp("fp16") / "decoder", steps=2, model=loaded(tiny_decoder_spec()),
-                  precision="fp16")
+    return shared_bundle(tmp_path_factory, "dec16", _export(loaded(tiny_decoder_spec()), steps=2, precision="fp16"))
 
 
 @pytest.fixture(scope="session")
 def cm16(tmp_path_factory):
     """The tiny class-conditional CM with attention exported at 2 steps with an FP16 graph."""
-    from cmrt.exporter.api import export
+    return shared_bundle(tmp_path_factory, "cm16", _export(loaded(tiny_cm_spec()), steps=2, precision="fp16"))
 
-    return export(out=tmp_path_factory.mktemp("fp16") / "cm", steps=2, model=loaded(tiny_cm_spec()),
-                  precision="fp16")
+
+@pytest.fixture
+def bundle_copy(tmp_path):
+    """A writable copy of a shared bundle (tests that change files must not touch the shared one)."""
+    import shutil
+
+    def copy(bundle, name: str = "copy"):
+        from cmrt.bundle import Bundle
+
+        dest = tmp_path / name
+        shutil.copytree(bundle.path, dest)
+        return Bundle.open(dest)
+    return copy

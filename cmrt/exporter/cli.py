@@ -55,8 +55,8 @@ def _build_run(a: argparse.Namespace) -> int:
                           latent=(tuple(a.min_latent), tuple(a.opt_latent), tuple(a.max_latent)))
     record = build(a.bundle, target=a.target, profile=profile, workspace_gb=a.workspace,
                    compute_capabilities=a.compute_capability, timing_cache=a.timing_cache)
-    ccs = record["compute_capabilities"]
-    where = ", ".join(ccs) if isinstance(ccs, list) else ccs
-    print(f"wrote {a.bundle / record['file']} ({record['library']} {record['library_version']}, "
-          f"compute capability {where}, {record['bytes'] / 2**20:.1f} MiB, built in {record['build_seconds']:.1f} s)")
+    ccs = record.compute_capabilities
+    where = ", ".join(ccs) if isinstance(ccs, tuple) else ccs
+    print(f"wrote {a.bundle / record.file} ({record.library} {record.library_version}, "
+          f"compute capability {where}, {record.bytes / 2**20:.1f} MiB, built in {record.build_seconds:.1f} s)")
     return 0

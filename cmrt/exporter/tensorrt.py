@@ -16,11 +16,11 @@ import datetime as _dt
 import resource
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .._io import sha256_file, write_bytes_atomic
-from ..bundle import Bundle
+from ..bundle import Bundle, EngineRecord, EngineValidity, Gpu, ProfileRange, RuntimeCache, TimingCache
 from ..errors import ConfigError, EngineBuildError, MissingDependencyError, require  # EngineBuildError: re-exported
 from ..runtime._trt import RUNTIME_CACHE_FILE, diagnostic_names
 
@@ -92,12 +92,12 @@ def profile_shapes(manifest, profile: ProfileSpec) -> dict[str, tuple[tuple[int,
             if name == "class_labels":
                 per_level.append((b,))
             elif name == "latents":
-                per_level.append((b, manifest.latent["channels"], h, w))
-            elif manifest.kind == "decoder":
-                up = manifest.latent["upscale"]
-                per_level.append((b, img["channels"], up * h, up * w))
+                per_level.append((b, manifest.latent.channels, h, w))
+            elif manifest.latent is not None:
+                up = manifest.latent.upscale
+                per_level.append((b, img.channels, up * h, up * w))
             else:
-                per_level.append((b, img["channels"], img["height"], img["width"]))
+                per_level.append((b, img.channels, img.height, img.width))
         shapes[name] = tuple(per_level)
     return shapes
 
@@ -303,7 +303,7 @@ def write_engine(bundle: Bundle, name: str, plan) -> Path:
 # --- the command -----------------------------------------------------------------------
 def build(engine: str | Path | Bundle, *, target: str | None = None, profile: ProfileSpec | None = None,
           workspace_gb: float | None = None, compute_capabilities: list[str] | None = None,
-          timing_cache: str | Path | None = None) -> dict:
+          timing_cache: str | Path | None = None) -> EngineRecord:
     """Build an engine from a bundle's FP16 graph and record it in the manifest.
 
     Args:
@@ -344,21 +344,19 @@ def build(engine: str | Path | Bundle, *, target: str | None = None, profile: Pr
     if cache_file is not None:
         cache_file.save(config)
     path = write_engine(bundle, tgt.engine_file, plan)
-    record = _record(tgt, trt, bundle, graph, path, shapes, profile, seconds, validity, gpu, ccs, workspace_gb)
-    record["timing_cache"] = None if cache_file is None else {"file": str(cache_file.path),
-                                                              "accepted": cache_file.accepted}
-    if tgt.name == "tensorrt-rtx":
-        record["runtime_cache"] = _fresh_runtime_cache(bundle)
-    bundle.manifest.engines[tgt.name] = record
-    bundle.save_manifest()
+    record = _record(tgt, trt, bundle, path, shapes, profile, seconds, validity, gpu, ccs, workspace_gb)
+    record = replace(record, timing_cache=None if cache_file is None else TimingCache(str(cache_file.path),
+                                                                                      cache_file.accepted),
+                     runtime_cache=_fresh_runtime_cache(bundle) if tgt.name == "tensorrt-rtx" else None)
+    bundle.update(engines={**bundle.manifest.engines, tgt.name: record})
     return record
 
 
-def _fresh_runtime_cache(bundle: Bundle) -> dict:
+def _fresh_runtime_cache(bundle: Bundle) -> RuntimeCache:
     """A new engine invalidates the runtime cache of the old one: remove the file; the first run on a
     GPU writes it again (``cmrt.runtime.tensorrt.save_runtime_cache``) with its SHA-256."""
     (bundle.path / RUNTIME_CACHE_FILE).unlink(missing_ok=True)
-    return {"file": RUNTIME_CACHE_FILE, "sha256": None}
+    return RuntimeCache(RUNTIME_CACHE_FILE)
 
 
 def _check_target_options(tgt: Target, ccs: list[str] | None, timing_cache) -> None:
@@ -379,17 +377,17 @@ def _require_gpu(tgt: Target) -> dict:
     return gpu
 
 
-def _record(tgt, trt, bundle, graph, path, shapes, profile, seconds, validity, gpu, ccs, workspace_gb) -> dict:
-    return {
-        "file": path.name, "target": tgt.name, "library": tgt.module, "library_version": trt.__version__,
-        "compute_capabilities": ccs or (PORTABLE if tgt.builds_without_gpu else [gpu["compute_capability"]]),
-        "gpu": gpu, "graph": "fp16", "graph_sha256": bundle.manifest.graphs["fp16"]["sha256"],
-        "strongly_typed": True, "io": bundle.manifest.precision.get("fp16", {}).get("io", "fp32"),
-        "profiles": [{name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])}
-                      for name, s in shapes.items()}],
-        "profile_spec": asdict(profile), "workspace_bytes": None if workspace_gb is None else int(workspace_gb * GIB),
-        "build_seconds": round(seconds, 2), "bytes": path.stat().st_size, "sha256": sha256_file(path),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB, 1),
-        "validity": validity,
-        "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+def _record(tgt, trt, bundle, path, shapes, profile, seconds, validity, gpu, ccs, workspace_gb) -> EngineRecord:
+    m = bundle.manifest
+    return EngineRecord(
+        file=path.name, bytes=path.stat().st_size, sha256=sha256_file(path), target=tgt.name, library=tgt.module,
+        library_version=trt.__version__,
+        compute_capabilities=tuple(ccs) if ccs else (PORTABLE if tgt.builds_without_gpu else (gpu["compute_capability"],)),
+        gpu=None if gpu is None else Gpu(**gpu), graph="fp16", graph_sha256=m.graphs["fp16"].sha256,
+        strongly_typed=True, io=m.graphs["fp16"].io,
+        profiles=({name: ProfileRange(*(tuple(x) for x in s)) for name, s in shapes.items()},),
+        profile_spec=asdict(profile), workspace_bytes=None if workspace_gb is None else int(workspace_gb * GIB),
+        build_seconds=round(seconds, 2),
+        peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB, 1),
+        validity=EngineValidity(**{**validity, "diagnostics": tuple(validity.get("diagnostics", ()))}),
+        built=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))

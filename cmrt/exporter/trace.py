@@ -138,10 +138,21 @@ def trace_network(network: nn.Module, call: tuple, *, spatial: bool, opset: int,
     """The network's graph with its weights as named graph inputs (no values), from the cache or
     traced now; and whether it came from the cache. ``call``: its example arguments
     (``first_network_call``)."""
-    key = _cache_key(network, call, spatial, opset)
-    path = network_cache_dir() / f"{key}.onnx" if cache else None
-    if path is not None and path.is_file():
-        return ir.load(str(path)), True
+    if not cache:
+        return _trace_network(network, call, spatial=spatial, opset=opset), False
+    from filelock import FileLock
+
+    path = network_cache_dir() / f"{_cache_key(network, call, spatial, opset)}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):  # a parallel export of the same architecture waits, then reuses
+        if path.is_file():
+            return ir.load(str(path)), True
+        model = _trace_network(network, call, spatial=spatial, opset=opset)
+        _save_atomic(model, path)
+    return model, False
+
+
+def _trace_network(network: nn.Module, call: tuple, *, spatial: bool, opset: int) -> ir.Model:
     from .optimize import tidy
 
     names = list(NETWORK_INPUT_NAMES[: len(call)])
@@ -153,9 +164,7 @@ def trace_network(network: nn.Module, call: tuple, *, spatial: bool, opset: int,
         value.const_value = None
         model.graph.inputs.append(value)
     tidy(model)
-    if path is not None:
-        _save_atomic(model, path)
-    return model, False
+    return model
 
 
 def trace_sampler(sampler: nn.Module, args: Sequence[torch.Tensor], names: list[str], dyn, *, opset: int):
@@ -211,9 +220,20 @@ def _shared_initializer(outer: ir.Model, param: ir.Value, state: dict[str, torch
         tensor = ir.Tensor(state[param.name].detach().contiguous().numpy(), name=param.name)
     else:
         raise RuntimeError(f"the network graph needs weight {param.name!r}, which the model does not have")
-    value = ir.Value(name=param.name, shape=param.shape, type=param.type, const_value=tensor)
+    name = param.name  # weights keep their module path; the network's own constants get a prefix
+    if param.const_value is not None or name in outer.graph.initializers:
+        name = _free_name(outer.graph, f"network.{name}")
+    value = ir.Value(name=name, shape=param.shape, type=param.type, const_value=tensor)
     outer.graph.register_initializer(value)
     return value
+
+
+def _free_name(graph: ir.Graph, name: str) -> str:
+    taken, k, candidate = graph.initializers, 1, name
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    return candidate
 
 
 def _scopes(node: ir.Node) -> list[str]:

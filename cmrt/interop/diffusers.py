@@ -80,16 +80,16 @@ class CmrtVaeDecode:
     def __init__(self, decoder: Decoder | str | Path, *, backend: str | None = None) -> None:
         self.decoder = _as_decoder(decoder, backend)
 
-    def __call__(self, z, return_dict: bool = True, generator: Any = None, **_ignored):
+    def __call__(self, z, return_dict: bool = True, generator: Any = None):
         import torch
 
         if not isinstance(z, torch.Tensor):
             raise InputTypeError(f"latents must be a torch tensor (as diffusers passes them), got {type(z).__name__}")
         m = self.decoder.bundle.manifest
-        up = (m.latent or {}).get("upscale", S.DECODER_UPSCALE)
+        up = m.latent.upscale
         if z.dim() != 4:
             raise ConfigError(f"latents must have shape (B, 4, h, w), got {tuple(z.shape)}")
-        shape = (z.shape[0], m.image["channels"], up * z.shape[2], up * z.shape[3])
+        shape = (z.shape[0], m.image.channels, up * z.shape[2], up * z.shape[3])
         noise = draw_like_diffusers(shape, m.steps, generator, z.dtype)
         images = self.decoder.decode(z.detach().float(), noise=[n.float() for n in noise]).to(z.dtype)
         return DecodedImages(images) if return_dict else (images,)

@@ -30,7 +30,7 @@ from ..errors import ConfigError, SourceError
 from . import convert as C
 from .load import LoadedModel, load_state
 from .spec import ModelSpec
-from .unet import UNet, UNetConfig
+from .unet import UNet
 
 #: SHA-256 of OpenAI's published ``decoder.pt`` (the path segment of its download URL).
 DECODER_PT_SHA256 = "c9cebd3132dd9c42936d803e33424145a748843c8f716c0814838bdc8a2fe7cb"

@@ -68,7 +68,8 @@ def check(engine: str | Path | Bundle, *, backend: str | None = None, record: bo
     report = compare(actual, expected, backend=runner.name, precision=runner.precision)
     target = getattr(runner, "engine_target", None)
     if record and target is not None:
-        record_engine_parity(bundle, target, report, gpu=getattr(runner, "gpu", None),
+        gpu = getattr(runner, "gpu", None)
+        record_engine_parity(bundle, target, report, gpu=Gpu(**gpu) if isinstance(gpu, dict) else gpu,
                              library_version=getattr(runner, "library_version", None))
     return CheckReport(integrity, report)
 

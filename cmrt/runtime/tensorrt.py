@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from .._io import write_bytes_atomic
-from ..bundle import OUTPUT_NAME, Bundle
+from dataclasses import replace
+
+from ..bundle import OUTPUT_NAME, Bundle, EngineRecord, Gpu, RuntimeCache
 from ..errors import BundleError, MissingDependencyError, require
 from . import _trt
 
@@ -40,14 +42,14 @@ _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT
 
 
 # --- pure checks on recorded facts ------------------------------------------------------
-def select_engine(bundle: Bundle, target: str | None = None) -> dict:
+def select_engine(bundle: Bundle, target: str | None = None) -> EngineRecord:
     """The engine record to run: the file the user pointed at, else ``target``'s, else the first
     whose library is installed (TensorRT, then TensorRT-RTX)."""
     engines = bundle.manifest.engines
     if not engines:
         raise BundleError(f"{bundle.path} has no TensorRT engine: build one with `cmrt build {bundle.path}`")
     if bundle.selected is not None and bundle.selected.endswith(".plan"):
-        match = [e for e in engines.values() if e["file"] == bundle.selected]
+        match = [e for e in engines.values() if e.file == bundle.selected]
         if match:
             return match[0]
     if target is not None:
@@ -60,31 +62,31 @@ def select_engine(bundle: Bundle, target: str | None = None) -> dict:
     return engines[candidates[0]]
 
 
-def compatibility_problem(record: dict, library_version: str, device: dict) -> str | None:
+def compatibility_problem(record: EngineRecord, library_version: str, device: dict) -> str | None:
     """Why an engine cannot run here, or None. ``device``: {"name", "compute_capability"}.
 
     Engines load only on the library build and the GPU they were built for (TensorRT: the build
     GPU's compute capability; TensorRT-RTX: the capabilities asked at build time, or its portable
     set on a supported GPU).
     """
-    target, built = record["target"], record["library_version"]
+    target, built = record.target, record.library_version
     rebuild = f"rebuild it here with `cmrt build BUNDLE --target {target}`"
     if built != library_version:
-        return (f"the {target} engine {record['file']} was built with {record['library']} {built}, but "
-                f"{library_version} is installed: {rebuild} (or install {record['library']}=={built})")
+        return (f"the {target} engine {record.file} was built with {record.library} {built}, but "
+                f"{library_version} is installed: {rebuild} (or install {record.library}=={built})")
     cc = device["compute_capability"]
-    ccs = record.get("compute_capabilities")
+    ccs = record.compute_capabilities
     if target == "tensorrt-rtx":
         if cc not in RTX_SUPPORTED:
             return (f"TensorRT for RTX does not run on {device['name']} (compute capability {cc}; it supports "
                     f"{', '.join(RTX_SUPPORTED)}, not Hopper): build with --target tensorrt instead")
-        wanted = [_cc_from_enum(c) for c in ccs] if isinstance(ccs, list) else None
+        wanted = [_cc_from_enum(c) for c in ccs] if isinstance(ccs, tuple) else None
         if wanted is not None and cc not in wanted:
             return (f"the engine was built for compute capabilities {wanted}, this GPU ({device['name']}) is "
                     f"{cc}: rebuild with `cmrt build BUNDLE --target tensorrt-rtx --compute-capability {cc}`")
         return None
-    if isinstance(ccs, list) and cc not in ccs:
-        gpu = (record.get("gpu") or {}).get("name", "another GPU")
+    if isinstance(ccs, tuple) and cc not in ccs:
+        gpu = record.gpu.name if record.gpu else "another GPU"
         return (f"the engine was built on {gpu} (compute capability {ccs[0]}), this GPU is {device['name']} "
                 f"({cc}): {rebuild}")
     return None
@@ -95,15 +97,15 @@ def _cc_from_enum(name: str) -> str:
     return f"{digits[:-1]}.{digits[-1]}"
 
 
-def check_shapes(record: dict, feeds: dict[str, tuple[int, ...]]) -> None:
+def check_shapes(record: EngineRecord, feeds: dict[str, tuple[int, ...]]) -> None:
     """Refuse input shapes outside the engine's optimization profile, naming the range."""
     from ..errors import InputError
 
-    profile = record["profiles"][0]
+    profile = record.profiles[0]
     for name, shape in feeds.items():
         if name not in profile:
             continue
-        lo, hi = profile[name]["min"], profile[name]["max"]
+        lo, hi = profile[name].min, profile[name].max
         if len(shape) != len(lo) or any(not a <= s <= b for s, a, b in zip(shape, lo, hi)):
             raise InputError(f"{name} has shape {tuple(shape)}, outside the engine's profile {tuple(lo)}..{tuple(hi)}: "
                              "rebuild with a wider range (`cmrt build --max-batch/--max-latent ...`) or use "
@@ -123,7 +125,7 @@ def usable(bundle: Bundle) -> bool:
     if not bundle.manifest.engines:
         return False
     record = select_engine(bundle)
-    module = ENGINE_TARGETS.get(record["target"], (None,))[0]
+    module = ENGINE_TARGETS.get(record.target, (None,))[0]
     if module is None or importlib.util.find_spec(module) is None or importlib.util.find_spec("torch") is None:
         return False
     device = _device()
@@ -150,11 +152,12 @@ class TensorRTBackend:
     """
 
     precision = "fp16"
+    thread_safe = False  # one execution context with bound buffers: runners serialize calls
 
     def __init__(self, bundle: Bundle, *, target: str | None = None, cuda_graph: bool = False) -> None:
         self.record = select_engine(bundle, target)
-        module, extra = ENGINE_TARGETS[self.record["target"]]
-        self.trt = require(module, extra, f"running the {self.record['target']} engine")
+        module, extra = ENGINE_TARGETS[self.record.target]
+        self.trt = require(module, extra, f"running the {self.record.target} engine")
         import torch
 
         device = _device()
@@ -165,17 +168,17 @@ class TensorRTBackend:
         problem = compatibility_problem(self.record, self.trt.__version__, device)
         if problem:
             raise BundleError(problem)
-        self.name, self.torch, self.cuda_graph = self.record["target"], torch, cuda_graph
+        self.name, self.torch, self.cuda_graph = self.record.target, torch, cuda_graph
         self.bundle_path, self.gpu = bundle.path, device
         self.device = torch.device("cuda", torch.cuda.current_device())  # recorded once; every call runs under it
         with torch.cuda.device(self.device):
             self.stream = torch.cuda.Stream(self.device)
-            self.engine = self._deserialize(bundle.path / self.record["file"])
+            self.engine = self._deserialize(bundle.path / self.record.file)
             self.setup = self._create_context()
         self.context = self.setup.context
         inputs, outputs = _trt.engine_io(self.trt, self.engine)
         self.input_names = _trt.match_io(inputs, outputs, bundle.manifest.input_names, OUTPUT_NAME,
-                                         file=self.record["file"])
+                                         file=self.record.file)
         self.output_names = outputs
         self.runner = self._runner()
         self.save_runtime_cache()
@@ -184,14 +187,14 @@ class TensorRTBackend:
         if not path.is_file():
             raise BundleError(f"{path} is listed in the manifest but missing: rebuild it with `cmrt build`")
         runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
-        rebuild = f"rebuild it here with `cmrt build {path.parent} --target {self.record['target']}`"
+        rebuild = f"rebuild it here with `cmrt build {path.parent} --target {self.record.target}`"
         return _trt.deserialize(self.trt, runtime, path.read_bytes(), file=path.name, rebuild=rebuild)
 
     def _create_context(self) -> _trt.ContextSetup:
-        rtx = self.record["target"] == "tensorrt-rtx"
+        rtx = self.record.target == "tensorrt-rtx"
         whole_graph = rtx and self.cuda_graph and hasattr(self.trt, "CudaGraphStrategy")
         blob = runtime_cache_blob(self.bundle_path, self.record) if rtx else None
-        return _trt.create_context(self.trt, self.engine, file=self.record["file"], runtime_config=rtx,
+        return _trt.create_context(self.trt, self.engine, file=self.record.file, runtime_config=rtx,
                                    whole_graph=whole_graph, cache_blob=blob)
 
     def _runner(self) -> _trt.EngineRunner:
@@ -207,21 +210,33 @@ class TensorRTBackend:
 
         return _trt.EngineRunner(self.context, inputs=self.input_names, outputs=self.output_names,
                                  allocate=allocate, stream_handle=handle, capture=capture, capturable=capturable,
-                                 name=f"the {self.name} engine {self.record['file']}")
+                                 name=f"the {self.name} engine {self.record.file}")
 
     def _dtype(self, name: str):
         return getattr(self.torch, _TORCH_DTYPES[self.engine.get_tensor_dtype(name).name])
 
-    def save_runtime_cache(self) -> Path | None:
+    def save_runtime_cache(self) -> RuntimeCache | None:
         """Write the TensorRT-RTX runtime cache beside the engine when it changed (after the JIT
         compile at context creation; call again later to keep kernels compiled for new shapes).
 
-        Returns the file written, or None (no change, not TensorRT-RTX, or not writable: warned).
+        Returns the new manifest record, or None (no change, not TensorRT-RTX, or not writable: warned).
         """
         if self.setup.runtime_cache is None:
             return None
-        return save_runtime_cache(self.bundle_path, self.record, self.setup.runtime_cache,
+        info = save_runtime_cache(self.bundle_path, self.record, self.setup.runtime_cache,
                                   library_version=self.trt.__version__, gpu=self.gpu)
+        if info is not None:
+            self.record = replace(self.record, runtime_cache=info)
+        return info
+
+    @property
+    def engine_target(self) -> str:
+        """The engine's target (``cmrt check`` records its parity result under it)."""
+        return self.record.target
+
+    @property
+    def library_version(self) -> str:
+        return self.trt.__version__
 
     def run_torch(self, feeds: dict[str, Any]):
         """Run on torch tensors and return a float32 CUDA tensor on the backend's GPU.
@@ -248,6 +263,12 @@ class TensorRTBackend:
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feeds.items()}
         return self.run_torch(tensors).cpu().numpy()
 
+    def close(self) -> None:
+        """Free the execution context, the engine and the cached buffers and graphs (in that order:
+        a context must go before its engine)."""
+        self.runner = self.context = self.setup = None
+        self.engine = None
+
 
 def check_devices(feeds: dict[str, Any], device) -> None:
     """Refuse CUDA tensors on another GPU than the backend's, naming both (CPU tensors are fine)."""
@@ -261,53 +282,53 @@ def check_devices(feeds: dict[str, Any], device) -> None:
 
 
 # --- the TensorRT-RTX runtime cache beside the engine ------------------------------------
-def runtime_cache_blob(bundle_path: Path, record: dict) -> bytes | None:
+def runtime_cache_blob(bundle_path: Path, record: EngineRecord) -> bytes | None:
     """The stored runtime cache for this engine, or None (none yet, or its SHA-256 does not match
     the manifest's: warned, and rebuilt by the JIT)."""
-    info = record.get("runtime_cache") or {}
-    path = bundle_path / info.get("file", _trt.RUNTIME_CACHE_FILE)
+    info = record.runtime_cache
+    path = bundle_path / (info.file if info else _trt.RUNTIME_CACHE_FILE)
     if not path.is_file():
         return None
     blob = path.read_bytes()
-    if info.get("sha256") and hashlib.sha256(blob).hexdigest() != info["sha256"]:
+    if info is not None and info.sha256 and hashlib.sha256(blob).hexdigest() != info.sha256:
         warnings.warn(f"{path} does not match the SHA-256 recorded in the manifest: not used (it is rebuilt)",
                       stacklevel=3)
         return None
     return blob
 
 
-def save_runtime_cache(bundle_path: Path, record: dict, cache, *, library_version: str, gpu: dict) -> Path | None:
+def save_runtime_cache(bundle_path: Path, record: EngineRecord, cache, *, library_version: str,
+                       gpu: dict) -> RuntimeCache | None:
     """Serialize ``cache`` and, when it differs from the file beside the engine, write it
     atomically and record it in the manifest's engine record under ``runtime_cache``.
 
     A bundle that cannot be written (read-only install) is warned about, not fatal: the next
-    process then compiles the kernels again. Returns the file written, or None.
+    process then compiles the kernels again. Returns the new record, or None.
     """
-    data = _trt.serialize_runtime_cache(cache, file=record["file"])
+    data = _trt.serialize_runtime_cache(cache, file=record.file)
     if data is None:
         return None
-    name = (record.get("runtime_cache") or {}).get("file", _trt.RUNTIME_CACHE_FILE)
+    name = record.runtime_cache.file if record.runtime_cache else _trt.RUNTIME_CACHE_FILE
     digest = hashlib.sha256(memoryview(data)).hexdigest()
-    if (record.get("runtime_cache") or {}).get("sha256") == digest and (bundle_path / name).is_file():
+    if record.runtime_cache and record.runtime_cache.sha256 == digest and (bundle_path / name).is_file():
         return None
     try:
         path = write_bytes_atomic(bundle_path / name, data)
-        info = {"file": name, "sha256": digest, "bytes": path.stat().st_size, "library_version": library_version,
-                "gpu": gpu}
-        _record_runtime_cache(bundle_path, record["target"], info)
+        info = RuntimeCache(name, digest, path.stat().st_size, library_version, Gpu(**gpu))
+        _record_runtime_cache(bundle_path, record.target, info)
     except OSError as exc:
         warnings.warn(f"could not save the TensorRT-RTX runtime cache in {bundle_path} ({exc}): each process "
                       "will JIT-compile the engine again", stacklevel=3)
         return None
-    record["runtime_cache"] = info
-    return path
+    return info
 
 
-def _record_runtime_cache(bundle_path: Path, target: str, info: dict) -> None:
+def _record_runtime_cache(bundle_path: Path, target: str, info: RuntimeCache) -> None:
     bundle = Bundle.open(bundle_path)  # re-read: another process may have changed the manifest
-    if target in bundle.manifest.engines:
-        bundle.manifest.engines[target]["runtime_cache"] = info
-        bundle.save_manifest()
+    engines = dict(bundle.manifest.engines)
+    if target in engines:
+        engines[target] = replace(engines[target], runtime_cache=info)
+        bundle.update(engines=engines)
 
 
 def open_tensorrt(bundle: Bundle) -> TensorRTBackend:

@@ -114,7 +114,7 @@ def train_autoencoder(data: str, out: Path, *, max_steps: int = 2000, batch_size
     Returns a small report: final training MSE, held-out PSNR of the plain decoder, wall time.
     """
     from .data import load_data, load_digits_color
-    from .eval import psnr
+    from ..parity import psnr_per_image
 
     torch.manual_seed(seed)
     x = load_data(data, size=S.DECODER_UPSCALE * 4, channels=3).x
@@ -135,7 +135,7 @@ def train_autoencoder(data: str, out: Path, *, max_steps: int = 2000, batch_size
     if data == "digits-color":
         test = load_digits_color("test").x
         with torch.no_grad():
-            report["test_psnr_pixel_decoder"] = float(psnr(dec(enc(test)), test).mean())
+            report["test_psnr_pixel_decoder"] = float(psnr_per_image(dec(enc(test)).clamp(-1, 1), test).mean())
     save_encoder(out, enc.eval(), {"cmrt.autoencoder_report": report, "cmrt.data": data})
     return report
 

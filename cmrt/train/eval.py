@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,8 +23,10 @@ from torch import nn
 
 from .. import schedules as S
 from ..errors import InputError, SourceError, require
-from ..samplers import consistency_sample, decoder_sample
+from ..parity import psnr_per_image
+from ..samplers import consistency_sample, decoder_sample, heun_sample
 from .data import DIGITS_CLASSES, DIGITS_LEVELS, DIGITS_SIDE, digits_8x8, load_toy, pool_to_8x8
+from .methods import method
 
 PCA_COMPONENTS = 20
 CLASSIFIER = Path(__file__).resolve().parent.parent / "assets" / "digits_classifier.safetensors"
@@ -61,12 +62,6 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, projections: int = SWD_PROJ
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     pa, pb = np.sort(a @ dirs.T, axis=0), np.sort(b @ dirs.T, axis=0)
     return float(np.abs(pa - pb).mean())
-
-
-def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of images in [-1, 1] (peak-to-peak 2)."""
-    mse = (x.clamp(-1, 1) - ref).pow(2).reshape(x.shape[0], -1).mean(1)
-    return 10.0 * torch.log10(4.0 / mse.clamp_min(1e-12))
 
 
 def sharpness(x: torch.Tensor) -> torch.Tensor:
@@ -184,15 +179,9 @@ def score_digits(samples01: np.ndarray, labels: np.ndarray, reference: np.ndarra
 # --- sampling a source ---------------------------------------------------------------------------
 def edm_heun_sample(denoiser: nn.Module, noise: torch.Tensor, labels: torch.Tensor | None,
                     steps: int = HEUN_STEPS) -> torch.Tensor:
-    """EDM's deterministic Heun sampler on the Karras grid + σ = 0 (2·steps − 1 evaluations)."""
-    from .losses import heun_step
-
+    """EDM's deterministic Heun sampler on the teacher's Karras grid + σ = 0 (2·steps − 1 evaluations)."""
     sigmas = [*S.karras_sigmas(steps, EDM_SIGMA_MIN, EDM_SIGMA_MAX), 0.0]
-    x = noise * sigmas[0]
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        b = x.shape[0]
-        x = heun_step(denoiser, x, torch.full((b,), float(s)), torch.full((b,), float(s_next)), labels)
-    return x.clamp(-1, 1)
+    return heun_sample(denoiser, noise, sigmas, labels).clamp(-1, 1)
 
 
 def sample_source(source: str, steps: int, labels: torch.Tensor, shape: tuple[int, ...], seed: int,
@@ -206,13 +195,12 @@ def sample_source(source: str, steps: int, labels: torch.Tensor, shape: tuple[in
         sampler = Sampler(path)
         images = sampler.sample(len(labels), class_labels=labels.numpy(), seed=seed)
         return np.asarray(images), f"bundle ({sampler.steps} steps)", sampler.steps
-    from .models import denoiser_for
     from .runs import load_run
 
     run = load_run(source)
-    den = denoiser_for(run.config.method, run.ema, run.spec)
+    den = method(run.config.method).denoiser(run.ema, run.spec)
     with torch.no_grad():
-        if run.config.method == "edm":
+        if not method(run.config.method).one_step:
             images = edm_heun_sample(den, torch.randn(shape, generator=gen), labels).numpy()
             return images, f"EDM Heun {HEUN_STEPS} steps", 2 * HEUN_STEPS - 1
         sigmas = sigmas or S.default_cm_sigmas(steps, run.spec.grid_size, run.spec.sigma_min, run.spec.sigma_max)
@@ -232,7 +220,7 @@ class EvalReport:
 
     def lines(self) -> list[str]:
         out = [f"{self.source} ({self.kind})"]
-        out += [f"  reference: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+        out += ["  reference: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                              for k, v in self.reference.items())] if self.reference else []
         for r in self.rows:
             out.append("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
@@ -246,8 +234,10 @@ def _source_kind(source: str) -> tuple[str, str]:
     """(kind, data) of a run or bundle: kind sampler/decoder/points."""
     path = Path(source)
     if (path / "cmrt.json").is_file():
-        manifest = json.loads((path / "cmrt.json").read_text())
-        return manifest["kind"], "digits" if manifest.get("num_classes") == DIGITS_CLASSES else "images"
+        from ..bundle import Bundle
+
+        manifest = Bundle.open(path).manifest
+        return manifest.kind, "digits" if manifest.num_classes == DIGITS_CLASSES else "images"
     from .runs import load_run
 
     run = load_run(source)
@@ -323,18 +313,17 @@ def _image_shape(source: str) -> tuple[int, int, int]:
 
 
 def evaluate_points(source: str, data: str, steps: list[int], seed: int) -> EvalReport:
-    from .models import denoiser_for
     from .runs import load_run
 
     run = load_run(source)
     ref = load_toy(data, TOY_SAMPLES, seed=seed + 1).x.numpy()
     other = load_toy(data, TOY_SAMPLES, seed=seed + 2).x.numpy()
     report = EvalReport(source, f"2-D {data}", reference={"data_vs_data_swd": sliced_wasserstein(other, ref)})
-    den = denoiser_for(run.config.method, run.ema)
+    den = method(run.config.method).denoiser(run.ema, None)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for k in ([HEUN_STEPS] if run.config.method == "edm" else steps):
-            if run.config.method == "edm":
+            if not method(run.config.method).one_step:
                 pts = edm_heun_sample(den, torch.randn(TOY_SAMPLES, 2, generator=gen), None, k).numpy()
             else:
                 noise = [torch.randn(TOY_SAMPLES, 2, generator=gen) for _ in range(k)]
@@ -353,13 +342,12 @@ def evaluate_decoder(source: str, steps: list[int], seed: int, grid: Path | None
     """PSNR and sharpness of held-out digits-color images encoded by the run's encoder and decoded."""
     from .autoencoder import encode, load_encoder
     from .data import load_digits_color
-    from .models import denoiser_for
     from .runs import load_run
 
     run = load_run(source)
     test = load_digits_color("test", copies=1).x
     latents = encode(load_encoder(_encoder_path(run)), test)
-    den = denoiser_for("decoder", run.ema, run.spec)
+    den = method("decoder").denoiser(run.ema, run.spec)
     ref_sharp = float(sharpness(test).mean())
     report = EvalReport(source, "decoder", reference={"held_out_images": len(test), "original_sharpness": ref_sharp})
     gen = torch.Generator().manual_seed(seed)
@@ -372,7 +360,7 @@ def evaluate_decoder(source: str, steps: list[int], seed: int, grid: Path | None
 
                 save_grid(torch.cat([test[:GRID_PER_CLASS * 2], out[:GRID_PER_CLASS * 2]]), _grid_path(grid, k),
                           cols=GRID_PER_CLASS * 2, scale=GRID_SCALE)
-            report.rows.append({"steps": k, "psnr_db": float(psnr(out, test).mean()),
+            report.rows.append({"steps": k, "psnr_db": float(psnr_per_image(out.clamp(-1, 1), test).mean()),
                                 "sharpness_ratio": float(sharpness(out).mean()) / ref_sharp})
     return report
 

@@ -22,10 +22,11 @@ from torch import nn
 from .._io import write_json_atomic
 from ..errors import ConfigError
 from ..samplers import decoder_condition
-from . import losses as L
 from . import runs as R
 from .data import Dataset, load_data
-from .models import TrainConfig, build_backbone, denoiser_for, model_spec
+from .ema import update_ema
+from .methods import method
+from .models import TrainConfig, build_backbone, model_spec
 
 EMA_WARMUP = 10.0  # EMA decay ramps as (1 + k)/(EMA_WARMUP + k) early on
 
@@ -52,13 +53,6 @@ def init_distributed() -> Dist:
     return Dist(dist.get_rank() if world > 1 else 0, world, device)
 
 
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """θ_ema ← decay·θ_ema + (1 − decay)·θ."""
-    with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1.0 - decay)
-
-
 def weights_digest(module: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(module.state_dict().items()):
@@ -79,23 +73,24 @@ class Trainer:
         self.data = data or load_data(cfg.data, size=cfg.image_size, channels=cfg.channels)
         self.out = Path(cfg.out)
         image = self.data.kind == "image"
-        if not image and cfg.method in ("decoder",):
-            raise ConfigError("the decoder method needs an image data set")
+        self.method = method(cfg.method)
+        if not image and self.method.image_only:
+            raise ConfigError(f"the {cfg.method} method needs an image data set")
         if image and self.data.x.shape[1] != cfg.channels:
             raise ConfigError(f"--data {cfg.data} has {self.data.x.shape[1]} channel(s): pass --channels {self.data.x.shape[1]}")
-        if image and cfg.method != "decoder" and self.data.x.shape[-1] != cfg.image_size:
+        if image and self.method.kind == "sampler" and self.data.x.shape[-1] != cfg.image_size:
             raise ConfigError(f"--data {cfg.data} has {self.data.x.shape[-1]}-pixel images: pass --image-size {self.data.x.shape[-1]}")
-        self.spec = model_spec(cfg, self.data.num_classes, self.data.name) if image else None
+        self.spec = model_spec(cfg, self.data.num_classes, self.data.name, self.method.kind) if image else None
         torch.manual_seed(cfg.seed)
         self.backbone = build_backbone(cfg, self.spec).to(self.env.device)
         if cfg.init:
             self.backbone.load_state_dict(R.load_run(cfg.init).ema.state_dict())
         self.ema = copy.deepcopy(self.backbone).requires_grad_(False)
-        self.denoiser = denoiser_for(cfg.method, self.backbone, self.spec)
+        self.denoiser = self.method.denoiser(self.backbone, self.spec)
         self.model = self._wrap(self.denoiser)
-        self.target = self._make_target()
-        self.teacher = self._make_teacher()
-        self.cond = self._make_condition()
+        self.target = self.method.target(self)
+        self.teacher = self.method.teacher(self)
+        self.cond = self.method.condition(self)
         self.opt = torch.optim.Adam(self.backbone.parameters(), lr=cfg.lr)
         self.gen = torch.Generator(self.env.device).manual_seed(cfg.seed * 1000 + self.env.rank)
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.env.rank + 1)
@@ -109,28 +104,6 @@ class Trainer:
         ids = [self.env.device.index] if self.env.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
 
-    def _make_target(self) -> nn.Module:
-        if self.cfg.method == "cd":  # an EMA target network θ⁻
-            return denoiser_for("cd", copy.deepcopy(self.backbone).requires_grad_(False), self.spec)
-        return self.denoiser  # ct / decoder: the online network without gradient (iCT: no EMA)
-
-    def _make_teacher(self) -> nn.Module | None:
-        if self.cfg.method != "cd":
-            return None
-        run = R.load_run(self.cfg.teacher)
-        if run.config.method != "edm":
-            raise ConfigError(f"--teacher {self.cfg.teacher} was trained with '{run.config.method}', not 'edm'")
-        return denoiser_for("edm", run.ema.to(self.env.device).requires_grad_(False), run.spec)
-
-    def _make_condition(self) -> torch.Tensor | None:
-        """Decoder runs: the frozen encoder's latents of every image, as the decoder's conditioning."""
-        if self.cfg.method != "decoder":
-            return None
-        from .autoencoder import encode, load_encoder
-
-        encoder = load_encoder(self.cfg.encoder)
-        return encode(encoder, self.data.x)
-
     # --- one step ---------------------------------------------------------------------
     def batch(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         idx = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=self.data_gen)
@@ -140,19 +113,7 @@ class Trainer:
         return x, y, c
 
     def loss(self, x: torch.Tensor, y: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
-        cfg, m = self.cfg, self.cfg.method
-        target = self.target.module if isinstance(self.target, nn.parallel.DistributedDataParallel) else self.target
-        if m == "edm":
-            return L.edm_loss(self.model, x, y, self.gen)
-        if m == "ct":
-            n = L.ct_discretization(self.step, cfg.max_steps, cfg.ct_s0, cfg.ct_s1)
-            return L.ct_loss(self.model, target, x, y, self.gen, n=n, distance=cfg.loss_distance)
-        if m == "cd":
-            return L.cd_loss(self.model, target, self.teacher, x, y, self.gen, n=cfg.cd_grid,
-                             distance=cfg.loss_distance)
-        n = L.ct_discretization(self.step, cfg.max_steps, cfg.ct_s0, cfg.ct_s1)
-        return L.decoder_loss(self.model, target, x, c, self.gen, n=n, denoise_weight=cfg.denoise_weight,
-                              distance=cfg.loss_distance)
+        return self.method.loss(self, x, y, c)
 
     def train_step(self) -> float:
         """One optimizer step (gradient clipping, warm-up, EMA and target updates); returns the loss."""
@@ -170,8 +131,7 @@ class Trainer:
             group["lr"] = lr_at(cfg, self.step)
         self.opt.step()
         update_ema(self.ema, self.backbone, min(cfg.ema_decay, (1 + self.step) / (EMA_WARMUP + self.step)))
-        if cfg.method == "cd":
-            update_ema(self.target.unet, self.backbone, cfg.target_ema)
+        self.method.after_step(self)
         self.step += 1
         return float(loss.detach())
 
@@ -180,9 +140,7 @@ class Trainer:
         path = R.step_path(self.out, self.step)
         R.save_weights(path, self.cfg, self.spec, self.backbone.state_dict(), self.ema.state_dict(), self.step)
         state = {"step": self.step, "optimizer": self.opt.state_dict(), "generator": self.gen.get_state(),
-                 "data_generator": self.data_gen.get_state()}
-        if self.cfg.method == "cd":
-            state["target"] = self.target.unet.state_dict()
+                 "data_generator": self.data_gen.get_state()} | self.method.state(self)
         R.save_trainer_state(R.trainer_state_path(path), state)
         return path
 
@@ -198,8 +156,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])
         self.data_gen.set_state(state["data_generator"])
-        if "target" in state:
-            self.target.unet.load_state_dict(state["target"])
+        self.method.load_state(self, state)
         self.step = int(state["step"])
         return path
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import schedules as S
+from ..samplers import heun_step
 
 # EDM (Karras et al. 2022): lognormal σ for the diffusion teacher.
 EDM_P_MEAN, EDM_P_STD = -1.2, 1.2
@@ -114,18 +115,6 @@ def ct_loss(model: nn.Module, target: nn.Module, x0: torch.Tensor, labels: torch
 
 
 # --- consistency distillation -------------------------------------------------------------
-def heun_step(denoiser: nn.Module, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
-              labels: torch.Tensor | None = None) -> torch.Tensor:
-    """One Heun step of the PF-ODE dx/dσ = (x − D(x, σ))/σ from σ to σ_next (Euler where σ_next = 0)."""
-    d = (x - denoiser(x, sigma, labels)) / _column(sigma, x)
-    h = _column(sigma_next - sigma, x)
-    x_euler = x + h * d
-    if bool((sigma_next == 0).all()):
-        return x_euler
-    d_next = (x_euler - denoiser(x_euler, sigma_next, labels)) / _column(sigma_next, x)
-    return x + h * (d + d_next) / 2
-
-
 def cd_loss(model: nn.Module, target: nn.Module, teacher: nn.Module, x0: torch.Tensor,
             labels: torch.Tensor | None, generator: torch.Generator, *, n: int = CD_GRID,
             sigma_min: float = S.SIGMA_MIN, sigma_max: float = S.SIGMA_MAX, distance: str = "l2") -> torch.Tensor:

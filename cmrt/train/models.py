@@ -15,7 +15,6 @@ from torch import nn
 
 from .. import schedules as S
 from ..errors import ConfigError
-from ..models.denoisers import DecoderDenoiser, KarrasDenoiser
 from ..models.spec import ModelSpec
 from ..models.unet import UNet, UNetConfig, timestep_embedding
 
@@ -132,9 +131,9 @@ class ToyMLP(nn.Module):
         return self.net(torch.cat([x, emb.to(x.dtype)], dim=1))
 
 
-def unet_config(cfg: TrainConfig, num_classes: int | None) -> UNetConfig:
-    """The backbone of an image run (sampler or decoder)."""
-    if cfg.method == "decoder":
+def unet_config(cfg: TrainConfig, num_classes: int | None, kind: str) -> UNetConfig:
+    """The backbone of an image run of ``kind`` "sampler" or "decoder"."""
+    if kind == "decoder":
         return UNetConfig(in_channels=cfg.channels + S.LATENT_CHANNELS, out_channels=cfg.channels,
                           block_out_channels=cfg.widths, layers_per_block=cfg.layers_per_block,
                           attention=(False,) * len(cfg.widths), mid_attention=False, time_embedding="learned",
@@ -145,23 +144,14 @@ def unet_config(cfg: TrainConfig, num_classes: int | None) -> UNetConfig:
                       attn_norm_groups=cfg.norm_groups, dropout=cfg.dropout)
 
 
-def model_spec(cfg: TrainConfig, num_classes: int | None, data_name: str) -> ModelSpec:
+def model_spec(cfg: TrainConfig, num_classes: int | None, data_name: str, kind: str) -> ModelSpec:
     """The ``ModelSpec`` written into every checkpoint of an image run."""
     name = cfg.name or f"{data_name}-{cfg.method}"
-    if cfg.method == "decoder":
-        return ModelSpec(kind="decoder", unet=unet_config(cfg, None), image_channels=cfg.channels, clip=False,
+    if kind == "decoder":
+        return ModelSpec(kind="decoder", unet=unet_config(cfg, None, kind), image_channels=cfg.channels, clip=False,
                          name=name, trained=True)
-    return ModelSpec(kind="sampler", unet=unet_config(cfg, num_classes), image_channels=cfg.channels,
+    return ModelSpec(kind="sampler", unet=unet_config(cfg, num_classes, kind), image_channels=cfg.channels,
                      image_size=cfg.image_size, num_classes=num_classes, name=name, trained=True)
-
-
-def denoiser_for(method: str, backbone: nn.Module, spec: ModelSpec | None = None) -> nn.Module:
-    """The preconditioned denoiser a method trains: EDM (teacher), CM boundary (ct/cd) or decoder."""
-    sigma_data = spec.sigma_data if spec else S.SIGMA_DATA
-    sigma_min = spec.sigma_min if spec else S.SIGMA_MIN
-    if method == "decoder":
-        return DecoderDenoiser(backbone, sigma_data=sigma_data)
-    return KarrasDenoiser(backbone, sigma_data=sigma_data, sigma_min=sigma_min, boundary=method != "edm")
 
 
 def build_backbone(cfg: TrainConfig, spec: ModelSpec | None) -> nn.Module:

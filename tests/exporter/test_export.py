@@ -15,14 +15,14 @@ from cmrt.exporter.api import build_unrolled, export
 
 def _torch_reference(model, bundle, feeds):
     m = bundle.manifest
-    module = build_unrolled(model, m.sigmas, m.timesteps, m.clip)
+    module = build_unrolled(model, m.schedule)
     with torch.no_grad():
         return module(*[torch.as_tensor(feeds[n]) for n in m.input_names]).numpy()
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3])
-def test_cm_round_trip(cm_model, tmp_path, steps):
-    bundle = export(out=tmp_path / "b", steps=steps, model=cm_model)
+def test_cm_round_trip(cm_model, cm_bundle, tmp_path, steps):
+    bundle = cm_bundle if steps == 2 else export(out=tmp_path / "b", steps=steps, model=cm_model)
     m = bundle.manifest
     assert m.kind == "sampler" and m.steps == steps and len(m.sigmas) == steps
     assert m.input_names == ["class_labels"] + [f"noise_{i}" for i in range(steps)]
@@ -38,8 +38,8 @@ def test_cm_round_trip(cm_model, tmp_path, steps):
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3])
-def test_decoder_round_trip(decoder_model, tmp_path, steps):
-    bundle = export(out=tmp_path / "d", steps=steps, model=decoder_model)
+def test_decoder_round_trip(decoder_model, decoder_bundle, tmp_path, steps):
+    bundle = decoder_bundle if steps == 2 else export(out=tmp_path / "d", steps=steps, model=decoder_model)
     m = bundle.manifest
     assert m.kind == "decoder" and m.timesteps == cmrt.schedules.decoder_timesteps(steps)
     assert cmrt.check(bundle.path).passed
@@ -56,16 +56,22 @@ def test_decoder_round_trip(decoder_model, tmp_path, steps):
 def test_manifest_and_files(decoder_bundle):
     b = decoder_bundle
     data = json.loads((b.path / "cmrt.json").read_text())
-    for key in ("kind", "steps", "timesteps", "inputs", "outputs", "image", "latent", "graphs", "source",
-                "versions", "parity", "precision", "model", "clip"):
+    for key in ("format_version", "kind", "task", "schedule", "inputs", "outputs", "image", "latent", "graphs",
+                "parity_inputs", "source", "versions", "parity", "precision", "model", "digest"):
         assert key in data, key
+    assert data["format_version"] == 2 and data["task"]["name"] == "decode"
+    assert data["schedule"]["timesteps"] == [1008, 512] and data["schedule"]["rule"] == "published"
     assert data["latent"]["scale_factor"] == pytest.approx(0.18215) and len(data["latent"]["means"]) == 4
     assert data["image"]["value_range"] == [-1.0, 1.0]
-    assert {"cmrt", "torch", "onnx"} <= set(data["versions"])
+    assert {"cmrt", "torch", "onnx", "onnxruntime"} == set(data["versions"])
     assert data["inputs"][0]["shape"] == ["batch", 4, "h", "w"]
     assert data["outputs"][0]["shape"] == ["batch", 3, "8*h", "8*w"]
     rep = data["parity"]["onnxruntime-cpu/fp32"]
     assert rep["passed"] and rep["outputs"][0]["max_abs"] <= 1e-4
+    files = {f["file"]: f for f in data["graphs"]["fp32"]["files"]}
+    assert set(files) == {"model.onnx"} | ({"model.onnx.data"} if (b.path / "model.onnx.data").exists() else set())
+    for name, rec in files.items():
+        assert rec["bytes"] == (b.path / name).stat().st_size
     graph = b.path / data["graphs"]["fp32"]["file"]
     model = onnx.load(str(graph), load_external_data=False)
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
@@ -74,9 +80,25 @@ def test_manifest_and_files(decoder_bundle):
     assert not list(b.path.parent.glob(".dec2.tmp-*"))  # nothing staged left behind
 
 
+def test_network_traced_once_and_spliced_into_every_step(cm_bundle):
+    """The 2-step graph holds the network twice (every step), with one shared copy of each weight."""
+    m = cm_bundle.manifest
+    rewrites = m.graphs["fp32"].rewrites
+    assert rewrites["network_calls_spliced"] == 2
+    model = onnx.load(str(cm_bundle.path / "model.onnx"), load_external_data=False)
+    assert not [n for n in model.graph.node if n.domain not in ("", "ai.onnx")]  # no placeholder left
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    per_step = len(convs) // 2
+    weights = {n.input[1] for n in convs}
+    assert len(convs) == 2 * per_step and len(weights) == per_step  # the same weight feeds both steps
+    scopes = [p.value for n in convs for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"]
+    assert len(scopes) == len(convs) and all("denoiser.unet." in s for s in scopes)
+
+
 def test_large_weights_go_to_external_data(cm_bundle):
     g = cm_bundle.manifest.graphs["fp32"]
-    assert g["data"] == ["model.onnx.data"] and (cm_bundle.path / "model.onnx.data").stat().st_size > 1 << 20
+    assert [f.file for f in g.files] == ["model.onnx", "model.onnx.data"]
+    assert (cm_bundle.path / "model.onnx.data").stat().st_size > 1 << 20
 
 
 def test_check_needs_no_source_model(cm_bundle, tmp_path):
@@ -85,7 +107,7 @@ def test_check_needs_no_source_model(cm_bundle, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(cm_bundle.path, moved)
     report = cmrt.check(moved / "model.onnx", backend="onnxruntime-cpu")
-    assert report.passed and report.outputs[0].max_abs <= 1e-4
+    assert report.passed and report.parity.outputs[0].max_abs <= 1e-4
 
 
 def test_parity_failure_leaves_nothing(cm_model, tmp_path, monkeypatch):
@@ -96,6 +118,8 @@ def test_parity_failure_leaves_nothing(cm_model, tmp_path, monkeypatch):
 
 
 def test_check_detects_tampered_reference(cm_bundle, tmp_path):
+    """A changed reference output is an integrity failure, reported before (and instead of) any
+    numerical comparison with it."""
     import shutil
 
     b = tmp_path / "t"
@@ -105,8 +129,9 @@ def test_check_detects_tampered_reference(cm_bundle, tmp_path):
     arrays["output/images"] = arrays["output/images"] + 1e-3
     np.savez(b / "parity.npz", **arrays)
     report = cmrt.check(b)
-    assert not report.passed and report.outputs[0].max_abs == pytest.approx(1e-3, rel=1e-2)
-    with pytest.raises(cmrt.ParityError):
+    assert not report.passed and not report.integrity.passed and report.parity is None
+    assert any("parity.npz" in p for p in report.integrity.problems)
+    with pytest.raises(cmrt.IntegrityError, match="parity.npz"):
         report.raise_if_failed()
 
 
@@ -147,7 +172,7 @@ def test_open_by_graph_path_and_kind_mismatch(cm_bundle, decoder_bundle):
     assert cmrt.Sampler(cm_bundle.path / "model.onnx").steps == 2
     with pytest.raises(cmrt.BundleError, match="cmrt.Sampler"):
         cmrt.Decoder(cm_bundle.path)
-    assert isinstance(Bundle.open(decoder_bundle.path).manifest.latent, dict)
+    assert Bundle.open(decoder_bundle.path).manifest.latent.upscale == 8
 
 
 def test_sessions_spin_only_while_running(decoder_bundle):

@@ -13,7 +13,7 @@ import torch
 from cmrt import ConfigError, ParityError, check, parity
 from cmrt.bundle import Bundle
 from cmrt.cli import main
-from cmrt.export import precision as P
+from cmrt.exporter import precision as P
 from cmrt.exporter.api import build_unrolled, export
 from conftest import loaded, tiny_cm_spec, tiny_decoder_spec
 

@@ -1,6 +1,5 @@
 """The shipped models: the default digits model and the decoder + encoder (image → latents → decode)."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,11 +1,10 @@
 """Evaluation metrics on known cases, the shipped classifier, and `cmrt eval` on runs."""
 
 import numpy as np
-import pytest
 import torch
 
 from cmrt.train import eval as E
-from cmrt.train.data import digits_8x8, load_toy, pool_to_8x8, upscale_digits
+from cmrt.train.data import digits_8x8, pool_to_8x8, upscale_digits
 from cmrt.train.loop import train
 
 from tests.train.helpers import fixed_digits, tiny_cfg
