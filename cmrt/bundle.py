@@ -732,6 +732,9 @@ class Bundle:
             raise BundleNotFoundError(f"{p} does not exist: pass a bundle folder made by `cmrt export`, "
                                       "or a graph inside one")
         folder, selected = (p, None) if p.is_dir() else (p.parent, p.name)
+        if selected is not None and not (folder / MANIFEST).is_file():
+            raise BundleNotFoundError(f"{p} is not inside a cmrt bundle ({folder} has no {MANIFEST}): pass a "
+                                      "bundle folder made by `cmrt export`, or a graph inside one")
         data = read_manifest_json(folder)
         bundle = cls(folder, Manifest.from_dict(data, str(folder / MANIFEST)), selected, data.get("digest"))
         if selected is not None and selected not in bundle.known_files():
@@ -908,3 +911,7 @@ def upgrade_bundle(path: str | Path) -> Bundle:
         manifest = Manifest.from_dict(upgraded, str(folder / MANIFEST))  # refuses before anything is written
         Bundle(folder, manifest).save_manifest()
     return Bundle.open(folder)
+
+
+if __name__ == "__main__":  # python -m cmrt.bundle > docs/manifest.schema.json
+    print(json.dumps(manifest_schema(), indent=2, ensure_ascii=False))

@@ -154,7 +154,8 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="a sampler bundle")
     p.add_argument("--n", type=positive_int, default=16, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
-    p.add_argument("--labels", type=int_list, default=None, help="class labels, one per image or one for all")
+    p.add_argument("--class-labels", "--labels", dest="labels", type=int_list, default=None,
+                   help="class labels, one per image or one for all (default: drawn from the seed)")
     p.add_argument("--backend", default=None, help="backend name (default: onnxruntime)")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG grid to write")
 
