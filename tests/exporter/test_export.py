@@ -11,6 +11,7 @@ import cmrt
 from cmrt import parity
 from cmrt.bundle import Bundle
 from cmrt.exporter.api import build_unrolled, export
+from tests.conftest import tiny_decoder_spec
 
 
 def _torch_reference(model, bundle, feeds):
@@ -181,3 +182,31 @@ def test_sessions_spin_only_while_running(decoder_bundle):
     options = cmrt.Decoder(decoder_bundle.path, backend="onnxruntime-cpu").backend.session.get_session_options()
     assert options.get_session_config_entry("session.force_spinning_stop") == "1"
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_export_has_an_explicit_signature_and_refuses_unknown_options(cm_model, tmp_path):
+    import inspect
+
+    params = inspect.signature(cmrt.export).parameters
+    assert {"source", "out", "steps", "sigmas", "grid", "precision", "arch", "model"} <= set(params)
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for n, p in params.items() if n != "source")
+    with pytest.raises(TypeError, match="stpes"):
+        cmrt.export(out=tmp_path / "b", stpes=4, model=cm_model)
+    with pytest.raises(cmrt.ConfigError, match=r"--arch \(arch=\) does not apply: .* is a cmrt checkpoint"):
+        cmrt.export(out=tmp_path / "b", arch="imagenet64")
+    with pytest.raises(cmrt.ConfigError, match=r"--embedding \(embedding=\) does not apply"):
+        cmrt.export(out=tmp_path / "b", model=cm_model, embedding="e.safetensors")
+    assert not (tmp_path / "b").exists()
+
+
+def test_grid_sets_the_default_spacing(cm_model):
+    from cmrt import schedules as S
+    from cmrt.exporter.api import resolve_schedule
+
+    s = resolve_schedule(cm_model.spec, 2, grid=201)
+    assert s.grid == 201 and s.sigmas == tuple(S.sigmas_from_indices([0, 100], 201))
+    assert "201-point" in s.rule
+    with pytest.raises(cmrt.ConfigError, match="--steps 41 exceeds the 40-point Karras grid"):
+        resolve_schedule(cm_model.spec, 41)
+    with pytest.raises(cmrt.ConfigError, match="--grid applies to consistency models"):
+        resolve_schedule(tiny_decoder_spec(), grid=40)
