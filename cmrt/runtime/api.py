@@ -11,7 +11,9 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import BundleError, InputError, InputTypeError, RunnerClosedError
+from . import tiling
 from .backends import Backend, open_backend
+from .tiling import ShapeLimits
 
 _FLOAT_KINDS = "fiu"  # numpy dtype kinds that cast to float32 (float, signed, unsigned int)
 
@@ -134,7 +136,9 @@ class _Runner:
 
     kind = ""
 
-    def __init__(self, engine: str | Path | Bundle, *, backend: str | None = None) -> None:
+    def __init__(self, engine: str | Path | Bundle, *, backend: str | None = None,
+                 max_batch: int | None = None) -> None:
+        self.max_batch = tiling.check_max_batch(max_batch)
         self.bundle = Bundle.open(engine)
         m = self.bundle.manifest
         if m.kind != self.kind:
@@ -150,6 +154,11 @@ class _Runner:
         if backend is None:
             raise RunnerClosedError(f"this {type(self).__name__} was closed: open a new one on {self.bundle.path}")
         return backend
+
+    @property
+    def limits(self) -> ShapeLimits:
+        """The batch and latent shapes one backend run accepts (an engine's profile; else unbounded)."""
+        return getattr(self.backend, "limits", None) or ShapeLimits()
 
     @property
     def closed(self) -> bool:
@@ -188,6 +197,22 @@ class _Runner:
             raise InputError("pass either seed or noise, not both")
         return generator(seed)
 
+    def _run_chunked(self, feeds: dict[str, Any], max_batch: int | None):
+        """Run the batch in chunks of at most the smallest of ``max_batch``, the runner's
+        ``max_batch`` and the backend's largest batch, and join the results: every input is
+        already drawn for the whole batch, so the result equals one call's."""
+        size = tiling.chunk_size(max_batch, self.max_batch, limits=self.limits)
+        batch = next(iter(feeds.values())).shape[0]
+        parts = tiling.chunks(batch, size)
+        if len(parts) == 1:
+            return self._run(feeds)
+        outs = [self._run({k: v[part] for k, v in feeds.items()}) for part in parts]
+        if _is_torch(outs[0]):
+            import torch
+
+            return torch.cat(outs)
+        return np.concatenate(outs)
+
     def _run(self, feeds: dict[str, Any]):
         """CUDA tensors go to a device backend's ``run_torch`` without host copies (seeded noise,
         drawn on the CPU generator for parity with PyTorch/diffusers, is copied up); else numpy."""
@@ -215,27 +240,52 @@ class Decoder(_Runner):
         engine: a bundle folder made by ``cmrt export``, or a graph/engine file inside one.
         backend: "onnxruntime" (default; CUDA when present), "onnxruntime-cpu", "onnxruntime-cuda",
             or "tensorrt" (when installed).
+        max_batch: the largest batch one backend run gets (None: the backend's limit, if any);
+            larger batches run in chunks with the same results.
     """
 
     kind = "decoder"
 
-    def decode(self, latents: Any, *, seed: int | None = None, noise: Sequence[Any] | None = None):
+    def decode(self, latents: Any, *, seed: int | None = None, noise: Sequence[Any] | None = None,
+               tile: int | None = None, overlap: int | None = None, max_pixels: int | None = None,
+               max_batch: int | None = None):
         """Decode unscaled SD-VAE latents (B, 4, h, w) into images (B, 3, 8h, 8w) in [-1, 1].
+
+        The noise of every step is drawn for the whole batch and canvas first; tiles and batch
+        chunks get their parts of it, so a tiled or chunked call is a deterministic function of
+        the seed, and a call that fits in one tile and one chunk equals the plain call.
 
         Args:
             latents: numpy array or torch tensor (``latent_dist.mean``, not multiplied by 0.18215).
             seed: draws the noise of every step from ``torch.Generator().manual_seed(seed)``.
             noise: explicit noise, one (B, 3, 8h, 8w) standard-normal tensor per step.
+            tile: decode in tiles of at most ``tile``×``tile`` latent pixels (8·tile image pixels),
+                blended across their overlaps (``cmrt.runtime.tiling``). None: one tile, unless
+                ``max_pixels`` or the engine's largest latent shape asks for smaller ones.
+            overlap: latent pixels shared by neighbouring tiles (default ``tiling.DEFAULT_OVERLAP``);
+                less than half of the tile.
+            max_pixels: with ``tile`` None, the largest tile output (pixels per image) to allow:
+                picks the largest square tile within it.
+            max_batch: the largest batch one backend run gets (None: the runner's).
         """
         like = latents if _is_torch(latents) else None
         z = as_float32(latents, "latents")
         m = self.bundle.manifest
         _check_shape(z, "latents", (None, m.latent.channels, None, None))
+        tile_, overlap_ = tiling.check_tiling(tile, overlap)
+        max_batch = tiling.check_max_batch(max_batch)
         up = m.latent.upscale
         shape = (z.shape[0], m.image.channels, up * z.shape[2], up * z.shape[3])
         noise_arrays = self._noise(noise, self._generator(seed, noise), shape)
-        feeds = {"latents": z} | dict(zip(self.bundle.manifest.noise_names, noise_arrays))
-        return _return_like(self._run(feeds), like)
+        plan = tiling.choose_tile(z.shape[2], z.shape[3], tile=tile_, overlap=overlap_, max_pixels=max_pixels,
+                                  limits=self.limits, upscale=up)
+        names = m.noise_names
+
+        def run(z_part, noise_parts):
+            return self._run_chunked({"latents": z_part} | dict(zip(names, noise_parts)), max_batch)
+
+        out = run(z, noise_arrays) if plan.single else tiling.run_tiled(run, z, noise_arrays, plan, up)
+        return _return_like(out, like)
 
 
 class Sampler(_Runner):
@@ -244,6 +294,7 @@ class Sampler(_Runner):
     Args:
         engine: a bundle folder made by ``cmrt export``, or a graph/engine file inside one.
         backend: as for ``Decoder``.
+        max_batch: as for ``Decoder``.
     """
 
     kind = "sampler"
@@ -253,7 +304,7 @@ class Sampler(_Runner):
         return self.bundle.manifest.num_classes
 
     def sample(self, batch_size: int | None = None, *, class_labels: Any = None, seed: int | None = None,
-               noise: Sequence[Any] | None = None):
+               noise: Sequence[Any] | None = None, max_batch: int | None = None):
         """Sample images (B, C, H, W) in [-1, 1].
 
         Args:
@@ -262,7 +313,10 @@ class Sampler(_Runner):
                 the seed (after the noise) when the model is class-conditional and none are given.
             seed: seeds the noise (and labels) with ``torch.Generator().manual_seed(seed)``.
             noise: explicit noise, one (B, C, H, W) standard-normal tensor per step.
+            max_batch: the largest batch one backend run gets (None: the runner's); the noise and
+                labels are drawn for the whole batch first, so chunks do not change the result.
         """
+        max_batch = tiling.check_max_batch(max_batch)
         like = next((x for x in (class_labels, *(noise or ())) if _is_torch(x)), None)
         img = self.bundle.manifest.image
         batch = self._batch_size(batch_size, class_labels, noise)
@@ -275,7 +329,7 @@ class Sampler(_Runner):
         elif class_labels is not None:
             raise InputError("this model is unconditional: do not pass class_labels")
         feeds |= dict(zip(self.bundle.manifest.noise_names, noise_arrays))
-        return _return_like(self._run(feeds), like)
+        return _return_like(self._run_chunked(feeds, max_batch), like)
 
     def _batch_size(self, batch_size, class_labels, noise) -> int:
         candidates = {}

@@ -10,16 +10,19 @@ import numpy as np
 
 from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import BundleError, ConfigError, MissingDependencyError, require
+from .tiling import ShapeLimits
 
 
 class Backend(Protocol):
     """What runners need of a backend. ``thread_safe``: ``run`` may be called from several threads
-    at once (else the runner serializes calls); ``max_batch``: the largest batch it accepts, or None."""
+    at once (else the runner serializes calls); ``limits``: the batch and latent shapes one run
+    accepts (an engine's optimization profile), which runners chunk and tile to."""
 
     name: str  # e.g. "onnxruntime-cpu"
     precision: str  # "fp32" or "fp16": which tolerances apply
     input_names: list[str]
     thread_safe: bool
+    limits: ShapeLimits
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
 
@@ -54,6 +57,7 @@ class OnnxRuntimeBackend:
     """
 
     thread_safe = True
+    limits = ShapeLimits()  # the graph's batch and latent axes are dynamic
 
     def __init__(self, graph: str | Path, *, device: str = "auto", threads: int | None = None,
                  precision: str = "fp32") -> None:

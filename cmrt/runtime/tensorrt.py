@@ -32,6 +32,7 @@ from dataclasses import replace
 from ..bundle import OUTPUT_NAME, Bundle, EngineRecord, Gpu, RuntimeCache
 from ..errors import BundleError, MissingDependencyError, require
 from . import _trt
+from .tiling import ShapeLimits
 
 #: Engine targets in the order a bundle's engines are tried (module, pip extra).
 ENGINE_TARGETS = {"tensorrt": ("tensorrt", "trt"), "tensorrt-rtx": ("tensorrt_rtx", "trt-rtx")}
@@ -112,6 +113,17 @@ def check_shapes(record: EngineRecord, feeds: dict[str, tuple[int, ...]]) -> Non
                              "backend onnxruntime")
 
 
+def engine_limits(record: EngineRecord) -> ShapeLimits:
+    """The batch and latent ranges of an engine's (first) optimization profile: what a runner
+    chunks batches and tiles latents to. A sampler's profile bounds the batch only."""
+    profile = record.profiles[0]
+    if "latents" in profile:
+        r = profile["latents"]
+        return ShapeLimits(batch=(r.min[0], r.max[0]), latent_min=(r.min[2], r.min[3]), latent_max=(r.max[2], r.max[3]))
+    first = next((profile[n] for n in sorted(profile) if n.startswith("noise_")), None)
+    return ShapeLimits() if first is None else ShapeLimits(batch=(first.min[0], first.max[0]))
+
+
 # --- the backend ------------------------------------------------------------------------
 def _device() -> dict | None:
     from ..exporter.tensorrt import cuda_device
@@ -180,6 +192,7 @@ class TensorRTBackend:
         self.input_names = _trt.match_io(inputs, outputs, bundle.manifest.input_names, OUTPUT_NAME,
                                          file=self.record.file)
         self.output_names = outputs
+        self.limits = engine_limits(self.record)
         self.runner = self._runner()
         self.save_runtime_cache()
 
