@@ -80,21 +80,35 @@ def _train_run(a: argparse.Namespace) -> int:
 
 
 def _ae_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits-color", help="image data source")
-    p.add_argument("--out", type=Path, required=True, help="encoder file to write (.safetensors)")
-    p.add_argument("--max-steps", type=int, default=2000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size")
-    p.add_argument("--seed", type=int, default=0, help="seed")
+    from .autoencoder import AutoencoderConfig
+
+    d = AutoencoderConfig()
+    p.add_argument("--data", default=d.data, help="digits-color, photos (crops of scikit-image's photographs), "
+                   "an image folder or a .npz (default: %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="encoder file to write (.safetensors; + .json beside it)")
+    p.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=d.image_size,
+                   help="training image side; photos: the random crop (default: %(default)s)")
+    p.add_argument("--widths", type=int_list, default=d.widths, metavar="A,B,C",
+                   help=f"the three stage widths (default: {','.join(map(str, d.widths))})")
+    p.add_argument("--blocks", type=int, default=d.blocks, help="residual blocks per stage (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--lr-min", type=float, default=None, help="learning rate at the last step, cosine decay "
+                   "(default: --lr, constant)")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads, 0 = default (default: %(default)s)")
 
 
 def _ae_run(a: argparse.Namespace) -> int:
-    from .autoencoder import train_autoencoder
+    from .autoencoder import AutoencoderConfig, train_autoencoder
 
-    report = train_autoencoder(a.data, a.out, max_steps=a.max_steps, batch_size=a.batch_size, seed=a.seed)
+    cfg = AutoencoderConfig(data=a.data, max_steps=a.max_steps, batch_size=a.batch_size, seed=a.seed,
+                            image_size=a.image_size, widths=tuple(a.widths), blocks=a.blocks, lr=a.lr,
+                            lr_min=a.lr if a.lr_min is None else a.lr_min, threads=a.threads)
+    report = train_autoencoder(cfg, a.out)
     print(json.dumps(report))
     return 0
-
-
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:

@@ -41,6 +41,10 @@ class Dataset:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    @property
+    def channels(self) -> int:
+        return int(self.x.shape[1])
+
 
 def digits_8x8() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 digits: (N, 8, 8) float in [0, 1] and (N,) labels."""
@@ -152,12 +156,18 @@ def load_folder(path: Path, size: int, channels: int) -> Dataset:
     return Dataset(path.name, "image", _to_nchw(np.stack(arrs), str(path)))
 
 
-def load_data(src: str, *, size: int = 16, channels: int = 1) -> Dataset:
-    """Resolve a ``--data`` source: ``digits``, a toy name, a folder of images or an ``.npz`` file."""
+def load_data(src: str, *, size: int = 16, channels: int = 1):
+    """Resolve a ``--data`` source: ``digits``, ``digits-color``, ``photos`` (random ``size``×``size``
+    crops of scikit-image's photographs: a ``photos.CropSet``), a toy name, a folder of images or an
+    ``.npz`` file."""
     if src == "digits":
         return load_digits(size)
     if src == "digits-color":
         return load_digits_color("train")
+    if src == "photos":
+        from .photos import load_photos
+
+        return load_photos(size)
     if src in TOY_SETS:
         return load_toy(src)
     path = Path(src)
@@ -165,5 +175,5 @@ def load_data(src: str, *, size: int = 16, channels: int = 1) -> Dataset:
         return load_folder(path, size, channels)
     if path.suffix == ".npz" and path.is_file():
         return load_npz(path)
-    raise InputError(f"--data {src!r}: not 'digits', a toy set ({', '.join(TOY_SETS)}), "
+    raise InputError(f"--data {src!r}: not 'digits', 'digits-color', 'photos', a toy set ({', '.join(TOY_SETS)}), "
                      "an image folder or an existing .npz file")

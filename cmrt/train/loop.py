@@ -27,6 +27,7 @@ from .data import Dataset, load_data
 from .ema import update_ema
 from .methods import method
 from .models import TrainConfig, build_backbone, model_spec
+from .photos import CropSet
 
 EMA_WARMUP = 10.0  # EMA decay ramps as (1 + k)/(EMA_WARMUP + k) early on
 
@@ -73,13 +74,15 @@ class Trainer:
         self.data = data or load_data(cfg.data, size=cfg.image_size, channels=cfg.channels)
         self.out = Path(cfg.out)
         image = self.data.kind == "image"
+        self.crops = isinstance(self.data, CropSet)  # photos: random crops drawn per batch
         self.method = method(cfg.method)
         if not image and self.method.image_only:
             raise ConfigError(f"the {cfg.method} method needs an image data set")
-        if image and self.data.x.shape[1] != cfg.channels:
-            raise ConfigError(f"--data {cfg.data} has {self.data.x.shape[1]} channel(s): pass --channels {self.data.x.shape[1]}")
-        if image and self.method.kind == "sampler" and self.data.x.shape[-1] != cfg.image_size:
-            raise ConfigError(f"--data {cfg.data} has {self.data.x.shape[-1]}-pixel images: pass --image-size {self.data.x.shape[-1]}")
+        if image and self.data.channels != cfg.channels:
+            raise ConfigError(f"--data {cfg.data} has {self.data.channels} channel(s): pass --channels {self.data.channels}")
+        side = self.data.crop if self.crops else self.data.x.shape[-1] if image else None
+        if image and self.method.kind == "sampler" and side != cfg.image_size:
+            raise ConfigError(f"--data {cfg.data} has {side}-pixel images: pass --image-size {side}")
         self.spec = model_spec(cfg, self.data.num_classes, self.data.name, self.method.kind) if image else None
         torch.manual_seed(cfg.seed)
         self.backbone = build_backbone(cfg, self.spec).to(self.env.device)
@@ -106,6 +109,10 @@ class Trainer:
 
     # --- one step ---------------------------------------------------------------------
     def batch(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if self.crops:  # crops of the images and, at the same place, of their latents
+            where = self.data.draw(self.cfg.batch_size, self.data_gen)
+            c = decoder_condition(self.data.take(where, self.cond, scale=1)) if self.cond is not None else None
+            return self.data.take(where).to(self.env.device), None, None if c is None else c.to(self.env.device)
         idx = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=self.data_gen)
         x = self.data.x[idx].to(self.env.device)
         y = self.data.labels[idx].to(self.env.device) if self.data.labels is not None else None

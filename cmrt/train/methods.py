@@ -133,8 +133,12 @@ class Decoder(Method):
 
     def condition(self, trainer):
         from .autoencoder import encode, load_encoder
+        from .photos import CropSet
 
-        return encode(load_encoder(trainer.cfg.encoder), trainer.data.x)
+        encoder = load_encoder(trainer.cfg.encoder)
+        if isinstance(trainer.data, CropSet):  # latents of each whole image, cropped with it per batch
+            return tuple(encode(encoder, x[None])[0] for x in trainer.data.images)
+        return encode(encoder, trainer.data.x)
 
     def loss(self, trainer, x, y, c):
         cfg = trainer.cfg
