@@ -267,7 +267,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: Path) -> dict:
         loss.backward()
         opt.step()
         if (step + 1) % AE_LOG_EVERY == 0:
-            print(f"step {step + 1}/{cfg.max_steps}  mse {float(mse):.5f}  {time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"step {step + 1}/{cfg.max_steps}  mse {float(mse.detach()):.5f}  {time.perf_counter() - t0:.0f} s", flush=True)
     wall = time.perf_counter() - t0
     report = {"steps": cfg.max_steps, "train_loss": float(loss.detach()), "train_mse": float(mse.detach()),
               "wall_s": wall, "img_s": cfg.max_steps * cfg.batch_size / wall}
