@@ -136,7 +136,7 @@ class _Runner:
 
     kind = ""
 
-    def __init__(self, engine: str | Path | Bundle, *, backend: str | None = None,
+    def __init__(self, engine: str | Path | Bundle, *, backend: str | Backend | None = None,
                  max_batch: int | None = None) -> None:
         self.max_batch = tiling.check_max_batch(max_batch)
         self.bundle = Bundle.open(engine)
@@ -239,7 +239,8 @@ class Decoder(_Runner):
     Args:
         engine: a bundle folder made by ``cmrt export``, or a graph/engine file inside one.
         backend: "onnxruntime" (default; CUDA when present), "onnxruntime-cpu", "onnxruntime-cuda",
-            or "tensorrt" (when installed).
+            or "tensorrt" (when installed); or an opened backend (``backends.OnnxRuntimeBackend(graph,
+            cpu_arena=False)``), which the runner then owns and closes.
         max_batch: the largest batch one backend run gets (None: the backend's limit, if any);
             larger batches run in chunks with the same results.
     """

@@ -29,10 +29,17 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def session_options(threads: int | None = None):
+#: ONNX Runtime's CPU memory arena and memory patterns (``benchmarks/memory.py`` measured peak
+#: memory and time with each on and off; ``benchmarks/RESULTS.md``).
+CPU_ARENA = True
+MEM_PATTERN = True
+
+
+def session_options(threads: int | None = None, *, cpu_arena: bool = CPU_ARENA, mem_pattern: bool = MEM_PATTERN):
     """ONNX Runtime options for latency: all graph optimizations, sequential execution, spinning
     intra-op threads (one per physical core unless ``threads``) that stop spinning when a run
-    ends, memory patterns on.
+    ends; the CPU arena and memory patterns as measured for peak memory (``CPU_ARENA``,
+    ``MEM_PATTERN``).
 
     Stopping the spin matters whenever anything else computes between runs: a second cmrt object,
     PyTorch (the UNet of a Stable Diffusion pipeline before ``decode``): with ONNX Runtime's default,
@@ -43,7 +50,8 @@ def session_options(threads: int | None = None):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = threads or 0
-    so.enable_mem_pattern = True
+    so.enable_mem_pattern = mem_pattern
+    so.enable_cpu_mem_arena = cpu_arena
     so.add_session_config_entry("session.intra_op.allow_spinning", "1")
     so.add_session_config_entry("session.force_spinning_stop", "1")
     so.log_severity_level = 4  # fatal only: load failures become one-line BundleErrors, not a log dump
@@ -60,7 +68,7 @@ class OnnxRuntimeBackend:
     limits = ShapeLimits()  # the graph's batch and latent axes are dynamic
 
     def __init__(self, graph: str | Path, *, device: str = "auto", threads: int | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", cpu_arena: bool = CPU_ARENA, mem_pattern: bool = MEM_PATTERN) -> None:
         ort = require("onnxruntime", "onnxruntime", "running a graph")
         available = ort.get_available_providers()
         if device == "auto":
@@ -70,7 +78,8 @@ class OnnxRuntimeBackend:
                                          "`pip install onnxruntime-gpu`, or use backend onnxruntime-cpu")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(graph), session_options(threads), providers=providers)
+            options = session_options(threads, cpu_arena=cpu_arena, mem_pattern=mem_pattern)
+            self.session = ort.InferenceSession(str(graph), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own (non-standard) exception types
             raise BundleError(f"{graph} could not be loaded by ONNX Runtime ({str(exc).splitlines()[0]}): "
                               "re-export the bundle") from None
@@ -130,12 +139,16 @@ def default_backend_name(bundle: Bundle) -> str:
     return "onnxruntime"
 
 
-def open_backend(bundle: Bundle, name: str | None = None) -> Backend:
-    """Open the named backend (None: the default) on a bundle and check it against the manifest."""
-    name = name or default_backend_name(bundle)
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
-    backend = BACKENDS[name](bundle)
+def open_backend(bundle: Bundle, name: "str | Backend | None" = None) -> Backend:
+    """Open the named backend (None: the default) on a bundle, or take an already opened one
+    (e.g. an ``OnnxRuntimeBackend`` with other session settings), and check it against the manifest."""
+    if name is not None and not isinstance(name, str):
+        backend = name
+    else:
+        name = name or default_backend_name(bundle)
+        if name not in BACKENDS:
+            raise ConfigError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+        backend = BACKENDS[name](bundle)
     expected = bundle.manifest.input_names
     if sorted(backend.input_names) != sorted(expected):
         backend.close()

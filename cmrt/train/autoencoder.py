@@ -282,6 +282,8 @@ def train_autoencoder(cfg: AutoencoderConfig, out: Path) -> dict:
 
 DEFAULT_ENCODER = Path(__file__).resolve().parent.parent / "assets" / "digits_encoder.safetensors"
 DEFAULT_IMAGE_SIZE = 32  # the bundled encoder was trained on 32×32 images
+#: The natural-image autoencoder: encoder + its MSE pixel decoder (``--data photos``), beside ``PHOTOS_DECODER``.
+PHOTOS_AUTOENCODER = DEFAULT_ENCODER.with_name("photos_autoencoder.safetensors")
 
 
 def encode_file(path: str | Path, *, encoder: str | Path | None = None, size: int = DEFAULT_IMAGE_SIZE):

@@ -345,6 +345,8 @@ def evaluate_decoder(source: str, steps: list[int], seed: int, grid: Path | None
     from .runs import load_run
 
     run = load_run(source)
+    if run.config.data == "photos":
+        return evaluate_photo_decoder(run, steps, seed, grid)
     test = load_digits_color("test", copies=1).x
     latents = encode(load_encoder(_encoder_path(run)), test)
     den = method("decoder").denoiser(run.ema, run.spec)
@@ -362,6 +364,21 @@ def evaluate_decoder(source: str, steps: list[int], seed: int, grid: Path | None
                           cols=GRID_PER_CLASS * 2, scale=GRID_SCALE)
             report.rows.append({"steps": k, "psnr_db": float(psnr_per_image(out.clamp(-1, 1), test).mean()),
                                 "sharpness_ratio": float(sharpness(out).mean()) / ref_sharp})
+    return report
+
+
+def evaluate_photo_decoder(run, steps: list[int], seed: int, grid: Path | None = None) -> EvalReport:
+    """The natural-image decoder against its autoencoder's MSE decoder on the whole held-out photos,
+    per photo and per text/face/line region (``photo_eval``); ``grid``: side-by-side crop PNGs
+    ``<grid stem>_<region>.png``."""
+    from . import photo_eval as P
+
+    den = method("decoder").denoiser(run.ema, run.spec)
+    images = P.reconstructions(den, _encoder_path(run), steps, seed)
+    report = EvalReport(str(run.path), "photo decoder", reference={"seed": seed, "steps": ",".join(map(str, steps))})
+    report.rows = P.score(images)
+    if grid is not None:
+        P.save_crops(images, grid.parent, grid.stem)
     return report
 
 

@@ -1,0 +1,288 @@
+"""Which tiling technique: measured on the natural-image decoder against its own untiled decode.
+
+The three techniques issue 12 names, in PyTorch on the same weights, latents and noise:
+
+* ``sampler``: whole-sampler tiles: every tile runs all steps on its crops; outputs blended at
+  the end (what ``cmrt.Decoder.decode(tile=...)`` does on any backend).
+* ``evaluation``: per-evaluation tiles: every network evaluation runs tile by tile and the
+  predictions are blended on the canvas before the next noise injection (needs one graph per
+  evaluation).
+* ``+groupnorm``: either of the above with every GroupNorm using the statistics of the whole
+  canvas (an oracle: the statistics are recorded from the untiled decode, the best any
+  shared-statistics scheme, layer-synchronous or from a downscaled pass, can do).
+
+For each held-out photo (and the face photo upscaled ×2 to 1024²) and each overlap: PSNR of the
+tiled decode against the untiled one with the same noise, and the RMS error within 8 px of an
+interior tile edge over the RMS error elsewhere.
+
+    python -m benchmarks.tiling technique [--tile 32] [--overlaps 0,2,4,8] [--steps 1,2] [--json out.json]
+    python -m benchmarks.tiling runtime --bundle B [--time-bundle B2 ...] [--tile 32] [--json out.json]
+
+``runtime`` measures what users get: ``cmrt.Decoder.decode(tile=...)`` against the untiled call
+on the bundle's backend, on the same photos, and the time of both in paired rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cmrt import schedules as S
+from cmrt.models.denoisers import build_denoiser
+from cmrt.models.sources import load_model
+from cmrt.runtime import tiling as T
+from cmrt.samplers import decoder_condition, decoder_sample
+
+UP = S.DECODER_UPSCALE
+BORDER_PX = 8  # the band around each interior tile edge whose error is compared with the rest
+UPSCALED = {"astronaut": 2}  # photos also measured upscaled (bicubic), name → factor
+
+
+# --- the three techniques -----------------------------------------------------------------
+class GroupNormStats:
+    """Record every GroupNorm's per-group mean and variance in call order, or replay them."""
+
+    def __init__(self) -> None:
+        self.recorded: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.mode, self.cursor = "off", 0
+
+    @contextlib.contextmanager
+    def patched(self, mode: str, start: int = 0):
+        original = torch.nn.GroupNorm.forward
+        stats = self
+
+        def forward(gn, x):
+            b, c = x.shape[:2]
+            xg = x.reshape(b, gn.num_groups, -1)
+            if stats.mode == "record":
+                stats.recorded.append((xg.mean(-1, keepdim=True), xg.var(-1, unbiased=False, keepdim=True)))
+                return original(gn, x)
+            mean, var = stats.recorded[stats.cursor]
+            stats.cursor += 1
+            y = ((xg - mean) / torch.sqrt(var + gn.eps)).reshape_as(x)
+            return y * gn.weight.view(1, c, 1, 1) + gn.bias.view(1, c, 1, 1)
+
+        if mode == "record":
+            self.recorded = []
+        self.mode, self.cursor = mode, start
+        torch.nn.GroupNorm.forward = forward
+        try:
+            yield self
+        finally:
+            torch.nn.GroupNorm.forward = original
+            self.mode = "off"
+
+
+def _weights(lay: T.TileLayout) -> dict:
+    return {t: torch.from_numpy(w) for t, w in T.blend_weights(lay, UP).items()}
+
+
+def whole_sampler_tiles(den, z, timesteps, noise, lay, stats: GroupNormStats | None = None) -> torch.Tensor:
+    """Each tile runs every step on its crops; blended once at the end."""
+    canvas = torch.zeros(noise[0].shape)
+    for t, w in _weights(lay).items():
+        ctx = stats.patched("replay") if stats else contextlib.nullcontext()
+        with ctx:
+            out = decoder_sample(den, T.crop(z, t), timesteps, [T.crop(n, t, UP) for n in noise])
+        r, c = t.image_index(UP)
+        canvas[:, :, r, c] += out * w
+    return canvas
+
+
+def per_evaluation_tiles(den, z, timesteps, noise, lay, stats: GroupNormStats | None = None) -> torch.Tensor:
+    """Each evaluation runs tile by tile; predictions blended before the next noise injection."""
+    cond = decoder_condition(z)
+    weights = _weights(lay)
+    per_evaluation = len(stats.recorded) // len(timesteps) if stats else 0
+    x = None
+    for i, step in enumerate(timesteps):
+        s = S.decoder_scalings(int(step))
+        eps = s["sqrt_one_minus_alpha_bar"] * noise[i]
+        x_in = eps if x is None else s["sqrt_alpha_bar"] * x + eps
+        x = torch.zeros_like(x_in)
+        for t, w in weights.items():
+            ctx = stats.patched("replay", start=i * per_evaluation) if stats else contextlib.nullcontext()
+            with ctx:
+                out = den(T.crop(x_in, t, UP), int(step), T.crop(cond, t, UP))
+            r, c = t.image_index(UP)
+            x[:, :, r, c] += out * w
+    return x
+
+
+def untiled(den, z, timesteps, noise, stats: GroupNormStats | None = None) -> torch.Tensor:
+    ctx = stats.patched("record") if stats else contextlib.nullcontext()
+    with ctx:
+        return decoder_sample(den, z, timesteps, noise)
+
+
+# --- scores -------------------------------------------------------------------------------
+def border_mask(lay: T.TileLayout, band: int = BORDER_PX) -> np.ndarray:
+    """True within ``band`` image pixels of any tile edge inside the canvas."""
+    h, w = UP * lay.height, UP * lay.width
+    rows, cols = np.zeros(h, bool), np.zeros(w, bool)
+    for spans, mask, length in ((lay.row_spans, rows, h), (lay.col_spans, cols, w)):
+        for s in spans:
+            for edge in (UP * s.start, UP * s.stop):
+                if 0 < edge < length:
+                    mask[max(edge - band, 0): edge + band] = True
+    return rows[:, None] | cols[None, :]
+
+
+def compare(tiled: torch.Tensor, reference: torch.Tensor, lay: T.TileLayout) -> dict:
+    err = (tiled - reference).double().pow(2).mean(dim=(0, 1)).numpy()  # per-pixel squared error
+    mse = float(err.mean())
+    mask = border_mask(lay)
+    near = math.sqrt(err[mask].mean()) if mask.any() else 0.0
+    far = math.sqrt(err[~mask].mean()) if (~mask).any() else 0.0
+    return {"psnr_db": math.inf if mse == 0 else 10 * math.log10(4.0 / mse), "rms_border": near,
+            "rms_elsewhere": far, "border_ratio": near / far if far > 0 else math.inf}
+
+
+# --- the run --------------------------------------------------------------------------------
+def photos(encoder_path: Path) -> dict[str, torch.Tensor]:
+    """Held-out photos (and upscaled ones) as latents from the photo encoder."""
+    from cmrt.train.autoencoder import encode, load_encoder
+    from cmrt.train.photos import held_out_images
+
+    encoder = load_encoder(encoder_path)
+    images = held_out_images()
+    for name, factor in UPSCALED.items():
+        x = F.interpolate(images[name][None], scale_factor=factor, mode="bicubic", align_corners=False)
+        images[f"{name}x{factor}"] = x[0].clamp(-1, 1)
+    return {n: encode(encoder, x[None]) for n, x in images.items() if max(x.shape[1:]) >= 512}
+
+
+TECHNIQUES = ("sampler", "evaluation", "sampler+groupnorm", "evaluation+groupnorm")
+
+
+def measure(den, z: torch.Tensor, steps: int, tile: int, overlap: int, seed: int = 0) -> dict:
+    timesteps = S.decoder_timesteps(steps)
+    g = torch.Generator().manual_seed(seed)
+    noise = [torch.randn(z.shape[0], 3, UP * z.shape[2], UP * z.shape[3], generator=g) for _ in timesteps]
+    lay = T.layout(z.shape[2], z.shape[3], tile, overlap)
+    stats = GroupNormStats()
+    t0 = time.perf_counter()
+    ref = untiled(den, z, timesteps, noise, stats)
+    rows = {"untiled_s": time.perf_counter() - t0, "tiles": len(lay.tiles), "tile_shape": lay.tile_shape,
+            "work_ratio": lay.work_ratio}
+    for name in TECHNIQUES:
+        run = whole_sampler_tiles if name.startswith("sampler") else per_evaluation_tiles
+        t0 = time.perf_counter()
+        out = run(den, z, timesteps, noise, lay, stats if name.endswith("groupnorm") else None)
+        rows[name] = compare(out, ref, lay) | {"seconds": time.perf_counter() - t0}
+    return rows
+
+
+def run(decoder: Path, encoder: Path, tile: int, overlaps: list[int], steps: list[int], log=print) -> dict:
+    model = load_model(decoder)
+    den = build_denoiser(model.spec, model.unet).eval()
+    results = {}
+    for name, z in photos(encoder).items():
+        for k in steps:
+            for o in overlaps:
+                r = measure(den, z, k, tile, o)
+                results[f"{name}/{k}step/overlap{o}"] = r
+                log(f"{name} {tuple(z.shape[2:])} {k} step(s) overlap {o}: {r['tiles']} tiles of {r['tile_shape']}, "
+                    f"work ×{r['work_ratio']:.2f}; " + "; ".join(
+                        f"{t} {r[t]['psnr_db']:.1f} dB, border ×{r[t]['border_ratio']:.2f}" for t in TECHNIQUES))
+    return results
+
+
+# --- the runtime: cmrt.Decoder tiled vs untiled (quality and paired time) -----------------------
+def runtime_quality(bundle: Path, latents: dict[str, torch.Tensor], tile: int, overlap: int | None,
+                    log=print) -> dict:
+    """``cmrt.Decoder.decode`` tiled vs untiled, same seed, on the bundle's backend."""
+    import cmrt
+
+    out = {}
+    with cmrt.Decoder(bundle) as dec:
+        for name, z in latents.items():
+            zn = z.numpy()
+            ref = torch.from_numpy(dec.decode(zn, seed=0))
+            tiled = torch.from_numpy(dec.decode(zn, seed=0, tile=tile, overlap=overlap))
+            lay = T.choose_tile(zn.shape[2], zn.shape[3], tile=tile, overlap=T.check_tiling(tile, overlap)[1],
+                                max_pixels=None, limits=T.ShapeLimits(), upscale=UP)
+            out[name] = compare(tiled, ref, lay) | {"shape": list(ref.shape[2:]), "tiles": len(lay.tiles),
+                                                     "tile_shape": lay.tile_shape, "work_ratio": lay.work_ratio}
+            r = out[name]
+            log(f"runtime {name} {tuple(ref.shape[2:])}: {r['tiles']} tiles of {r['tile_shape']} (work ×"
+                f"{r['work_ratio']:.2f}): {r['psnr_db']:.1f} dB, border ×{r['border_ratio']:.2f}")
+    return out
+
+
+def runtime_time(bundle: Path, resolutions: list[int], tile: int, overlap: int | None, rounds: int,
+                 log=print) -> dict:
+    """Untiled vs tiled decode time of a (1, 4, R/8, R/8) latent, paired rounds (medians, ms)."""
+    import cmrt
+    from benchmarks.paired import paired_rounds
+
+    out = {}
+    with cmrt.Decoder(bundle) as dec:
+        for r in resolutions:
+            z = np.random.default_rng(0).normal(0, 1, (1, 4, r // UP, r // UP)).astype(np.float32)
+            calls = {"untiled": lambda: dec.decode(z, seed=0),
+                     "tiled": lambda: dec.decode(z, seed=0, tile=tile, overlap=overlap)}
+            samples = paired_rounds(calls, rounds, per_round=1)
+            ratio = np.asarray(samples["tiled"]) / np.asarray(samples["untiled"])
+            out[r] = {"untiled_ms": float(np.median(samples["untiled"])), "tiled_ms": float(np.median(samples["tiled"])),
+                      "ratio": float(np.median(ratio)), "ratio_range": [float(ratio.min()), float(ratio.max())]}
+            log(f"time {r}²: untiled {out[r]['untiled_ms']:.0f} ms, tiled {out[r]['tiled_ms']:.0f} ms, "
+                f"tiled/untiled {out[r]['ratio']:.2f} (rounds {ratio.min():.2f}–{ratio.max():.2f})")
+    return out
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cmrt.models.load import ASSETS
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=("technique", "runtime"), help="technique: the three techniques in PyTorch; "
+                   "runtime: cmrt.Decoder tiled vs untiled on a bundle (quality, and time in paired rounds)")
+    p.add_argument("--decoder", type=Path, default=ASSETS / "photos_decoder.safetensors")
+    p.add_argument("--encoder", type=Path, default=ASSETS / "photos_autoencoder.safetensors")
+    p.add_argument("--bundle", type=Path, help="runtime: the decoder bundle whose quality is measured")
+    p.add_argument("--time-bundle", type=Path, action="append", default=[],
+                   help="runtime: bundles to time (repeatable; default: --bundle)")
+    p.add_argument("--tile", type=int, default=32, help="tile side in latent pixels (32 → 256² output)")
+    p.add_argument("--overlap", type=int, default=None, help="runtime: overlap (default: cmrt's)")
+    p.add_argument("--overlaps", default="0,2,4,8", help="technique: overlaps to measure")
+    p.add_argument("--steps", default="1,2", help="technique: step counts")
+    p.add_argument("--resolutions", default="512,1024", help="runtime: sides to time")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", type=Path)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.set_grad_enabled(False)
+    if a.mode == "technique":
+        result = run(a.decoder, a.encoder, a.tile, _ints(a.overlaps), _ints(a.steps))
+    else:
+        from benchmarks import measure
+
+        env = measure.environment()
+        result = {"environment": env, "tile": a.tile, "overlap": T.check_tiling(a.tile, a.overlap)[1]}
+        if a.bundle:
+            result["quality"] = runtime_quality(a.bundle, photos(a.encoder), a.tile, a.overlap)
+        result["time"] = {str(b): runtime_time(b, _ints(a.resolutions), a.tile, a.overlap, a.rounds)
+                          for b in (a.time_bundle or [a.bundle])}
+        result["environment"]["load_1m_end"] = measure.load_average()
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
