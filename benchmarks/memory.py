@@ -11,6 +11,7 @@ paired rounds.
 
     python -m benchmarks.memory [--resolutions 256,512,1024,2048] [--tile 32] [--json J] [--plot P]
     python -m benchmarks.memory --plot-only --json benchmarks/memory.json --plot benchmarks/memory.png
+    python -m benchmarks.memory --merge a.json b.json --json benchmarks/memory.json --plot benchmarks/memory.png
 """
 
 from __future__ import annotations
@@ -171,12 +172,20 @@ def plot(rows: list[dict], path: Path, arena: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     series = {"cmrt untiled (ONNX Runtime CPU)": ("cmrt", "untiled"), "cmrt tiled, 256² tiles": ("cmrt", "tiled"),
               "diffusers ConsistencyDecoderVAE.decode": ("diffusers", "untiled")}
-    for label, (backend, mode) in series.items():
-        pts = sorted((r["resolution"], r["peak_rss_mib"]) for r in rows if r["backend"] == backend
-                     and r["mode"] == mode and r.get("fits") and r.get("arena", arena) == arena)
+    for (label, (backend, mode)), color in zip(series.items(), ("C0", "C1", "C2")):
+        mine = [r for r in rows if r["backend"] == backend and r["mode"] == mode and r.get("arena", arena) == arena]
+        pts = sorted((r["resolution"], r["peak_rss_mib"]) for r in mine if r.get("fits"))
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=label)
+            ax.plot(*zip(*pts), marker="o", color=color, label=label)
+        for r in mine:  # stopped at the memory limit: an arrow up from the limit
+            if not r.get("fits") and "stopped above" in r.get("note", ""):
+                limit = float(r["note"].split()[2]) * 1024
+                ax.plot([r["resolution"]], [limit], marker="^", color=color, linestyle="none")
+                ax.annotate(f"> {limit / 1024:.0f} GiB", (r["resolution"], limit), textcoords="offset points",
+                            xytext=(-40, 6), fontsize=7, color=color)
+    sides = sorted({r["resolution"] for r in rows})
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sides, [f"{r}²" for r in sides])
     ax.set_yscale("log")
     ax.set_xlabel("output side (pixels)")
     ax.set_ylabel("peak RSS of the process (MiB)")
@@ -204,13 +213,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--plot-arena", default="arena+pattern", help="which ONNX Runtime setting the plot shows")
     p.add_argument("--plot-only", action="store_true", help="redraw --plot from --json without running")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="merge the rows of earlier --json results into --json (and --plot) without running")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         print(json.dumps(child(json.loads(a.child))))
         return 0
-    if a.plot_only:
-        plot(json.loads(a.json.read_text())["rows"], a.plot, a.plot_arena)
+    if a.merge:
+        parts = [json.loads(f.read_text()) for f in a.merge]
+        merged = {"runs": [{k: v for k, v in r.items() if k != "rows"} for r in parts],
+                  "rows": [row for r in parts for row in r["rows"]]}
+        a.json.write_text(json.dumps(merged, indent=1))
+    if a.plot_only or a.merge:
+        if a.plot:
+            plot(json.loads(a.json.read_text())["rows"], a.plot, a.plot_arena)
         return 0
     from benchmarks import measure
 

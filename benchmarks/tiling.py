@@ -209,8 +209,8 @@ def runtime_quality(bundle: Path, latents: dict[str, torch.Tensor], tile: int, o
             zn = z.numpy()
             ref = torch.from_numpy(dec.decode(zn, seed=0))
             tiled = torch.from_numpy(dec.decode(zn, seed=0, tile=tile, overlap=overlap))
-            lay = T.choose_tile(zn.shape[2], zn.shape[3], tile=tile, overlap=T.check_tiling(tile, overlap)[1],
-                                max_pixels=None, limits=T.ShapeLimits(), upscale=UP)
+            lay = T.choose_tile(zn.shape[2], zn.shape[3], tile=tile, overlap=overlap, max_pixels=None,
+                                limits=T.ShapeLimits(), upscale=UP)
             out[name] = compare(tiled, ref, lay) | {"shape": list(ref.shape[2:]), "tiles": len(lay.tiles),
                                                      "tile_shape": lay.tile_shape, "work_ratio": lay.work_ratio}
             r = out[name]
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import measure
 
         env = measure.environment()
-        result = {"environment": env, "tile": a.tile, "overlap": T.check_tiling(a.tile, a.overlap)[1]}
+        result = {"environment": env, "tile": a.tile, "overlap": a.overlap or T.default_overlap(a.tile)}
         if a.bundle:
             result["quality"] = runtime_quality(a.bundle, photos(a.encoder), a.tile, a.overlap)
         result["time"] = {str(b): runtime_time(b, _ints(a.resolutions), a.tile, a.overlap, a.rounds)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ConfigError, InputError, InputTypeError
+from ..errors import InputError, InputTypeError
 
 #: Default overlap between neighbouring tiles, latent pixels (chosen by ``benchmarks/tiling.py``).
 DEFAULT_OVERLAP = 4
@@ -234,21 +234,26 @@ def _as_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def check_tiling(tile: Any, overlap: Any) -> tuple[int | None, int]:
-    """Validate the user's ``tile`` and ``overlap`` (latent pixels); returns them as ints (overlap
-    defaulted). ``InputTypeError``/``InputError`` name the argument."""
-    overlap_ = DEFAULT_OVERLAP if overlap is None else _as_int(overlap, "overlap")
-    if overlap_ < 0:
+def check_tiling(tile: Any, overlap: Any) -> tuple[int | None, int | None]:
+    """Validate the user's ``tile`` and ``overlap`` (latent pixels); returns them as ints (None
+    where not given). ``InputTypeError``/``InputError`` name the argument."""
+    overlap_ = None if overlap is None else _as_int(overlap, "overlap")
+    if overlap_ is not None and overlap_ < 0:
         raise InputError(f"overlap must be ≥ 0 latent pixels, got {overlap_}")
     if tile is None:
         return None, overlap_
     tile_ = _as_int(tile, "tile")
     if tile_ < MIN_TILE:
         raise InputError(f"tile must be at least {MIN_TILE} latent pixels ({8 * MIN_TILE} image pixels), got {tile_}")
-    if 2 * overlap_ >= tile_:
+    if overlap_ is not None and 2 * overlap_ >= tile_:
         raise InputError(f"overlap ({overlap_}) must be less than half of tile ({tile_}): pass a smaller overlap "
                          "or a larger tile")
     return tile_, overlap_
+
+
+def default_overlap(tile: int) -> int:
+    """``DEFAULT_OVERLAP``, or less where the tile is too small for it (under half the tile)."""
+    return min(DEFAULT_OVERLAP, (tile - 1) // 2)
 
 
 def tile_for_pixels(max_pixels: Any, upscale: int) -> int:
@@ -277,30 +282,34 @@ class ShapeLimits:
     latent_max: tuple[int, int] | None = None
 
 
-def choose_tile(height: int, width: int, *, tile: int | None, overlap: int, max_pixels: int | None,
+def choose_tile(height: int, width: int, *, tile: int | None, overlap: int | None, max_pixels: int | None,
                 limits: ShapeLimits, upscale: int) -> TileLayout:
     """The layout a decode uses: the user's ``tile``, else one from ``max_pixels``, else (when the
     canvas exceeds the backend's largest latent shape) the largest tile its profile allows, else
-    the whole canvas as one tile. Every tile must lie within the backend's latent range.
+    the whole canvas as one tile. ``overlap`` None: ``default_overlap`` of the tile. Every tile
+    must lie within the backend's latent range.
 
     Raises:
-        ConfigError: the backend's range cannot hold any tile of this canvas.
-        InputError: the user's tile or max_pixels gives tiles outside the backend's range.
+        InputError: the user's tile, overlap or max_pixels gives tiles outside the backend's
+            range, or no tile the range allows leaves room for the overlap.
     """
     asked = "tile" if tile is not None else "max_pixels" if max_pixels is not None else None
     if tile is None and max_pixels is not None:
         tile = tile_for_pixels(max_pixels, upscale)
-        if tile <= 2 * overlap and (height > tile or width > tile):
-            raise InputError(f"max_pixels={max_pixels} gives tiles of {tile} latent pixels, too small for "
-                             f"overlap {overlap}: raise max_pixels or pass a smaller overlap")
     hi = limits.latent_max
     if tile is None and hi is not None and (height > hi[0] or width > hi[1]):
-        tile = (min(hi[0], height), min(hi[1], width))
-        if min(tile) <= 2 * overlap:
-            raise ConfigError(f"the engine's largest latent shape {hi} leaves no room for overlap {overlap}: "
-                              "pass a smaller overlap or rebuild the engine with --max-latent")
-    result = layout(height, width, tile if tile is not None else (height, width), overlap)
-    _check_in_range(result, limits, asked)
+        tile = min(hi[0], hi[1])
+        asked = "engine"
+    if tile is None or (height <= tile and width <= tile):
+        result = layout(height, width, (height, width), 0)
+    else:
+        overlap = default_overlap(tile) if overlap is None else overlap
+        if 2 * overlap >= tile:
+            name = {"max_pixels": f"max_pixels={max_pixels}", "engine": f"the engine's largest latent shape {hi}"}
+            raise InputError(f"{name.get(asked, 'tile')} gives tiles of {tile} latent pixels, too small for "
+                             f"overlap {overlap}: pass a smaller overlap")
+        result = layout(height, width, tile, overlap)
+    _check_in_range(result, limits, None if asked == "engine" else asked)
     return result
 
 

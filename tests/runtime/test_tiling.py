@@ -71,6 +71,7 @@ def test_chunks_and_chunk_size():
     ({"tile": True}, InputTypeError, "tile"), ({"tile": "16"}, InputTypeError, "tile"),
     ({"tile": 8, "overlap": -1}, InputError, "overlap"), ({"tile": 8, "overlap": 4}, InputError, "overlap"),
     ({"tile": 8, "overlap": 1.0}, InputTypeError, "overlap"), ({"max_pixels": 100}, InputError, "max_pixels"),
+    ({"max_pixels": 32 * 32, "overlap": 2}, InputError, "max_pixels"),
     ({"max_pixels": 64.0 * 64}, InputTypeError, "max_pixels"), ({"max_batch": 0}, InputError, "max_batch"),
     ({"max_batch": "2"}, InputTypeError, "max_batch")])
 def test_bad_tiling_options_name_the_argument(decoder_bundle, kwargs, error, name):
@@ -165,6 +166,8 @@ def test_engine_profile_drives_chunks_and_tiles(dec16, bundle_copy):
     auto = T.choose_tile(13, 11, tile=None, overlap=1, max_pixels=None, limits=limits, upscale=UP)
     assert not auto.single and all(4 <= s <= 8 for s in auto.tile_shape)
     assert T.choose_tile(8, 6, tile=None, overlap=1, max_pixels=None, limits=limits, upscale=UP).single
+    default = T.choose_tile(20, 20, tile=None, overlap=None, max_pixels=None, limits=limits, upscale=UP)
+    assert default.overlap == T.default_overlap(8) < T.DEFAULT_OVERLAP and max(default.tile_shape) <= 8
     with pytest.raises(InputError, match="tile"):
         T.choose_tile(20, 20, tile=12, overlap=1, max_pixels=None, limits=limits, upscale=UP)
     with pytest.raises(InputError, match="latents of 3×3"):
