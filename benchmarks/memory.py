@@ -30,6 +30,8 @@ MODEL = "decoder-reduced"
 STEPS = 2
 SEED = 0
 ARENAS = {"arena+pattern": (True, True), "arena": (True, False), "pattern": (False, True), "none": (False, False)}
+ARENA_LABELS = {"arena+pattern": "CPU arena on, memory patterns on", "arena": "CPU arena on, memory patterns off",
+                "pattern": "CPU arena off, memory patterns on", "none": "CPU arena off, memory patterns off"}
 
 
 # --- the child: one case in a fresh process ------------------------------------------------
@@ -182,14 +184,15 @@ def plot(rows: list[dict], path: Path, arena: str) -> None:
                 limit = float(r["note"].split()[2]) * 1024
                 ax.plot([r["resolution"]], [limit], marker="^", color=color, linestyle="none")
                 ax.annotate(f"> {limit / 1024:.0f} GiB", (r["resolution"], limit), textcoords="offset points",
-                            xytext=(-40, 6), fontsize=7, color=color)
+                            xytext=(-52, -3), fontsize=7, color=color)
     sides = sorted({r["resolution"] for r in rows})
     ax.set_xscale("log", base=2)
     ax.set_xticks(sides, [f"{r}²" for r in sides])
     ax.set_yscale("log")
     ax.set_xlabel("output side (pixels)")
     ax.set_ylabel("peak RSS of the process (MiB)")
-    ax.set_title(f"Reduced-width decoder (official depth), 2 steps, batch 1; ORT arena: {arena}", fontsize=9)
+    ax.set_title(f"Reduced-width decoder (official depth), 2 steps, batch 1\nONNX Runtime: {ARENA_LABELS[arena]}",
+                 fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
