@@ -182,11 +182,14 @@ def measure(den, z: torch.Tensor, steps: int, tile: int, overlap: int, seed: int
     return rows
 
 
-def run(decoder: Path, encoder: Path, tile: int, overlaps: list[int], steps: list[int], log=print) -> dict:
+def run(decoder: Path, encoder: Path, tile: int, overlaps: list[int], steps: list[int], names: list[str] | None = None,
+        log=print) -> dict:
     model = load_model(decoder)
     den = build_denoiser(model.spec, model.unet).eval()
     results = {}
     for name, z in photos(encoder).items():
+        if names and name not in names:
+            continue
         for k in steps:
             for o in overlaps:
                 r = measure(den, z, k, tile, o)
@@ -260,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlaps", default="0,2,4,8", help="technique: overlaps to measure")
     p.add_argument("--steps", default="1,2", help="technique: step counts")
     p.add_argument("--resolutions", default="512,1024", help="runtime: sides to time")
+    p.add_argument("--photos", default="", help="only these photos (comma-separated; default: all ≥ 512 px)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", type=Path)
@@ -268,14 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     torch.set_grad_enabled(False)
     if a.mode == "technique":
-        result = run(a.decoder, a.encoder, a.tile, _ints(a.overlaps), _ints(a.steps))
+        result = run(a.decoder, a.encoder, a.tile, _ints(a.overlaps), _ints(a.steps), [n for n in a.photos.split(",") if n])
     else:
         from benchmarks import measure
 
         env = measure.environment()
         result = {"environment": env, "tile": a.tile, "overlap": a.overlap or T.default_overlap(a.tile)}
         if a.bundle:
-            result["quality"] = runtime_quality(a.bundle, photos(a.encoder), a.tile, a.overlap)
+            wanted = [n for n in a.photos.split(",") if n]
+            latents = {n: z for n, z in photos(a.encoder).items() if not wanted or n in wanted}
+            result["quality"] = runtime_quality(a.bundle, latents, a.tile, a.overlap)
         result["time"] = {str(b): runtime_time(b, _ints(a.resolutions), a.tile, a.overlap, a.rounds)
                           for b in (a.time_bundle or [a.bundle])}
         result["environment"]["load_1m_end"] = measure.load_average()

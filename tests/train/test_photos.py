@@ -84,3 +84,28 @@ def test_decoder_trains_on_photo_crops(tmp_path):
                       ckpt_every=2, log_every=1, threads=1)
     out = train(cfg, progress=False)
     assert (out / "model.safetensors").is_file()
+
+
+PHOTO_MIN_PSNR_DB = 18.0  # on the astronaut's face crop; measured values in the README ("natural-image decoder")
+
+
+def test_photo_decoder_and_autoencoder_are_shipped_and_decode_a_held_out_photo():
+    """The natural-image pair: under 10 MB each; on a crop of a held-out photo's latents, the MSE
+    decoder and the consistency decoder (1 step, PyTorch) both reconstruct it."""
+    from cmrt import schedules as S
+    from cmrt.models.denoisers import build_denoiser
+    from cmrt.models.load import PHOTOS_DECODER
+    from cmrt.models.sources import load_model
+    from cmrt.parity import psnr_per_image
+    from cmrt.train.autoencoder import PHOTOS_AUTOENCODER, decode_pixels, encode
+    from cmrt.train.photo_eval import decode_photo
+
+    assert PHOTOS_DECODER.stat().st_size < 10 * 2**20 and PHOTOS_AUTOENCODER.stat().st_size < 10 * 2**20
+    x = P.photo("astronaut")[None, :, 32:160, 160:288]  # the face, 128² (never trained on)
+    z = encode(load_encoder(PHOTOS_AUTOENCODER), x)
+    assert z.shape == (1, S.LATENT_CHANNELS, 16, 16)
+    m = load_model(PHOTOS_DECODER)
+    assert m.spec.kind == "decoder" and m.spec.trained
+    mse = float(psnr_per_image(decode_pixels(load_pixel_decoder(PHOTOS_AUTOENCODER), z), x)[0])
+    cd = float(psnr_per_image(decode_photo(build_denoiser(m.spec, m.unet).eval(), z, 1, 0), x)[0])
+    assert mse > PHOTO_MIN_PSNR_DB and cd > PHOTO_MIN_PSNR_DB
