@@ -19,11 +19,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
+# Both cores: pytest-xdist workers share one export per bundle and one trace per network (tests/conftest.py).
+JOBS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(JOBS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n $(JOBS) -m slow
 
 demo: $(STAMP)
 	$(PY) -m cmrt.demo --out $(OUT)

@@ -83,8 +83,7 @@ def _cuda_available() -> bool:
 def _unrolled(p: Prepared):
     from cmrt.exporter.api import build_unrolled
 
-    sig, ts = (p.schedule, None) if p.kind == "sampler" else (None, p.schedule)
-    return build_unrolled(p.model, sig, ts, bool(p.bundle.manifest.clip))
+    return build_unrolled(p.model, p.bundle.manifest.schedule)
 
 
 def _torch_inputs(p: Prepared, device: str, dtype=None) -> list:

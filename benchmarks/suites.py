@@ -210,8 +210,8 @@ def prepare(model: LoadedModel, digest: str, case: Case, cache: Path, backends: 
     from cmrt.schedules import DECODER_UPSCALE
 
     spec = model.spec
-    sig, ts = resolve_schedule(spec, case.steps)
-    schedule = sig or ts
+    resolved = resolve_schedule(spec, case.steps)
+    schedule = list(resolved.sigmas or resolved.timesteps)
     if spec.kind == "decoder":
         side = case.resolution // DECODER_UPSCALE
         feeds = parity_inputs(spec, case.steps, batch=case.batch, latent_hw=(side, side))
