@@ -116,10 +116,10 @@ def test_decisions_are_recorded_and_applied(which, request):
 def test_fp16_graph_is_at_most_55_percent_of_fp32(dec16, cm16):
     for bundle in (dec16, cm16):
         g = bundle.manifest.graphs
-        on_disk = sum((bundle.path / f).stat().st_size for f in [g["fp16"]["file"], *g["fp16"]["data"]])
-        assert on_disk == g["fp16"]["bytes"]
-        assert on_disk / g["fp32"]["bytes"] <= SIZE_RATIO_TARGET
-        assert g["fp16"]["size_ratio_vs_fp32"] == pytest.approx(on_disk / g["fp32"]["bytes"], abs=1e-4)
+        on_disk = sum((bundle.path / f.file).stat().st_size for f in g["fp16"].files)
+        assert on_disk == g["fp16"].bytes and len(g["fp16"].files) == 2
+        assert on_disk / g["fp32"].bytes <= SIZE_RATIO_TARGET
+        assert g["fp16"].size_ratio_vs_fp32 == pytest.approx(on_disk / g["fp32"].bytes, abs=1e-4)
 
 
 def test_calibration_threshold_decides_extra_fp32_nodes(cm16):
@@ -150,7 +150,7 @@ def test_io_fp16_graph_takes_fp16_and_checks(tmp_path):
     assert [v.type.tensor_type.elem_type for v in model.graph.input] == [FP16]
     assert [v.type.tensor_type.elem_type for v in model.graph.output] == [FP16]
     report = check(bundle.path / "model.fp16.onnx")
-    assert report.passed and report.precision == "fp16"
+    assert report.passed and report.parity.precision == "fp16"
 
 
 def test_cli_check_of_the_fp16_graph_uses_fp16_tolerances(cm16, capsys):
@@ -186,3 +186,17 @@ def test_official_width_decoder_fp16(tmp_path):
     for case in ("parity inputs", "latents x3", "latents x10"):
         assert rec[case].passed and rec[case].psnr >= 40 and rec[case].max_abs <= 2e-2, (case, rec[case])
     assert bundle.manifest.graphs["fp16"].size_ratio_vs_fp32 <= SIZE_RATIO_TARGET
+
+
+def test_fp16_pass_refuses_a_graph_without_network_scopes(cm16):
+    """If the exporter's module-scope metadata went missing, every node would look like sampler
+    arithmetic and stay FP32: the pass fails loudly instead of writing an all-FP32 "fp16" graph."""
+    from cmrt.errors import ExportError
+    from cmrt.exporter.metadata import strip_metadata
+
+    model = onnx.load(str(cm16.graph_path("fp32")), load_external_data=False)
+    peaks: dict[str, float] = {}
+    P.check_coverage(model.graph, P.decide(model.graph, peaks))  # the real graph passes
+    strip_metadata(model.graph, frozenset())
+    with pytest.raises(ExportError, match="only 0 of .* convolutions/matmuls in FP16"):
+        P.check_coverage(model.graph, P.decide(model.graph, peaks))
