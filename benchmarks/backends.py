@@ -315,7 +315,7 @@ def _plain_graph(p: Prepared):
     folder = p.bundle.path.with_name(p.bundle.path.name + "-plain")
     if not (folder / "model.onnx").is_file():
         spec = p.model.spec
-        dyn = dynamic_shapes(spec.kind, len(p.schedule), spec.num_classes is not None)
+        dyn = dynamic_shapes(spec.kind, len(p.feeds), spatial=spec.kind == "decoder")
         args = tuple(torch.from_numpy(v) for v in p.feeds.values())
         with warnings.catch_warnings():  # the exporter's notes on axis names are not the benchmark's
             warnings.simplefilter("ignore")

@@ -56,7 +56,8 @@ def test_rtx_engine_builds_on_the_cpu(which, profile, ccs, request, bundle_copy)
     on_disk = json.loads((bundle.path / MANIFEST).read_text())["engines"]["tensorrt-rtx"]
     assert on_disk["sha256"] == record.sha256 and on_disk["graph_sha256"] == bundle.manifest.graphs["fp16"].sha256
     assert on_disk["parity"]["checked"] is False
-    assert cmrt.check(bundle.path).passed  # the integrity check covers the plan too
+    report = cmrt.check(bundle.path)  # the integrity check covers the plan too
+    assert report.passed and any("never checked against PyTorch" in line for line in report.lines())
     opened = Bundle.open(plan)
     assert opened.selected == plan.name and default_backend_name(opened) == "tensorrt"
     assert default_backend_name(Bundle.open(bundle.path)) == "onnxruntime"  # no GPU here: ORT stays default

@@ -126,7 +126,7 @@ def vae_bundle(tmp_path_factory):
     vae = _tiny_vae()
     folder = tmp_path_factory.mktemp("vae") / "vae"
     vae.save_pretrained(folder)
-    return vae, cmrt.export(folder, tmp_path_factory.mktemp("vb") / "b")
+    return vae, cmrt.export(folder, out=tmp_path_factory.mktemp("vb") / "b")
 
 
 def test_decoder_matches_diffusers_odd_sizes_batch(vae_bundle):

@@ -278,3 +278,22 @@ def test_rtx_runtime_cache_is_written_and_reused(tmp_path):
     assert first.setup.cache_loaded is None and cache.is_file() and info["sha256"]
     second = R.TensorRTBackend(Bundle.open(bundle.path), target="tensorrt-rtx")
     assert second.setup.cache_loaded is True
+
+
+def test_engine_parity_is_recorded_and_reported(bundle_with_engine_record):
+    """What `cmrt check --backend tensorrt` writes after running an engine on a GPU (the comparison
+    here is the stored outputs against themselves: the recording, not the engine, is under test)."""
+    from cmrt.parity import compare
+    from cmrt.runtime.check import check, engine_lines, record_engine_parity
+
+    b = bundle_with_engine_record
+    assert "never checked" in engine_lines(b)[0]
+    assert b.manifest.engines["tensorrt-rtx"].parity.checked is False
+    _, expected = b.parity_data()
+    report = compare(expected, expected, backend="tensorrt-rtx", precision="fp16")
+    record_engine_parity(b, "tensorrt-rtx", report, gpu=Gpu(**RTX4090), library_version="1.7.1.116")
+    rec = Bundle.open(b.path).manifest.engines["tensorrt-rtx"].parity
+    assert rec.checked and rec.gpu.name == RTX4090["name"] and rec.result.passed and rec.when
+    line = engine_lines(Bundle.open(b.path))[0]
+    assert "passed on NVIDIA GeForce RTX 4090 (1.7.1.116" in line
+    assert check(b.path).passed  # the updated manifest still verifies (its digest was rewritten)
