@@ -54,7 +54,7 @@ def export_graph(sampler, network, args: Sequence, input_names: list[str], dyn, 
     with ``onnx.checker`` (by path, so graphs above 2 GB work).
     """
     from .metadata import strip_ir_metadata
-    from .optimize import optimize
+    from .optimize import optimize, tidy
     from .trace import NetworkCall, first_network_call, splice, trace_network, trace_sampler
 
     clock = _Clock()
@@ -63,6 +63,7 @@ def export_graph(sampler, network, args: Sequence, input_names: list[str], dyn, 
     clock.lap("network")
     with swapped(sampler, network, NetworkCall(out.shape[1])):
         program = trace_sampler(sampler, args, input_names, dyn, opset=opset)
+    tidy(program.model)  # the sampler's own arithmetic, typed and folded while it is small
     clock.lap("sampler")
     state = network.state_dict()
     calls = splice(program.model, net, state)

@@ -90,27 +90,34 @@ def _placeholder_translation():
 
 
 # --- capturing the network's arguments ----------------------------------------------------------
+class _Captured(Exception):
+    """Stops the sampler at its first network call (the arguments are all ``trace_network`` needs)."""
+
+
 def first_network_call(sampler: nn.Module, network: nn.Module, args: Sequence[torch.Tensor]) -> tuple[tuple, torch.Tensor]:
-    """The positional arguments (trailing Nones dropped) and the output of the sampler's first
-    call of ``network``."""
+    """The positional arguments (trailing Nones dropped) of the sampler's first call of ``network``,
+    and that call's output. The sampler runs only up to that call, the network once."""
     seen: list[tuple] = []
 
-    def hook(_module, call_args, output):
-        if not seen:
-            seen.append((tuple(call_args), output))
+    def hook(_module, call_args):
+        seen.append(tuple(call_args))
+        raise _Captured
 
-    handle = network.register_forward_hook(hook)
+    handle = network.register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
             sampler(*args)
+    except _Captured:
+        pass
     finally:
         handle.remove()
     if not seen:
         raise RuntimeError("the sampler never called its network")
-    call, output = list(seen[0][0]), seen[0][1]
+    call = list(seen[0])
     while call and call[-1] is None:
         call.pop()
-    return tuple(call), output
+    with torch.no_grad():
+        return tuple(call), network(*call)
 
 
 # --- tracing --------------------------------------------------------------------------------------
