@@ -145,7 +145,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("full", "quick + decoder + cm", _QUICK + _DECODER + _CM,
           gpu_cases=_grid("decoder-official", (512, 1024), (2,)), warmup=1, repeats=3),
     Suite("smoke", "tiny models, for tests and a first look (seconds)",
-          _grid("tiny-decoder", (16,), (2,)) + _grid("tiny-cm", (16,), (1, 2)), warmup=1, repeats=2, min_seconds=0.0),
+          _grid("tiny-decoder", (16,), (2,)) + _grid("tiny-cm", (16,), (2,)), warmup=1, repeats=2, min_seconds=0.0),
 )}
 
 

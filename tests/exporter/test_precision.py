@@ -17,7 +17,7 @@ from cmrt.exporter import precision as P
 from cmrt.exporter.api import build_unrolled, export
 from conftest import loaded, tiny_cm_spec, tiny_decoder_spec
 
-FP16, FP32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+FP16, FP32, INT64 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
 SIZE_RATIO_TARGET = 0.55
 
 
@@ -144,10 +144,9 @@ def test_calibration_threshold_decides_extra_fp32_nodes(cm16):
 
 
 def test_io_fp16_graph_takes_fp16_and_checks(tmp_path):
-    bundle = export(out=tmp_path / "b", steps=1, model=loaded(tiny_cm_spec(num_classes=None)),
-                    precision="fp16", io="fp16")
+    bundle = export(out=tmp_path / "b", steps=1, model=loaded(tiny_cm_spec()), precision="fp16", io="fp16")
     model = onnx.load(str(bundle.graph_path("fp16")), load_external_data=False)
-    assert [v.type.tensor_type.elem_type for v in model.graph.input] == [FP16]
+    assert [v.type.tensor_type.elem_type for v in model.graph.input] == [INT64, FP16]  # labels stay integers
     assert [v.type.tensor_type.elem_type for v in model.graph.output] == [FP16]
     report = check(bundle.path / "model.fp16.onnx")
     assert report.passed and report.parity.precision == "fp16"
