@@ -301,25 +301,6 @@ class NodeCounts:
 
 
 @dataclass(frozen=True)
-class CaseParity:
-    """The FP16 graph against the FP32 PyTorch source on one input case.
-
-    Attributes:
-        max_abs: largest absolute error.
-        mean_abs: mean absolute error.
-        psnr: PSNR in dB (null when identical).
-        finite: no NaN/Inf.
-        passed: within the fp16 tolerances.
-    """
-
-    max_abs: float | None
-    mean_abs: float | None
-    psnr: float | None
-    finite: bool
-    passed: bool
-
-
-@dataclass(frozen=True)
 class PrecisionRecord:
     """How the FP16 graph's precision was decided (``cmrt.exporter.precision``).
 
@@ -331,7 +312,7 @@ class PrecisionRecord:
         calibration: the calibration run.
         nodes: node counts by precision.
         fp32_nodes: reason → the nodes kept in FP32 for it.
-        verification: input case → FP16 graph vs the FP32 PyTorch source.
+        verification: input case → the FP16 graph's output vs the FP32 PyTorch source's.
     """
 
     io: Precision
@@ -341,7 +322,7 @@ class PrecisionRecord:
     calibration: Calibration
     nodes: NodeCounts
     fp32_nodes: dict[str, tuple[Fp32Node, ...]]
-    verification: dict[str, CaseParity] = field(default_factory=dict)
+    verification: dict[str, OutputParity] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -898,6 +879,7 @@ def _upgrade_parity(p: dict) -> dict:
 
 def _upgrade_precision(p: dict) -> dict:
     p = dict(p)
+    p["verification"] = {case: {"name": OUTPUT_NAME} | v for case, v in p.get("verification", {}).items()}
     p["fp32_nodes"] = {reason: [{"node": n["node"], "op": n["op"], "max_abs": n.get("max_abs")} for n in nodes]
                        for reason, nodes in p.get("fp32_nodes", {}).items()}
     return p

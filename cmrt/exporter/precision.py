@@ -34,8 +34,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..bundle import (OUTPUT_NAME, Calibration, CaseParity, FileRecord, Fp32Node, GraphRecord, NodeCounts,
-                      PrecisionRecord)
+from ..bundle import (OUTPUT_NAME, Calibration, FileRecord, Fp32Node, GraphRecord, NodeCounts, OutputParity,
+                      ParityRecord, PrecisionRecord)
 from ..errors import ConfigError
 from .onnx import graph_files
 from .metadata import FX_NODE_KEY, SCOPES_KEY, strip_metadata
@@ -420,14 +420,8 @@ def decisions_record(decisions: list[Decision], peaks: dict[str, float], calibra
         verification=verification)
 
 
-def _summary(report) -> CaseParity:
-    o = report.outputs[0]
-    return CaseParity(_round_keep(o.max_abs), _round_keep(o.mean_abs),
-                      None if not math.isfinite(o.psnr) else round(o.psnr, 2), o.finite, o.passed)
-
-
-def _round_keep(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
+def _summary(report) -> OutputParity:
+    return ParityRecord.of(report).outputs[0]
 
 
 def _round(x: float | None) -> float | None:
