@@ -179,8 +179,10 @@ def _with_clip(schedule: Schedule, clip: bool) -> Schedule:
 def _graph_record(graph: Path, facts: GraphExport, export_s: float) -> GraphRecord:
     files = tuple(FileRecord.of(f) for f in graph_files(graph))
     return GraphRecord(graph.name, files, OPSET, io="fp32", export_seconds=round(export_s, 2),
-                       export_stages=dict(facts.seconds), rewrites=facts.rewrites | {"network_calls_spliced": facts.network_calls,
-                                                  "network_graph_cached": int(facts.network_cached)})
+                       export_stages=dict(facts.seconds),
+                       rewrites=facts.rewrites | {"network_calls_spliced": facts.network_calls,
+                                                  "network_graph_cached": int(facts.network_cached),
+                                                  "sampler_graph_cached": int(facts.sampler_cached)})
 
 
 def _manifest(model: LoadedModel, graph: Path, schedule: Schedule, parity_file: FileRecord, record: GraphRecord,

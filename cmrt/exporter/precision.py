@@ -37,7 +37,7 @@ import numpy as np
 from ..bundle import (OUTPUT_NAME, Calibration, FileRecord, Fp32Node, GraphRecord, NodeCounts, OutputParity,
                       ParityRecord, PrecisionRecord)
 from ..errors import ConfigError
-from .onnx import graph_files
+from .onnx import INLINE_BELOW, graph_files
 from .metadata import FX_NODE_KEY, SCOPES_KEY, strip_metadata
 
 FP16_MAX = 65504.0  # largest finite float16
@@ -61,7 +61,6 @@ NORM_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization",
 NORM_STAT_OPS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "Pow", "Sqrt", "Reciprocal", "Sub", "Div")
 IO_PRECISIONS = ("fp32", "fp16")
 CONVERTER = "onnxconverter-common"
-INLINE_BELOW = 1024  # bytes: smaller tensors (shapes, scalars) stay inside the graph, as parsers need
 
 _SCOPES, _FX_NODE = SCOPES_KEY, FX_NODE_KEY
 _FLOAT_TYPES = (1, 10, 11, 16)  # onnx FLOAT, FLOAT16, DOUBLE, BFLOAT16
