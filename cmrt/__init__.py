@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from .errors import (BundleError, BundleNotFoundError, CmrtError, ConfigError, InputError, InputTypeError,
-                     MissingDependencyError, ParityError, SourceError)
+                     MissingDependencyError, ParityError, ServerError, SourceError)
 
 if TYPE_CHECKING:
     from . import export
@@ -33,7 +33,7 @@ _LAZY = {
 
 __all__ = ["Decoder", "Sampler", "export", "check", "ParityReport", "CmrtError", "InputError",
            "InputTypeError", "ConfigError", "SourceError", "BundleError", "BundleNotFoundError",
-           "MissingDependencyError", "ParityError", "__version__"]
+           "MissingDependencyError", "ParityError", "ServerError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -151,7 +151,7 @@ def _load_plugins() -> None:
     """Subcommands that live with their subsystems register themselves on import."""
     import importlib
 
-    for mod in ("cmrt.export.cli", "cmrt.train.cli", "benchmarks.cli"):
+    for mod in ("cmrt.export.cli", "cmrt.train.cli", "cmrt.serve.cli", "benchmarks.cli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -40,6 +40,11 @@ class MissingDependencyError(CmrtError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
+class ServerError(CmrtError, RuntimeError):
+    """A Triton Inference Server (``cmrt serve``) could not start, or stopped; the message holds
+    the end of its log."""
+
+
 class ParityError(CmrtError, RuntimeError):
     """An exported graph or engine does not reproduce its PyTorch source within tolerance."""
 
