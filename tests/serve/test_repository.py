@@ -1,0 +1,144 @@
+"""``cmrt triton``: the repository's layout, its configurations (parsed with Triton's own
+ModelConfig protobuf from tritonclient), names and options checked, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from cmrt.errors import ConfigError
+from cmrt.serve.repository import RepositoryOptions, write_repository
+
+
+def parse(path):
+    """A config.pbtxt through Triton's ModelConfig message: unknown fields or enum values fail."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def dims(tensor) -> list[int]:
+    return list(tensor.dims)
+
+
+def dtype(name: str) -> int:
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2.DataType.Value(name)
+
+
+def test_layout_and_configs(repo, cm_bundle, decoder_bundle):
+    assert sorted(os.listdir(repo)) == ["cm2", "cm2_onnx", "dec2", "dec2_onnx"]
+    for name, bundle in (("cm2", cm_bundle), ("dec2", decoder_bundle)):
+        version = repo / name / "1"
+        assert "from cmrt.serve.model import TritonPythonModel" in (version / "model.py").read_text()
+        assert sorted(os.listdir(version / "bundle")) == sorted(p.name for p in bundle.path.iterdir())
+        assert sorted(os.listdir(repo / f"{name}_onnx" / "1")) == ["model.onnx", "model.onnx.data"]
+
+    dec = parse(repo / "dec2" / "config.pbtxt")
+    assert (dec.name, dec.backend, dec.max_batch_size) == ("dec2", "python", 8)
+    lat, seed = dec.input
+    assert (lat.name, dims(lat), lat.optional) == ("latents", [4, -1, -1], False)
+    assert (seed.name, dims(seed), seed.optional) == ("seed", [1], True)
+    assert (lat.data_type, seed.data_type) == (dtype("TYPE_FP32"), dtype("TYPE_INT64"))
+    assert (dec.output[0].name, dims(dec.output[0])) == ("images", [3, -1, -1])
+    assert dec.dynamic_batching.max_queue_delay_microseconds == 20_000
+    assert dec.instance_group[0].count == 1 and dec.parameters["bundle"].string_value == "bundle"
+
+    cm = parse(repo / "cm2" / "config.pbtxt")
+    assert [(i.name, dims(i), i.optional) for i in cm.input] == [("class_labels", [1], True), ("seed", [1], True)]
+    assert dims(cm.output[0]) == [3, 16, 16]
+
+
+def test_plain_onnx_configs_take_the_noise(repo):
+    dec = parse(repo / "dec2_onnx" / "config.pbtxt")
+    assert (dec.platform, dec.default_model_filename) == ("onnxruntime_onnx", "model.onnx")
+    assert [(i.name, dims(i)) for i in dec.input] == [("latents", [4, -1, -1]), ("noise_0", [3, -1, -1]),
+                                                       ("noise_1", [3, -1, -1])]
+    cm = parse(repo / "cm2_onnx" / "config.pbtxt")
+    labels = cm.input[0]
+    assert (labels.name, dims(labels), list(labels.reshape.shape)) == ("class_labels", [1], [])
+    assert [i.name for i in cm.input[1:]] == ["noise_0", "noise_1"]
+    assert "Bring your own noise" in (repo / "cm2_onnx" / "config.pbtxt").read_text()
+
+
+def _with_engine(bundle, tmp_path, max_batch=4, target="tensorrt"):
+    """A copy of ``bundle`` whose manifest lists a (dummy) engine with a batch range 1..max_batch."""
+    b = tmp_path / bundle.path.name
+    shutil.copytree(bundle.path, b)
+    (b / "engine.tensorrt.plan").write_bytes(b"plan")
+    m = json.loads((b / "cmrt.json").read_text())
+    shape = lambda n: [n, 4, 8, 8]  # noqa: E731
+    m["engines"] = {target: {"file": "engine.tensorrt.plan", "target": target, "library_version": "10.13",
+                             "compute_capabilities": ["8.9"], "io": "fp16",
+                             "profiles": [{"latents": {"min": shape(1), "opt": shape(2), "max": shape(max_batch)}}]}}
+    (b / "cmrt.json").write_text(json.dumps(m))
+    return b
+
+
+def test_tensorrt_plan_config_and_profile_limit(decoder_bundle, tmp_path):
+    b = _with_engine(decoder_bundle, tmp_path)
+    entries = write_repository([b], tmp_path / "repo")
+    assert [(e.name, e.platform, e.max_batch) for e in entries] == [
+        ("dec2", "python", 4), ("dec2_onnx", "onnxruntime_onnx", 4), ("dec2_trt", "tensorrt_plan", 4)]
+    trt = parse(tmp_path / "repo" / "dec2_trt" / "config.pbtxt")
+    assert (trt.platform, dict(trt.cc_model_filenames)) == ("tensorrt_plan", {"8.9": "model.plan"})
+    assert trt.input[0].data_type == dtype("TYPE_FP16")  # an FP16-I/O engine
+    assert (tmp_path / "repo" / "dec2_trt" / "1" / "model.plan").read_bytes() == b"plan"
+    with pytest.raises(ConfigError, match=r"batch ≤ 4"):
+        write_repository([b], tmp_path / "repo2", options=RepositoryOptions(max_batch=16))
+    assert not (tmp_path / "repo2").exists()
+
+
+def test_tensorrt_rtx_engines_get_no_plan_model(decoder_bundle, tmp_path):
+    b = _with_engine(decoder_bundle, tmp_path, target="tensorrt-rtx")
+    assert [e.name for e in write_repository([b], tmp_path / "repo")] == ["dec2", "dec2_onnx"]
+
+
+def test_no_dynamic_batching_and_instances(decoder_bundle, tmp_path):
+    write_repository([decoder_bundle.path], tmp_path / "r", options=RepositoryOptions(
+        dynamic_batching=False, instances=3, plain=False, backend="onnxruntime-cpu"))
+    assert os.listdir(tmp_path / "r") == ["dec2"]
+    c = parse(tmp_path / "r" / "dec2" / "config.pbtxt")
+    assert not c.HasField("dynamic_batching") and c.instance_group[0].count == 3
+    assert c.parameters["backend"].string_value == "onnxruntime-cpu"
+
+
+@pytest.mark.parametrize("folder, message", [("bad name", "not a valid model name"), ("-x", "not a valid model name")])
+def test_invalid_names_are_refused(decoder_bundle, tmp_path, folder, message):
+    b = tmp_path / folder
+    shutil.copytree(decoder_bundle.path, b)
+    with pytest.raises(ConfigError, match=message):
+        write_repository([b], tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_duplicate_names_are_refused(decoder_bundle, tmp_path):
+    shutil.copytree(decoder_bundle.path, tmp_path / "a" / "dec2")
+    with pytest.raises(ConfigError, match="distinct folder names"):
+        write_repository([decoder_bundle.path, tmp_path / "a" / "dec2"], tmp_path / "repo")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "cmrt.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_writes_and_refuses_in_one_line(cm_bundle, tmp_path):
+    p = run_cli("triton", cm_bundle.path, "--out", tmp_path / "r", "--max-batch", "4", "--instances", "2",
+                "--max-queue-delay-us", "500")
+    assert p.returncode == 0, p.stderr
+    assert "cm2 (python, max batch 4)" in p.stdout
+    c = parse(tmp_path / "r" / "cm2" / "config.pbtxt")
+    assert (c.max_batch_size, c.instance_group[0].count, c.dynamic_batching.max_queue_delay_microseconds) == (4, 2, 500)
+    for args in ([tmp_path / "missing", "--out", tmp_path / "x"], [cm_bundle.path, "--out", tmp_path / "r"],
+                 [cm_bundle.path, "--out", tmp_path / "y", "--instances", "0"]):
+        p = run_cli("triton", *args)
+        assert p.returncode == 2 and "Traceback" not in p.stderr
+        assert len([line for line in p.stderr.splitlines() if line.startswith("cmrt")]) == 1, p.stderr
