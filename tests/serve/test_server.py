@@ -183,3 +183,19 @@ def test_bad_requests_get_errors_and_the_server_stays_healthy(server, clients):
         assert c.is_server_live() and c.is_server_ready()
         assert c.is_model_ready("dec2") and c.is_model_ready("cm2")
     assert infer(http, "dec2", latents=z, seed=seed_rows(1, 1)).shape == (1, 3, 32, 32)  # still serving
+
+
+def test_readme_client_snippet(server, decoder):
+    """The README's client example, run as written against this server (its URL and model name)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"<!-- serve-client-test:start -->\s*```python\n(.*?)```\s*<!-- serve-client-test:end -->",
+                      readme, re.S)
+    assert block, "README lost its tested serving client block"
+    code = block.group(1).replace('"localhost:8000", "decoder"', f'"{server.http_url}", "dec2"')
+    assert server.http_url in code, "the snippet's URL/model line changed: update this test"
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the repository's own README
+    assert np.abs(scope["images"] - decoder.decode(scope["latents"], seed=7)).max() <= ATOL
