@@ -142,3 +142,39 @@ def test_cli_writes_and_refuses_in_one_line(cm_bundle, tmp_path):
         p = run_cli("triton", *args)
         assert p.returncode == 2 and "Traceback" not in p.stderr
         assert len([line for line in p.stderr.splitlines() if line.startswith("cmrt")]) == 1, p.stderr
+
+
+def test_plain_onnx_models_agree_with_their_graphs(repo, cm_bundle, decoder_bundle):
+    """What Triton's onnxruntime backend would do (it is not in PyTriton's wheel): feed the graph in
+    the model folder with inputs shaped by its config (batch axis first, ``reshape`` applied) and get
+    the images that cmrt gives for the same noise."""
+    import numpy as np
+    import onnxruntime as ort
+
+    import cmrt
+    from cmrt.runtime.backends import session_options
+
+    dtypes = {dtype("TYPE_FP32"): np.float32, dtype("TYPE_INT64"): np.int64}
+    for name, bundle in (("cm2_onnx", cm_bundle), ("dec2_onnx", decoder_bundle)):
+        config = parse(repo / name / "config.pbtxt")
+        session = ort.InferenceSession(str(repo / name / "1" / config.default_model_filename), session_options(),
+                                       providers=["CPUExecutionProvider"])
+        graph = {i.name: i for i in session.get_inputs()}
+        assert [i.name for i in config.input] == list(graph)
+        rng, feeds = np.random.default_rng(0), {}
+        for i in config.input:
+            shape = [2] + [4 if d == -1 and i.name == "latents" else 32 if d == -1 else d for d in i.dims]
+            a = (rng.integers(0, 10, shape) if i.name == "class_labels" else rng.standard_normal(shape)).astype(
+                dtypes[i.data_type])
+            if i.HasField("reshape"):
+                a = a.reshape([2, *i.reshape.shape])
+            assert a.ndim == len(graph[i.name].shape), i.name
+            feeds[i.name] = a
+        (images,) = session.run(["images"], feeds)
+        noise = [feeds[k] for k in sorted(feeds) if k.startswith("noise_")]
+        if bundle.manifest.kind == "decoder":
+            ref = cmrt.Decoder(bundle.path).decode(feeds["latents"], noise=noise)
+        else:
+            ref = cmrt.Sampler(bundle.path).sample(class_labels=feeds["class_labels"], noise=noise)
+        assert np.abs(images - ref).max() <= 1e-5
+        assert list(images.shape[1:]) == [d if d != -1 else images.shape[k + 1] for k, d in enumerate(config.output[0].dims)]
