@@ -244,7 +244,7 @@ def uptime() -> str:
 
 def run(cache: Path, rounds: int, python: str | None, log=print) -> dict:
     import cmrt
-    from cmrt.serve.server import TritonServer
+    from cmrt.serve.server import TritonServer, summarize_log
 
     env = measure.environment()
     env["uptime_start"] = uptime()
@@ -257,7 +257,7 @@ def run(cache: Path, rounds: int, python: str | None, log=print) -> dict:
     cells: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="cmrt-bench-serving-") as tmp:
         repo = write_repo(bundles, Path(tmp))
-        with TritonServer(repo, python=python) as server:
+        with TritonServer(repo, python=python, log_file=Path(tmp) / "tritonserver.log") as server:
             for m in models.values():  # warm every served model, the batched ones at every merged size up to 16
                 triton_cell(server, m, f"{m.key}_nobatch", 1, 1)
                 triton_cell(server, m, m.key, max(CLIENTS), 1)
@@ -276,7 +276,11 @@ def run(cache: Path, rounds: int, python: str | None, log=print) -> dict:
             batching = paired_batching(server, models["digits"], max(3, rounds // 2))
             log(f"dynamic batching at 16 clients, digits: Triton / in-process at the merged batch "
                 f"{batching['ratio_median']:.3f} (rounds {batching['ratio_range'][0]:.3f}–{batching['ratio_range'][1]:.3f})")
+            env["stop_exit_code"] = server.stop()
         env["stop_seconds"] = server.stop_seconds
+        env["server_log_summary"] = summarize_log((Path(tmp) / "tritonserver.log").read_text(errors="replace"))
+        log(f"server stopped in {server.stop_seconds:.1f} s, exit code {env['stop_exit_code']}: "
+            + " | ".join(env["server_log_summary"]))
     env["uptime_end"] = uptime()
     log(env["uptime_end"])
     return {"environment": env, "decoder_side": DECODER_SIDE, "max_batch": MAX_BATCH,

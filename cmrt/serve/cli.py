@@ -27,9 +27,10 @@ def _batching_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=None,
                    help=f"Triton's max_batch_size: most images per execution, requests merged "
                         f"(default: {DEFAULT_MAX_BATCH}, within a TensorRT engine's profile)")
-    p.add_argument("--instances", type=int, default=1, help="model instances (backend processes) per model")
+    p.add_argument("--instances", type=int, default=1, help="model instances (backend processes) per model (default: 1)")
     p.add_argument("--max-queue-delay-us", type=int, default=DEFAULT_QUEUE_DELAY_US,
-                   help="how long the dynamic batcher may hold a request to merge it, in µs")
+                   help=f"how long the dynamic batcher may hold a request to merge it, in µs "
+                        f"(default: {DEFAULT_QUEUE_DELAY_US})")
     p.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false",
                    help="one request per execution (no dynamic_batching block)")
     p.add_argument("--backend", default=None,
@@ -70,7 +71,8 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-port", type=int, default=None, help="HTTP port (default: a free port)")
     p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: a free port)")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port (default: a free port)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
     p.add_argument("--python", type=Path, default=None,
                    help="interpreter of the environment that runs the models: cmrt, PyTriton, numpy<2 "
                         "(default: $CMRT_SERVE_PYTHON, else this one)")

@@ -282,15 +282,15 @@ class TritonServer:
         if self.process is None:
             self._cleanup()
             return None
-        t0 = time.monotonic()
         if self.process.poll() is None:
+            t0 = time.monotonic()
             self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.stop_seconds = time.monotonic() - t0
+            self.stop_seconds = time.monotonic() - t0
         self._cleanup()
         return self.process.returncode
 
