@@ -4,6 +4,7 @@ bundles). Each command is an ``add_args``/``run`` pair."""
 from __future__ import annotations
 
 import argparse
+import signal
 import tempfile
 from pathlib import Path
 
@@ -79,8 +80,21 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-file", type=Path, default=None, help="server log (default: a temporary file)")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve_run(a: argparse.Namespace) -> int:
-    """Write the repository to a temporary folder, start Triton, wait for Ctrl-C, stop it."""
+    """Write the repository to a temporary folder, start Triton, wait for Ctrl-C (or SIGTERM, as
+    ``docker stop`` and Kubernetes send), stop it."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _serve(a)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(a: argparse.Namespace) -> int:
     from ..errors import ServerError
     from .repository import write_repository
     from .server import TritonServer
@@ -94,7 +108,7 @@ def serve_run(a: argparse.Namespace) -> int:
             print(f"starting Triton on {', '.join(e.name for e in entries)} ...", flush=True)
             server.start()
             print(f"serving {', '.join(e.name for e in entries)}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
-                  f"metrics {server.metrics_url}; Ctrl-C stops", flush=True)
+                  f"metrics {server.metrics_url}; Ctrl-C (or SIGTERM) stops", flush=True)
             code = server.wait()
             raise ServerError(f"tritonserver exited with code {code}: {server.log_tail()}")
         except KeyboardInterrupt:

@@ -43,7 +43,10 @@ def test_serve_prints_answers_and_stops_on_ctrl_c(cm_bundle, serve_python):
     http_port = free_port()
     cmd = [sys.executable, "-m", "cmrt.cli", "serve", str(cm_bundle.path), "--python", str(serve_python),
            "--http-port", str(http_port)]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # as in a terminal: SIGINT raises KeyboardInterrupt (a test run started in the background of a
+    # non-interactive shell inherits SIGINT ignored)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         out = _lines(p.stdout)
         seen = _wait_for(out, "Ctrl-C stops", START_TIMEOUT_S)
