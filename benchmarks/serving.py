@@ -5,7 +5,10 @@ calling ``cmrt.Decoder``/``cmrt.Sampler`` in this process.
 
 Every client sends batch-1 requests back to back (its own gRPC connection and thread); a cell ends when
 every client has sent its requests, and its images/s are all images over the cell's wall time. The
-in-process rows call the runner at batch 1, 4 and 16. The two targets are measured in paired rounds,
+in-process rows call the runner at batch 1, 4 and 16 (the decoder: at most 8, its ``max_batch_size`` here:
+a merged batch of 16 decodes at 256² holds several GB of activations per process, and the server and
+this process both hold one); each opens a fresh runner, so no ONNX Runtime arena outlives its cell.
+The two targets are measured in paired rounds,
 so that a slow minute on the shared machine slows both sides of a ratio:
 
 * overhead: one Triton decode and one in-process decode per turn, alternating, same latents and
@@ -41,29 +44,37 @@ from benchmarks.suites import DEFAULT_CACHE, MODELS, _weights_digest, cached_bun
 DECODER_SIDE = 256
 LATENT_SIDE = DECODER_SIDE // 8
 CLIENTS = (1, 4, 16)
-MAX_BATCH = 16
+MAX_BATCH = {"decoder": 8, "digits": 16}
 QUEUE_DELAY_US = 2000
 CLIENT_TIMEOUT_S = 600.0
-# requests per client in a cell, by model and client count (about 8-60 s per decoder cell here)
-REQUESTS = {"decoder": {1: 6, 4: 3, 16: 2}, "digits": {1: 200, 4: 100, 16: 40}}
+# requests per client in a cell, by model and client count (one 256² decode takes 1-6 s here, by load)
+REQUESTS = {"decoder": {1: 5, 4: 2, 16: 1}, "digits": {1: 200, 4: 100, 16: 40}}
 # in-process calls per cell, by model and batch
-IN_PROCESS_CALLS = {"decoder": {1: 5, 4: 3, 16: 2}, "digits": {1: 200, 4: 50, 16: 15}}
+IN_PROCESS_CALLS = {"decoder": {1: 5, 4: 2, 16: 1}, "digits": {1: 200, 4: 50, 16: 15}}
+WARM_CLIENTS = {"decoder": 4, "digits": 16}  # concurrent warm-up requests on the batched models
 WARMUP = 1
 BATCHING_REQUESTS = 25  # per client, in each batching round
 
 
 @dataclass
 class Model:
-    """One served model: its name, the in-process runner, and how a seeded batch-1 request looks."""
+    """One served model: its name, its bundle, and how a seeded batch-1 request looks."""
 
     key: str  # "decoder" or "digits"
-    runner: Any
+    bundle: Path
     inputs: Callable[[int], dict[str, np.ndarray]]  # seed → Triton inputs (batch 1)
 
-    def in_process(self, batch: int, seed: int) -> np.ndarray:
+    def open(self) -> Any:
+        """A fresh in-process runner (ONNX Runtime CPU, as the server's models)."""
+        import cmrt
+
+        runner = cmrt.Decoder if self.key == "decoder" else cmrt.Sampler
+        return runner(self.bundle, backend="onnxruntime-cpu")
+
+    def call(self, runner: Any, batch: int, seed: int) -> np.ndarray:
         if self.key == "decoder":
-            return self.runner.decode(_latents(batch, seed), seed=seed)
-        return self.runner.sample(batch, class_labels=np.arange(batch) % 10, seed=seed)
+            return runner.decode(_latents(batch, seed), seed=seed)
+        return runner.sample(batch, class_labels=np.arange(batch) % 10, seed=seed)
 
 
 def _latents(batch: int, seed: int) -> np.ndarray:
@@ -96,17 +107,15 @@ def write_repo(bundles: dict[str, Path], work: Path) -> Path:
     """One repository: ``decoder``/``digits`` with dynamic batching, ``*_nobatch`` without."""
     from cmrt.serve.repository import RepositoryOptions, write_repository
 
-    named = work / "bundles"
-    for key, path in bundles.items():
-        for name in (key, f"{key}_nobatch"):
-            shutil.copytree(path, named / name, copy_function=os.link)
     repo = work / "models"
-    common = dict(max_batch=MAX_BATCH, max_queue_delay_us=QUEUE_DELAY_US, plain=False, backend="onnxruntime-cpu")
-    write_repository([named / k for k in bundles], repo, options=RepositoryOptions(**common))
-    write_repository([named / f"{k}_nobatch" for k in bundles], work / "nobatch",
-                     options=RepositoryOptions(dynamic_batching=False, **common))
-    for d in (work / "nobatch").iterdir():
-        os.replace(d, repo / d.name)
+    repo.mkdir()
+    for key, path in bundles.items():
+        for name, dynamic in ((key, True), (f"{key}_nobatch", False)):
+            shutil.copytree(path, work / "bundles" / name, copy_function=os.link)
+            options = RepositoryOptions(max_batch=MAX_BATCH[key], max_queue_delay_us=QUEUE_DELAY_US, plain=False,
+                                        dynamic_batching=dynamic, backend="onnxruntime-cpu")
+            write_repository([work / "bundles" / name], work / f"repo-{name}", options=options)
+            os.replace(work / f"repo-{name}" / name, repo / name)
     return repo
 
 
@@ -178,15 +187,22 @@ def triton_cell(server, model: Model, name: str, clients: int, requests: int) ->
         "mean_merged_batch": round(_mean_batch(before, _batch_stats(server, name)), 2), "errors": errors}
 
 
-def in_process_cell(model: Model, batch: int, calls: int) -> dict:
-    """``calls`` in-process calls at ``batch`` after warm-up; latency is per call."""
+def in_process_cell(model: Model, batch: int, calls: int, runner: Any = None) -> dict:
+    """``calls`` in-process calls at ``batch`` after warm-up (a fresh runner unless given, released
+    after); latency is per call."""
+    own = runner is None
+    runner = model.open() if own else runner
     for w in range(WARMUP):
-        model.in_process(batch, seed=w)
+        model.call(runner, batch, seed=w)
     latencies = []
     t0 = time.perf_counter()
     for k in range(calls):
-        latencies.append(measure.host_time(lambda: model.in_process(batch, seed=k)))
-    return _row(latencies, time.perf_counter() - t0, images=batch * calls)
+        latencies.append(measure.host_time(lambda: model.call(runner, batch, seed=k)))
+    row = _row(latencies, time.perf_counter() - t0, images=batch * calls)
+    if own:
+        del runner
+        measure.release_memory()
+    return row
 
 
 def _row(latencies_ms: list[float], wall_s: float, images: int) -> dict:
@@ -199,14 +215,14 @@ def _row(latencies_ms: list[float], wall_s: float, images: int) -> dict:
 # --- paired targets --------------------------------------------------------------------
 def paired_overhead(server, model: Model, rounds: int) -> dict:
     """Triton vs in-process decode latency at one client, alternating turns on the same inputs."""
-    conn = _client(server)
+    conn, runner = _client(server), model.open()
     ratios, tri, inp = [], [], []
     try:
         for r in range(rounds):
             seed = 500 + r
             inputs = model.inputs(seed)
             t_tri = lambda: _infer(conn, "decoder", inputs)  # noqa: E731
-            t_inp = lambda: model.runner.decode(inputs["latents"], seed=seed)  # noqa: E731
+            t_inp = lambda: runner.decode(inputs["latents"], seed=seed)  # noqa: E731
             first, second = (t_tri, t_inp) if r % 2 == 0 else (t_inp, t_tri)  # alternate who goes first
             a, b = measure.host_time(first), measure.host_time(second)
             ms_tri, ms_inp = (a, b) if r % 2 == 0 else (b, a)
@@ -221,12 +237,12 @@ def paired_overhead(server, model: Model, rounds: int) -> dict:
 
 def paired_batching(server, model: Model, rounds: int) -> dict:
     """16 clients on the dynamically batched sampler vs in-process calls at its merged batch size."""
-    out = []
+    out, runner = [], model.open()
     for _ in range(rounds):
         cell = triton_cell(server, model, "digits", max(CLIENTS), BATCHING_REQUESTS)
         merged = max(1, round(cell["mean_merged_batch"]))
         calls = max(3, cell["images"] // merged)
-        ref = in_process_cell(model, merged, calls)
+        ref = in_process_cell(model, merged, calls, runner)
         out.append({"triton_images_per_s": cell["images_per_s"], "mean_merged_batch": cell["mean_merged_batch"],
                     "in_process_batch": merged, "in_process_images_per_s": ref["images_per_s"],
                     "ratio": cell["images_per_s"] / ref["images_per_s"]})
@@ -243,28 +259,25 @@ def uptime() -> str:
 
 
 def run(cache: Path, rounds: int, python: str | None, log=print) -> dict:
-    import cmrt
     from cmrt.serve.server import TritonServer, summarize_log
 
     env = measure.environment()
     env["uptime_start"] = uptime()
     log(f"machine: {env['machine']}; {env['uptime_start']}")
     bundles = export_bundles(cache)
-    models = {"decoder": Model("decoder", cmrt.Decoder(bundles["decoder"], backend="onnxruntime-cpu"),
-                               _triton_inputs("decoder")),
-              "digits": Model("digits", cmrt.Sampler(bundles["digits"], backend="onnxruntime-cpu"),
-                              _triton_inputs("digits"))}
+    models = {key: Model(key, bundles[key], _triton_inputs(key)) for key in ("decoder", "digits")}
     cells: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="cmrt-bench-serving-") as tmp:
         repo = write_repo(bundles, Path(tmp))
         with TritonServer(repo, python=python, log_file=Path(tmp) / "tritonserver.log") as server:
-            for m in models.values():  # warm every served model, the batched ones at every merged size up to 16
+            for m in models.values():  # warm every served model, the batched ones with merged batches
                 triton_cell(server, m, f"{m.key}_nobatch", 1, 1)
-                triton_cell(server, m, m.key, max(CLIENTS), 1)
+                triton_cell(server, m, m.key, WARM_CLIENTS[m.key], 1)
             for key, m in models.items():
                 for clients in CLIENTS:
-                    cells.append({"model": key, "how": "in-process", "clients": clients, "batch": clients}
-                                 | in_process_cell(m, clients, IN_PROCESS_CALLS[key][clients]))
+                    batch = min(clients, MAX_BATCH[key])
+                    cells.append({"model": key, "how": "in-process", "clients": clients, "batch": batch}
+                                 | in_process_cell(m, batch, IN_PROCESS_CALLS[key][clients]))
                     log(_line(cells[-1]))
                     for name, how in ((f"{key}_nobatch", "triton"), (key, "triton + dynamic batching")):
                         cells.append({"model": key, "how": how, "clients": clients, "batch": 1}

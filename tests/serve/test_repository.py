@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -125,23 +123,19 @@ def test_duplicate_names_are_refused(decoder_bundle, tmp_path):
         write_repository([decoder_bundle.path, tmp_path / "a" / "dec2"], tmp_path / "repo")
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "cmrt.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+def test_cli_writes_and_refuses_in_one_line(cm_bundle, tmp_path, capsys):
+    from cmrt.cli import main
 
-
-def test_cli_writes_and_refuses_in_one_line(cm_bundle, tmp_path):
-    p = run_cli("triton", cm_bundle.path, "--out", tmp_path / "r", "--max-batch", "4", "--instances", "2",
-                "--max-queue-delay-us", "500")
-    assert p.returncode == 0, p.stderr
-    assert "cm2 (python, max batch 4)" in p.stdout
+    code = main(["triton", str(cm_bundle.path), "--out", str(tmp_path / "r"), "--max-batch", "4", "--instances", "2",
+                 "--max-queue-delay-us", "500"])
+    assert code == 0 and "cm2 (python, max batch 4)" in capsys.readouterr().out
     c = parse(tmp_path / "r" / "cm2" / "config.pbtxt")
     assert (c.max_batch_size, c.instance_group[0].count, c.dynamic_batching.max_queue_delay_microseconds) == (4, 2, 500)
     for args in ([tmp_path / "missing", "--out", tmp_path / "x"], [cm_bundle.path, "--out", tmp_path / "r"],
                  [cm_bundle.path, "--out", tmp_path / "y", "--instances", "0"]):
-        p = run_cli("triton", *args)
-        assert p.returncode == 2 and "Traceback" not in p.stderr
-        assert len([line for line in p.stderr.splitlines() if line.startswith("cmrt")]) == 1, p.stderr
+        assert main(["triton", *map(str, args)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("cmrt: error: ") and "Traceback" not in err
 
 
 def test_plain_onnx_models_agree_with_their_graphs(repo, cm_bundle, decoder_bundle):
