@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 from .errors import (BundleError, BundleNotFoundError, CmrtError, ConfigError, EngineBuildError, InputError,
                      InputTypeError, IntegrityError, MissingDependencyError, OutputExistsError, ParityError,
-                     RunnerClosedError, SourceError)
+                     RunnerClosedError, ServerError, SourceError)
 
 if TYPE_CHECKING:
     from .exporter.api import export
@@ -36,6 +36,7 @@ _LAZY = {
 __all__ = ["Decoder", "Sampler", "export", "check", "ParityReport", "CheckReport", "CmrtError", "InputError",
            "InputTypeError", "ConfigError", "SourceError", "BundleError", "IntegrityError", "BundleNotFoundError",
            "OutputExistsError", "RunnerClosedError", "EngineBuildError", "MissingDependencyError", "ParityError",
+           "ServerError",
            "__version__"]
 
 

@@ -42,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                           "train the small frozen encoder (image → SD-convention latents) for decoder runs"),
     "eval": ("cmrt.train.cli", "_eval_args", "_eval_run",
              "score sample quality: Fréchet distance and class accuracy (digits), SWD (2-D), PSNR (decoders)"),
+    "triton": ("cmrt.serve.cli", "triton_args", "triton_run",
+               "write a Triton Inference Server model repository serving bundles (dynamic batching)"),
+    "serve": ("cmrt.serve.cli", "serve_args", "serve_run",
+              "serve bundles on a local Triton Inference Server (PyTriton's tritonserver) until Ctrl-C"),
     "bench": ("benchmarks.cli", "_bench_args", "_bench_run",
               "benchmark latency, memory and FLOP rate of every backend against PyTorch and diffusers"),
 }

@@ -228,14 +228,24 @@ class Decoder(_Runner):
             noise: explicit noise, one (B, 3, 8h, 8w) standard-normal tensor per step.
         """
         like = latents if _is_torch(latents) else None
+        return _return_like(self._run(self.feeds(latents, seed=seed, noise=noise)), like)
+
+    def feeds(self, latents: Any, *, seed: int | None = None, noise: Sequence[Any] | None = None) -> dict[str, Any]:
+        """The checked graph inputs of ``decode`` with the same arguments, noise drawn, not run.
+
+        A server (``cmrt.serve``) prepares each request this way and runs requests of one latent
+        size as one batch: every request keeps its own seeded noise.
+
+        Returns:
+            graph input name → float32 array (a CUDA tensor stays one): ``latents``, ``noise_i``.
+        """
         z = as_float32(latents, "latents")
         m = self.bundle.manifest
         _check_shape(z, "latents", (None, m.latent.channels, None, None))
         up = m.latent.upscale
         shape = (z.shape[0], m.image.channels, up * z.shape[2], up * z.shape[3])
         noise_arrays = self._noise(noise, self._generator(seed, noise), shape)
-        feeds = {"latents": z} | dict(zip(self.bundle.manifest.noise_names, noise_arrays))
-        return _return_like(self._run(feeds), like)
+        return {"latents": z} | dict(zip(self.bundle.manifest.noise_names, noise_arrays))
 
 
 class Sampler(_Runner):
@@ -264,6 +274,17 @@ class Sampler(_Runner):
             noise: explicit noise, one (B, C, H, W) standard-normal tensor per step.
         """
         like = next((x for x in (class_labels, *(noise or ())) if _is_torch(x)), None)
+        feeds = self.feeds(batch_size, class_labels=class_labels, seed=seed, noise=noise)
+        return _return_like(self._run(feeds), like)
+
+    def feeds(self, batch_size: int | None = None, *, class_labels: Any = None, seed: int | None = None,
+              noise: Sequence[Any] | None = None) -> dict[str, Any]:
+        """The checked graph inputs of ``sample`` with the same arguments, noise (and labels)
+        drawn, not run: what a server merges across requests before one backend run.
+
+        Returns:
+            graph input name → array: ``class_labels`` (int64, class-conditional models), ``noise_i``.
+        """
         img = self.bundle.manifest.image
         batch = self._batch_size(batch_size, class_labels, noise)
         shape = (batch, img.channels, img.height, img.width)
@@ -274,8 +295,7 @@ class Sampler(_Runner):
             feeds["class_labels"] = self._labels(class_labels, batch, g)
         elif class_labels is not None:
             raise InputError("this model is unconditional: do not pass class_labels")
-        feeds |= dict(zip(self.bundle.manifest.noise_names, noise_arrays))
-        return _return_like(self._run(feeds), like)
+        return feeds | dict(zip(self.bundle.manifest.noise_names, noise_arrays))
 
     def _batch_size(self, batch_size, class_labels, noise) -> int:
         candidates = {}
