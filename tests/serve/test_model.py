@@ -11,32 +11,28 @@ from cmrt.serve.model import RequestServer, TritonPythonModel, group, open_runne
 from tests.serve.helpers import FakePb, latents, seed_rows
 
 
-class CountingBackend:
-    """Wraps a backend and records the batch of every run."""
-
-    def __init__(self, backend) -> None:
-        self.inner, self.batches = backend, []
-        self.name = backend.name
-
-    def run(self, feeds):
-        self.batches.append(next(iter(feeds.values())).shape[0])
-        return self.inner.run(feeds)
-
-
 def _server(bundle):
+    """A request server on the bundle whose backend records the batch of every run."""
     runner = open_runner(bundle.path)
-    runner.backend = CountingBackend(runner.backend)
-    return RequestServer(runner, FakePb), runner.backend
+    backend, batches = runner.backend, []
+    run = backend.run
+
+    def counting_run(feeds):
+        batches.append(next(iter(feeds.values())).shape[0])
+        return run(feeds)
+
+    backend.run = counting_run
+    return RequestServer(runner, FakePb), batches
 
 
 def test_merged_decoder_requests_equal_in_process_per_request(decoder_bundle):
-    server, backend = _server(decoder_bundle)
+    server, batches = _server(decoder_bundle)
     requests = [{"latents": latents(1, 4, 6, seed=0), "seed": seed_rows(11, 1)},
                 {"latents": latents(2, 4, 4, seed=1), "seed": seed_rows(12, 2)},  # another latent size
                 {"latents": latents(2, 4, 6, seed=2), "seed": seed_rows(13, 2)},
                 {"latents": latents(1, 4, 4, seed=3), "seed": seed_rows(14, 1)}]
     responses = server.execute(requests)
-    assert sorted(backend.batches) == [3, 3]  # two shapes → two runs of 1+2 images each
+    assert sorted(batches) == [3, 3]  # two shapes → two runs of 1+2 images each
     decoder = cmrt.Decoder(decoder_bundle.path)
     for req, resp in zip(requests, responses):
         assert resp.error is None
@@ -45,12 +41,12 @@ def test_merged_decoder_requests_equal_in_process_per_request(decoder_bundle):
 
 
 def test_merged_sampler_requests_equal_in_process(cm_bundle):
-    server, backend = _server(cm_bundle)
+    server, batches = _server(cm_bundle)
     requests = [{"class_labels": np.array([[1], [2]]), "seed": seed_rows(5, 2)},
                 {"seed": seed_rows(6, 3)},  # labels drawn from the seed, after the noise
                 {"class_labels": np.array([[7]]), "seed": seed_rows(7, 1)}]
     responses = server.execute(requests)
-    assert backend.batches == [6]
+    assert batches == [6]
     sampler = cmrt.Sampler(cm_bundle.path)
     refs = [sampler.sample(2, class_labels=[1, 2], seed=5), sampler.sample(3, seed=6),
             sampler.sample(1, class_labels=[7], seed=7)]
@@ -81,14 +77,16 @@ def test_sampler_labels_out_of_range(cm_bundle):
 
 
 def test_backend_failure_answers_its_group_only(decoder_bundle):
-    server, backend = _server(decoder_bundle)
+    runner = open_runner(decoder_bundle.path)
+    backend, server = runner.backend, RequestServer(runner, FakePb)
+    run = backend.run
 
-    def run(feeds):
+    def failing_run(feeds):
         if feeds["latents"].shape[3] == 6:
             raise RuntimeError("device lost")
-        return backend.inner.run(feeds)
+        return run(feeds)
 
-    backend.run = run
+    backend.run = failing_run
     a, b = server.execute([{"latents": latents(1, 4, 6)}, {"latents": latents(1, 4, 4)}])
     assert a.error.code == FakePb.TritonError.INTERNAL and "device lost" in a.error.message
     assert b.error is None
