@@ -61,28 +61,6 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def init_state(own: dict[str, torch.Tensor], init: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
-    """``--init`` weights for this backbone. A 1-channel (gray) run initializes a C-channel one:
-    the input convolution's weights are split evenly over the channels (a gray image with R = G = B
-    gives the same features) and the output convolution's rows are repeated (its images start gray).
-    Any other difference is a ``ConfigError``."""
-    if set(own) != set(init):
-        raise ConfigError(f"--init {where}: its network has other layers than this run's (check --widths, "
-                          "--attention, --layers-per-block)")
-    out = {}
-    for k, v in init.items():
-        want = own[k].shape
-        if v.shape == want:
-            out[k] = v
-        elif v.dim() >= 2 and v.shape[1] == 1 and v.shape[0] == want[0] and v.shape[2:] == want[2:]:
-            out[k] = v.expand(-1, want[1], *v.shape[2:]) / want[1]  # input channels: split evenly
-        elif v.shape[0] == 1 and v.shape[1:] == want[1:]:
-            out[k] = v.expand(want[0], *v.shape[1:]).clone()  # output channels: repeated
-        else:
-            raise ConfigError(f"--init {where}: {k} has shape {tuple(v.shape)}, this run needs {tuple(want)}")
-    return out
-
-
 def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
 
@@ -106,8 +84,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.backbone = build_backbone(cfg, self.spec).to(self.env.device)
         if cfg.init:
-            self.backbone.load_state_dict(init_state(self.backbone.state_dict(), R.load_run(cfg.init).ema.state_dict(),
-                                                     cfg.init))
+            self.backbone.load_state_dict(R.load_run(cfg.init).ema.state_dict())
         self.ema = copy.deepcopy(self.backbone).requires_grad_(False)
         self.denoiser = self.method.denoiser(self.backbone, self.spec)
         self.model = self._wrap(self.denoiser)
