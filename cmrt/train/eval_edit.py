@@ -35,7 +35,7 @@ from .. import schedules as S
 from ..errors import ConfigError, InputError
 from ..parity import IMAGE_PEAK_TO_PEAK, psnr_per_image
 from .data import DIGITS_CLASSES, DIGITS_SIDE, digits_8x8, load_digits_color, pool_to_8x8, upscale_digits
-from .eval import EvalReport, load_classifier
+from .eval import EvalReport, digit_strokes, load_classifier
 
 EDIT_EVAL_TASKS = ("inpaint", "superres", "colorize")
 BOX_FRACTION = 0.5  # box side / image side: a quarter of the image area
@@ -211,24 +211,6 @@ def _superres(source, run, fixed, size, steps, seed) -> EvalReport:
         **_prefixed("bicubic", _scores(bicubic, x, y, classifier))})
     report.rows = _rows(run, fixed, steps, (low, None, y), lambda out: _scores(out, x, y, classifier), seed)
     return report
-
-
-def digit_strokes(rgb: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Painted RGB digits (N, 3, H, W) → their strokes (N, 1, H, W) in [-1, 1].
-
-    A ``digits-color`` image is bg + (fg − bg)·m per pixel: the background colour is the median of
-    the border pixels, the foreground the pixel farthest from it, and m the projection onto the
-    line between them.
-    """
-    x = torch.as_tensor(np.asarray(rgb), dtype=torch.float64)
-    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)
-    bg = border.median(dim=-1).values[..., None, None]  # (N, 3, 1, 1)
-    dist = ((x - bg) ** 2).sum(1).flatten(1)
-    far = dist.argmax(1)
-    fg = x.flatten(2)[torch.arange(len(x)), :, far][..., None, None]
-    d = fg - bg
-    m = ((x - bg) * d).sum(1, keepdim=True) / (d * d).sum(1, keepdim=True).clamp_min(1e-12)
-    return (m.clamp(0, 1) * 2 - 1).float().numpy()
 
 
 def colourfulness(rgb) -> float:
