@@ -43,32 +43,23 @@ RGB = 3
 
 @dataclass(frozen=True)
 class EditTask:
-    """What an editing task takes and does.
+    """What an editing task's graph takes besides ``image`` (and ``class_labels``).
 
     Attributes:
         name: the task name (``--task``).
         mask: takes a ``mask`` input (inpaint).
-        noise: injects noise (every task but denoise).
-        projects: applies a projection after each evaluation (inpaint, colorize, superres).
-        image_channels: channels of the ``image`` input: None = the model's, else this many.
-        summary: one line for help texts and the README.
+        noise: takes ``noise_i`` inputs (every task but denoise, which is one evaluation).
     """
 
     name: str
     mask: bool = False
     noise: bool = True
-    projects: bool = True
-    image_channels: int | None = None
-    summary: str = ""
 
 
 #: Every editing task, by name. ``sample`` (plain generation) is not an editing task.
 EDIT_TASKS: dict[str, EditTask] = {t.name: t for t in (
-    EditTask("inpaint", mask=True, summary="fill the mask's 1-region, keep the rest exactly"),
-    EditTask("colorize", image_channels=1, summary="RGB images whose luma equals the given gray image"),
-    EditTask("superres", summary="high-resolution images whose p×p block means equal the low-resolution input"),
-    EditTask("stroke", projects=False, summary="a realistic image near a rough painting (SDEdit)"),
-    EditTask("denoise", noise=False, projects=False, summary="one evaluation f(y, σ) of an image noisy at σ"),
+    EditTask("inpaint", mask=True), EditTask("colorize"), EditTask("superres"), EditTask("stroke"),
+    EditTask("denoise", noise=False),
 )}
 
 

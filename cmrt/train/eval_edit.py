@@ -34,7 +34,7 @@ from .. import editing as E
 from .. import schedules as S
 from ..errors import ConfigError, InputError
 from ..parity import IMAGE_PEAK_TO_PEAK, psnr_per_image
-from .data import DIGITS_CLASSES, DIGITS_SIDE, digits_8x8, load_digits_color, pool_to_8x8, upscale_digits
+from .data import DIGITS_CLASSES, digits_8x8, load_digits_color, pool_to_8x8, upscale_digits
 from .eval import EvalReport, digit_strokes, load_classifier
 
 EDIT_EVAL_TASKS = ("inpaint", "superres", "colorize")
