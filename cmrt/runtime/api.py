@@ -401,18 +401,18 @@ class Editor(_Runner):
         from ..editing import RGB, luma
 
         a = as_float32(image, "image")
-        expected = self._input_shape("image")
-        if self.task == "colorize" and a.ndim == 4 and a.shape[1] == RGB:
-            a = luma(a)
-            a = a if _is_torch(a) else np.ascontiguousarray(a, dtype=np.float32)
-        if a.ndim != 4 or tuple(a.shape[1:]) != expected[1:]:
-            raise InputError(f"image must have shape {_fmt(expected)} for this {self._what()} bundle, "
-                             f"got shape {tuple(a.shape)}")
-        if self.task != "denoise":
+        if self.task != "denoise":  # a noisy image leaves [-1, 1] by design
             lo, hi = float(a.min()), float(a.max())
             if lo < -1 - IMAGE_MARGIN or hi > 1 + IMAGE_MARGIN:
                 raise InputError(f"image values must lie in [-1, 1], got [{lo:.4g}, {hi:.4g}]: map 8-bit images "
                                  "with x / 127.5 - 1 (and [0, 1] images with 2x - 1)")
+        if self.task == "colorize" and a.ndim == 4 and a.shape[1] == RGB:
+            a = luma(a)
+            a = a if _is_torch(a) else np.ascontiguousarray(a, dtype=np.float32)
+        expected = self._input_shape("image")
+        if a.ndim != 4 or tuple(a.shape[1:]) != expected[1:]:
+            raise InputError(f"image must have shape {_fmt(expected)} for this {self._what()} bundle, "
+                             f"got shape {tuple(a.shape)}")
         return a
 
     def _what(self) -> str:

@@ -166,3 +166,9 @@ def test_export_refuses_before_tracing(tmp_path):
 def test_default_task_resolves_per_kind():
     assert resolve_task(RGB) == Task("sample") and resolve_task(tiny_decoder_spec()) == Task("decode")
     assert resolve_task(RGB, "superres", 4) == Task("superres", 4)
+
+
+def test_colorize_checks_the_rgb_range_before_reducing_it(colorize):
+    rgb = np.full((1, 3, 16, 16), -1.0, np.float32)
+    rgb[:, 0] = 1.5  # its luma would lie inside [-1, 1]
+    _raises(cmrt.InputError, r"image values must lie in \[-1, 1\]", colorize.edit, rgb, seed=0)

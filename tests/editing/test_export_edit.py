@@ -138,3 +138,24 @@ def test_rtx_engine_builds_for_an_editing_graph(edit_inpaint, bundle_copy):
     shapes = T.profile_shapes(bundle.manifest, profile)
     assert [{k: (r.min, r.opt, r.max) for k, r in p.items()} for p in record.profiles] == [shapes]
     assert cmrt.bundle.Bundle.open(plan).manifest.kind == "editor"
+
+
+def test_concurrent_edits_equal_serial_edits(edit_inpaint):
+    """One Editor, four threads, each its own seed: exactly the serial results."""
+    import threading
+
+    inputs, _ = edit_inpaint.parity_data()
+    with cmrt.Editor(edit_inpaint.path) as editor:
+        jobs = [lambda k=k: editor.edit(inputs["image"], mask=inputs["mask"], seed=k) for k in range(8)]
+        serial = [job() for job in jobs]
+        results: list = [None] * len(jobs)
+
+        def worker(idx: list[int]) -> None:
+            for i in idx:
+                results[i] = jobs[i]()
+        pool = [threading.Thread(target=worker, args=(list(range(t, len(jobs), 4)),)) for t in range(4)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(timeout=300)
+    assert all(r is not None and np.array_equal(r, s) for r, s in zip(results, serial))
