@@ -25,7 +25,6 @@ from . import measure
 BACKENDS = ("pytorch-eager", "onnxruntime-cpu")
 BATCH = 4
 ROUNDS = 9
-RGB_ASSET = "digits_color16_cm.safetensors"  # the RGB digits model (colorize), when shipped
 
 
 @dataclass(frozen=True)
@@ -46,10 +45,10 @@ CASES = tuple(EditCase("digits", t, k, 4 if t == "superres" else None)
 
 def load(model: str):
     """The loaded model of a case (``cmrt.models.sources.load_model``)."""
-    from cmrt.models.load import ASSETS
+    from cmrt.models.load import COLOR_MODEL
     from cmrt.models.sources import load_model
 
-    return load_model(None if model == "digits" else ASSETS / RGB_ASSET)
+    return load_model(None if model == "digits" else COLOR_MODEL)
 
 
 def editor_bundle(model, case: EditCase, cache: Path):

@@ -159,10 +159,9 @@ def editing_demo(out: Path) -> None:
 def colorize_demo(out: Path) -> None:
     """Colorize held-out gray digits with the RGB digits model (when its asset is installed)."""
     from .editing import luma
-    from .models.load import ASSETS
+    from .models.load import COLOR_MODEL as asset
     from .train.data import load_digits_color
 
-    asset = ASSETS / "digits_color16_cm.safetensors"
     if not asset.is_file():
         print(f"  colorize: skipped ({asset.name} is not installed)")
         return
