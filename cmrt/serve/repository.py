@@ -132,8 +132,15 @@ def _check_unique(names: list[str]) -> None:
                           "its bundle folder, so give the bundles distinct folder names")
 
 
+#: Bundle kinds with a Triton model (editors take images and masks per request: not served yet).
+SERVED_KINDS = ("sampler", "decoder")
+
+
 def _plan(bundle: Bundle, o: RepositoryOptions) -> list[ModelEntry]:
     name, m = model_name(bundle), bundle.manifest
+    if m.kind not in SERVED_KINDS:
+        raise ConfigError(f"{bundle.path} is an {m.kind} bundle ({m.task.name}): `cmrt triton` serves sampler and "
+                          "decoder bundles; run editors in process with cmrt.Editor")
     batch = _max_batch(bundle, o.max_batch)
     entries = [ModelEntry(name, "python", bundle.path, batch)]
     if o.plain and "fp32" in m.graphs:
