@@ -83,8 +83,7 @@ def _cuda_available() -> bool:
 def _unrolled(p: Prepared):
     from cmrt.exporter.api import build_unrolled
 
-    sig, ts = (p.schedule, None) if p.kind == "sampler" else (None, p.schedule)
-    return build_unrolled(p.model, sig, ts, bool(p.bundle.manifest.clip))
+    return build_unrolled(p.model, p.bundle.manifest.schedule)
 
 
 def _torch_inputs(p: Prepared, device: str, dtype=None) -> list:
@@ -316,7 +315,7 @@ def _plain_graph(p: Prepared):
     folder = p.bundle.path.with_name(p.bundle.path.name + "-plain")
     if not (folder / "model.onnx").is_file():
         spec = p.model.spec
-        dyn = dynamic_shapes(spec.kind, len(p.schedule), spec.num_classes is not None)
+        dyn = dynamic_shapes(spec.kind, len(p.feeds), spatial=spec.kind == "decoder")
         args = tuple(torch.from_numpy(v) for v in p.feeds.values())
         with warnings.catch_warnings():  # the exporter's notes on axis names are not the benchmark's
             warnings.simplefilter("ignore")

@@ -29,7 +29,7 @@ def _bundles(cache: Path):
     out = {}
     for name, src, steps in (("sampler", DEFAULT_MODEL, 2), ("decoder", DEFAULT_DECODER, 1)):
         path = cache / f"interleaved-{name}"
-        out[name] = path if (path / "cmrt.json").is_file() else export(src, path, steps=steps, overwrite=True).path
+        out[name] = path if (path / "cmrt.json").is_file() else export(src, out=path, steps=steps, overwrite=True).path
     return out
 
 

@@ -121,6 +121,7 @@ class Suite:
     repeats: int = 5
     min_seconds: float = 1.0
     skip: tuple[tuple[str, str], ...] = ()  # (backend, reason): listed as absent unless asked for by name
+    runner: Callable[..., dict] | None = None  # a suite with its own timing (e.g. paired rounds): run(cache, log=)
 
     def all_cases(self, gpu: bool) -> tuple[Case, ...]:
         return self.cases + (self.gpu_cases if gpu else ())
@@ -128,6 +129,12 @@ class Suite:
 
 def _grid(model: str, resolutions: Iterable[int], steps: Iterable[int], batch: int = 1) -> tuple[Case, ...]:
     return tuple(Case(model, r, s, batch) for r in resolutions for s in steps)
+
+
+def _edit_suite(cache: Path, log: Callable[[str], None]) -> dict:
+    from .edit import run
+
+    return run(cache, log=log)
 
 
 _SLOW_COMPILE = ("left out of this suite: inductor compiles the unrolled UNets for minutes on a 2-core CPU; "
@@ -144,8 +151,10 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           warmup=1, repeats=3, min_seconds=0.0),
     Suite("full", "quick + decoder + cm", _QUICK + _DECODER + _CM,
           gpu_cases=_grid("decoder-official", (512, 1024), (2,)), warmup=1, repeats=3),
+    Suite("edit", "editing graphs (inpaint, superres ×4, stroke, colorize at 2 and 4 evaluations, denoise) on "
+          "ONNX Runtime CPU vs the same PyTorch editor in eager mode, paired rounds", (), runner=_edit_suite),
     Suite("smoke", "tiny models, for tests and a first look (seconds)",
-          _grid("tiny-decoder", (16,), (2,)) + _grid("tiny-cm", (16,), (1, 2)), warmup=1, repeats=2, min_seconds=0.0),
+          _grid("tiny-decoder", (16,), (2,)) + _grid("tiny-cm", (16,), (2,)), warmup=1, repeats=2, min_seconds=0.0),
 )}
 
 
@@ -210,8 +219,8 @@ def prepare(model: LoadedModel, digest: str, case: Case, cache: Path, backends: 
     from cmrt.schedules import DECODER_UPSCALE
 
     spec = model.spec
-    sig, ts = resolve_schedule(spec, case.steps)
-    schedule = sig or ts
+    resolved = resolve_schedule(spec, case.steps)
+    schedule = list(resolved.sigmas or resolved.timesteps)
     if spec.kind == "decoder":
         side = case.resolution // DECODER_UPSCALE
         feeds = parity_inputs(spec, case.steps, batch=case.batch, latent_hw=(side, side))
@@ -307,6 +316,8 @@ def run_suite(suite: Suite, backends: Sequence[str], options: RunOptions = RunOp
         model, backend, precision, batch, steps, resolution, median_ms, p90_ms, images_per_s,
         peak_mem_mb, gflop, pct_peak (absent backends: status "absent" and the reason).
     """
+    if suite.runner is not None:
+        return suite.runner(options.cache, log)
     t0 = time.perf_counter()
     env = measure.environment()
     if options.label:

@@ -3,6 +3,7 @@
     bundle = cmrt.export("run/", out="bundle", steps=2)      # PyTorch → ONNX bundle, parity-checked
     images = cmrt.Sampler(bundle.path).sample(8, seed=0)     # numpy in/out, or torch in/out
     images = cmrt.Decoder("decoder-bundle").decode(latents, seed=0)
+    edited = cmrt.Editor("inpaint-bundle").edit(image, mask=mask, seed=0)   # cmrt export --task inpaint
     report = cmrt.check("bundle", backend="onnxruntime-cpu")
 
 ``import cmrt`` is cheap: torch, onnx and onnxruntime load when first used.
@@ -16,26 +17,30 @@ __version__ = "0.1.0"
 
 from .errors import (BundleError, BundleNotFoundError, CmrtError, ConfigError, EngineBuildError, InputError,
                      InputTypeError, IntegrityError, MissingDependencyError, OutputExistsError, ParityError,
-                     RunnerClosedError, SourceError)
+                     RunnerClosedError, ServerError, SourceError)
 
 if TYPE_CHECKING:
     from .exporter.api import export
     from .parity import ParityReport
-    from .runtime.api import Decoder, Sampler
+    from .editing import slerp
+    from .runtime.api import Decoder, Editor, Sampler
     from .runtime.check import CheckReport, check
 
 _LAZY = {
     "Decoder": ("cmrt.runtime.api", "Decoder"),
     "Sampler": ("cmrt.runtime.api", "Sampler"),
+    "Editor": ("cmrt.runtime.api", "Editor"),
+    "slerp": ("cmrt.editing", "slerp"),
     "export": ("cmrt.exporter.api", "export"),
     "check": ("cmrt.runtime.check", "check"),
     "ParityReport": ("cmrt.parity", "ParityReport"),
     "CheckReport": ("cmrt.runtime.check", "CheckReport"),
 }
 
-__all__ = ["Decoder", "Sampler", "export", "check", "ParityReport", "CheckReport", "CmrtError", "InputError",
+__all__ = ["Decoder", "Sampler", "Editor", "slerp", "export", "check", "ParityReport", "CheckReport", "CmrtError", "InputError",
            "InputTypeError", "ConfigError", "SourceError", "BundleError", "IntegrityError", "BundleNotFoundError",
            "OutputExistsError", "RunnerClosedError", "EngineBuildError", "MissingDependencyError", "ParityError",
+           "ServerError",
            "__version__"]
 
 

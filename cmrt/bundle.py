@@ -173,7 +173,9 @@ class GraphRecord:
         opset: the default-domain opset.
         io: dtype of the graph's float inputs and outputs ("fp32" or "fp16").
         export_seconds: wall time of the export (FP32 graph).
-        rewrites: graph clean-up counts (``cmrt.exporter.optimize``).
+        export_stages: seconds per export stage (network trace or cache, sampler trace, splice and
+            clean-up, save).
+        rewrites: graph clean-up counts (``cmrt.exporter.optimize``) and how the network was traced.
         size_ratio_vs_fp32: bytes relative to the FP32 graph (FP16 graph).
     """
 
@@ -182,6 +184,7 @@ class GraphRecord:
     opset: int
     io: Precision = "fp32"
     export_seconds: float | None = None
+    export_stages: dict[str, float] = field(default_factory=dict)
     rewrites: dict[str, int] = field(default_factory=dict)
     size_ratio_vs_fp32: float | None = None
 
@@ -298,25 +301,6 @@ class NodeCounts:
 
 
 @dataclass(frozen=True)
-class CaseParity:
-    """The FP16 graph against the FP32 PyTorch source on one input case.
-
-    Attributes:
-        max_abs: largest absolute error.
-        mean_abs: mean absolute error.
-        psnr: PSNR in dB (null when identical).
-        finite: no NaN/Inf.
-        passed: within the fp16 tolerances.
-    """
-
-    max_abs: float | None
-    mean_abs: float | None
-    psnr: float | None
-    finite: bool
-    passed: bool
-
-
-@dataclass(frozen=True)
 class PrecisionRecord:
     """How the FP16 graph's precision was decided (``cmrt.exporter.precision``).
 
@@ -328,7 +312,7 @@ class PrecisionRecord:
         calibration: the calibration run.
         nodes: node counts by precision.
         fp32_nodes: reason → the nodes kept in FP32 for it.
-        verification: input case → FP16 graph vs the FP32 PyTorch source.
+        verification: input case → the FP16 graph's output vs the FP32 PyTorch source's.
     """
 
     io: Precision
@@ -338,7 +322,7 @@ class PrecisionRecord:
     calibration: Calibration
     nodes: NodeCounts
     fp32_nodes: dict[str, tuple[Fp32Node, ...]]
-    verification: dict[str, CaseParity] = field(default_factory=dict)
+    verification: dict[str, OutputParity] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -719,11 +703,12 @@ class Bundle:
         self._raw_digest = raw_digest
 
     @classmethod
-    def open(cls, engine: "str | Path | Bundle") -> "Bundle":
+    def open(cls, engine: "str | Path | Bundle", *, check_files: bool = True) -> "Bundle":
         """Open a bundle folder, or the folder of a graph or engine file inside one.
 
-        Checks the manifest's fields and that every file it lists exists with its recorded size
-        (cheap); ``verify`` also re-hashes them.
+        Checks the manifest's fields and (unless ``check_files`` is False, for a writer about to
+        replace a file) that every file it lists exists with its recorded size (cheap); ``verify``
+        also re-hashes them.
         """
         if isinstance(engine, Bundle):
             return engine
@@ -739,7 +724,8 @@ class Bundle:
         bundle = cls(folder, Manifest.from_dict(data, str(folder / MANIFEST)), selected, data.get("digest"))
         if selected is not None and selected not in bundle.known_files():
             raise BundleError(f"{p} is not a graph or engine listed in {folder / MANIFEST}")
-        bundle.check_files()
+        if check_files:
+            bundle.check_files()
         return bundle
 
     def known_files(self) -> set[str]:
@@ -893,6 +879,7 @@ def _upgrade_parity(p: dict) -> dict:
 
 def _upgrade_precision(p: dict) -> dict:
     p = dict(p)
+    p["verification"] = {case: {"name": OUTPUT_NAME} | v for case, v in p.get("verification", {}).items()}
     p["fp32_nodes"] = {reason: [{"node": n["node"], "op": n["op"], "max_abs": n.get("max_abs")} for n in nodes]
                        for reason, nodes in p.get("fp32_nodes", {}).items()}
     return p

@@ -20,6 +20,8 @@ EXAMPLES = """examples:
   cmrt export --model run/ --sigmas 80,1.38     a training run, explicit σ's
   cmrt export --model cd_imagenet64_l2.pt --arch imagenet64 --sigmas 80,1.3824
   cmrt export --model decoder.pt --embedding embedding.safetensors --out dec
+  cmrt export --task inpaint --steps 4 --out inpaint    an editing graph (cmrt.Editor)
+  cmrt export --task superres --factor 4 --steps 4 --out sr
   cmrt check bundle                             verify the files, re-check parity on ONNX Runtime
   cmrt sample bundle --n 16 --seed 0 --out grid.png
 """
@@ -42,6 +44,10 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                           "train the small frozen encoder (image → SD-convention latents) for decoder runs"),
     "eval": ("cmrt.train.cli", "_eval_args", "_eval_run",
              "score sample quality: Fréchet distance and class accuracy (digits), SWD (2-D), PSNR (decoders)"),
+    "triton": ("cmrt.serve.cli", "triton_args", "triton_run",
+               "write a Triton Inference Server model repository serving bundles (dynamic batching)"),
+    "serve": ("cmrt.serve.cli", "serve_args", "serve_run",
+              "serve bundles on a local Triton Inference Server (PyTriton's tritonserver) until Ctrl-C"),
     "bench": ("benchmarks.cli", "_bench_args", "_bench_run",
               "benchmark latency, memory and FLOP rate of every backend against PyTorch and diffusers"),
 }
@@ -80,13 +86,25 @@ def positive_int(text: str) -> int:
 
 
 # --- export ------------------------------------------------------------------------------------
+#: ``--task`` values (``cmrt.exporter.api.TASKS``, written out so that ``--help`` imports nothing heavy).
+TASK_CHOICES = ("sample", "inpaint", "colorize", "superres", "stroke", "denoise")
+
+
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="SRC", default=None,
                    help="model source: a cmrt checkpoint or training run folder, a diffusers ConsistencyDecoderVAE, "
                         "ConsistencyModelPipeline or UNet2DModel folder, an OpenAI consistency-model .pt, or OpenAI's "
                         "decoder.pt (default: the bundled model)")
+    p.add_argument("--task", choices=TASK_CHOICES, default="sample",
+                   help="what the graph computes: sample (the model's sampler; decoders decode), or a zero-shot "
+                        "edit with a consistency model: inpaint (image + mask, 1 = generate), colorize (gray → RGB, "
+                        "3-channel models), superres (low-res image, --factor), stroke (rough painting → image), "
+                        "denoise (one σ, --sigmas S)")
+    p.add_argument("--factor", type=positive_int, default=None,
+                   help="--task superres: the upsampling factor P (the input is H/P × W/P)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="network evaluations (default: 2, or the number of --sigmas/--timesteps)")
+                   help="network evaluations (default: 2, or the number of --sigmas/--timesteps; editing tasks "
+                        "use the sampling σ's, stroke from σ = 5)")
     p.add_argument("--sigmas", type=float_list, default=None, help="σ of every evaluation, e.g. 80,1.3824 (samplers)")
     p.add_argument("--timesteps", type=int_list, default=None, help="timestep of every evaluation, e.g. 1008,512 (decoders)")
     p.add_argument("--grid", type=positive_int, default=None,
@@ -118,11 +136,13 @@ def _export_run(a: argparse.Namespace) -> int:
 
     bundle = export(a.model, out=a.out, steps=a.steps, sigmas=a.sigmas, timesteps=a.timesteps, grid=a.grid,
                     clip=a.clip, overwrite=a.overwrite, precision=a.precision, io=a.io, arch=a.arch,
-                    image_size=a.image_size, trust=a.trust, embedding=a.embedding, cache=a.cache)
+                    image_size=a.image_size, trust=a.trust, embedding=a.embedding, cache=a.cache, task=a.task,
+                    factor=a.factor)
     m = bundle.manifest
     s = m.schedule
     sched = f"σ {[round(x, 4) for x in s.sigmas]}" if s.sigmas else f"timesteps {list(s.timesteps)}"
-    print(f"wrote {bundle.path} ({m.kind}, {m.steps} step(s), {sched}: {s.rule})")
+    what = m.kind if m.kind != "editor" else f"editor: {m.task.name}" + (f" ×{m.task.factor}" if m.task.factor else "")
+    print(f"wrote {bundle.path} ({what}, {m.steps} step(s), {sched}: {s.rule})")
     rule = m.source.details.get("grid_rule")
     if rule and s.grid is not None:
         print(f"grid: {rule}")

@@ -1,4 +1,6 @@
-"""``make demo``: export the bundled default model at 2 steps, sample a grid, print parity and latency.
+"""``make demo``: export the bundled default model at 2 steps, sample a grid, print parity and latency;
+decode held-out images with the bundled decoder; edit held-out digits zero-shot (inpainting,
+4×4 → 16×16 super-resolution, stroke-guided generation, and colorization with the RGB model).
 
     python -m cmrt.demo --out demo-out
 """
@@ -20,6 +22,17 @@ DECODER_DEMO_STEPS = 1  # the small bundled decoder is better at 1 step (README,
 PHOTO_DEMO = "astronaut"  # a held-out photograph (never seen in training), decoded at full resolution
 PHOTO_DEMO_STEPS = 1
 PHOTO_TILE = 32  # latent pixels: 256² output tiles
+#: Editing: the evaluations per task (README "Editing": inpainting beats the class-mean fill from 16 on).
+EDIT_DEMO_STEPS = {"inpaint": 16, "superres": 4, "stroke": 4, "colorize": 4}
+EDIT_DEMO_N = 8
+SUPERRES_FACTOR = 4  # 4×4 → 16×16
+#: Crude paintings (8×8, '#' = ink), each with the class it is meant to be; drawn at the model's size.
+PAINTINGS = {
+    0: ("..####..", ".##..##.", ".##..##.", ".##..##.", ".##..##.", ".##..##.", ".##..##.", "..####.."),
+    1: ("...##...", "..###...", "...##...", "...##...", "...##...", "...##...", "...##...", "..####.."),
+    4: (".##..##.", ".##..##.", ".##..##.", ".######.", ".....##.", ".....##.", ".....##.", ".....##."),
+    7: (".######.", ".....##.", "....##..", "...##...", "...##...", "..##....", "..##....", "..##...."),
+}
 
 
 def median_ms(fn: Callable[[], object], repeats: int = REPEATS, warmup: int = 3) -> float:
@@ -90,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, ms in rows:
             print(f"  {name:<32} {ms:8.2f} ms   {base / ms:5.2f}x")
         decoder_demo(a.out)
+        editing_demo(a.out)
         photo_demo(a.out)
         print("\nfull benchmark suites: `make bench-quick` or `cmrt bench --suite quick` (see benchmarks/RESULTS.md)")
     except CmrtError as exc:
@@ -155,6 +169,98 @@ def photo_demo(out: Path) -> None:
     print(f"  PSNR vs original: untiled {psnr(whole, original):.1f} dB, tiled {psnr(tiled, original):.1f} dB; "
           f"tiled vs untiled {psnr(tiled, whole):.1f} dB; {1e3 * (t1 - t0):.0f} ms untiled, "
           f"{1e3 * (t2 - t1):.0f} ms tiled")
+
+
+def editing_demo(out: Path) -> None:
+    """Zero-shot editing graphs of the bundled digits model on held-out digits, and colorization
+    with the RGB digits model when it is installed."""
+    from .train.eval_edit import box_masks, held_out_digits
+
+    x, y = held_out_digits(16)
+    pick = [int(i) for i in _one_per_class(y.numpy(), EDIT_DEMO_N)]
+    x, y = x[pick], y[pick]
+    print("\nediting (zero-shot, the bundled digits model; held-out digits, true labels):")
+    mask = box_masks(len(x), 16, DEMO_SEED)
+    result = _edit(out, "inpaint", x * (1 - mask), y, mask=mask)
+    _save_rows(out / "inpaint.png", [x, x * (1 - mask), *result], "originals, masked inputs (box = 25%), inpainted")
+    low = _block_mean(x)
+    result = _edit(out, "superres", low, y, factor=SUPERRES_FACTOR)
+    _save_rows(out / "superres.png", [_nearest(low), *result, x], "4×4 inputs, super-resolved 16×16, originals")
+    paint, labels = _paintings(16)
+    results = _edit(out, "stroke", paint, labels, seeds=(DEMO_SEED, DEMO_SEED + 1))
+    _save_rows(out / "stroke.png", [paint, *results], f"crude paintings of {list(PAINTINGS)}, results (2 seeds)")
+    colorize_demo(out)
+
+
+def colorize_demo(out: Path) -> None:
+    """Colorize held-out gray digits with the RGB digits model (when its asset is installed)."""
+    from .editing import luma
+    from .models.load import COLOR_MODEL as asset
+    from .train.data import load_digits_color
+
+    if not asset.is_file():
+        print(f"  colorize: skipped ({asset.name} is not installed)")
+        return
+    test = load_digits_color("test", copies=1, size=16)
+    pick = [int(i) for i in _one_per_class(test.labels.numpy(), EDIT_DEMO_N)]
+    x, y = test.x[pick], test.labels[pick]
+    gray = luma(x)
+    results = _edit(out, "colorize", gray, y, source=asset, seeds=(DEMO_SEED, DEMO_SEED + 1))
+    _save_rows(out / "colorize.png", [gray.expand_as(x), *results, x],
+               "gray inputs, colorized (2 seeds), true colours")
+
+
+def _edit(out: Path, task: str, image, labels, *, mask=None, factor=None, source=None,
+          seeds: tuple[int, ...] = (DEMO_SEED,)) -> list:
+    """Export the task's editor bundle into ``out`` and run it once per seed; the edited images."""
+    from .exporter.api import export
+    from .runtime.api import Editor
+
+    bundle = export(source, out=out / f"{task}-bundle", task=task, factor=factor, steps=EDIT_DEMO_STEPS[task],
+                    overwrite=True)
+    s = bundle.manifest.schedule
+    print(f"  exported {bundle.path} ({task}, {s.steps} evaluations, σ {s.sigmas[0]:.3g} → {s.sigmas[-1]:.3g}), "
+          f"parity max abs {bundle.manifest.parity['onnxruntime-cpu/fp32'].outputs[0].max_abs:.2g}")
+    with Editor(bundle.path) as editor:
+        return [editor.edit(image, mask=mask, class_labels=labels, seed=seed) for seed in seeds]
+
+
+def _save_rows(path: Path, rows: list, what: str) -> None:
+    import numpy as np
+
+    from .images import save_grid
+
+    rows = [np.asarray(r) for r in rows]
+    save_grid(np.concatenate(rows), path, cols=len(rows[0]), scale=4)
+    print(f"  wrote {path} (rows: {what})")
+
+
+def _one_per_class(labels, n: int) -> list[int]:
+    """Indices of the first digit of each class, classes 0, 1, ..., n − 1."""
+    return [next(i for i, v in enumerate(labels) if v == k) for k in range(n)]
+
+
+def _block_mean(x):
+    from .editing import block_mean
+
+    return block_mean(x, SUPERRES_FACTOR)
+
+
+def _nearest(low):
+    from .editing import upsample_nearest
+
+    return upsample_nearest(low, SUPERRES_FACTOR)
+
+
+def _paintings(size: int):
+    """The crude paintings as (N, 1, size, size) images in [-1, 1] and their labels."""
+    import numpy as np
+    import torch
+
+    art = np.array([[[1.0 if ch == "#" else 0.0 for ch in row] for row in rows] for rows in PAINTINGS.values()])
+    from .train.data import upscale_digits
+
+    return upscale_digits(art.astype(np.float32), size), torch.tensor(list(PAINTINGS))
 
 
 def _report_lines(rep) -> list[str]:

@@ -60,6 +60,11 @@ class EngineBuildError(CmrtError, RuntimeError):
     """TensorRT could not parse the graph, configure the build, or build the engine."""
 
 
+class ServerError(CmrtError, RuntimeError):
+    """A Triton Inference Server (``cmrt serve``) could not start, or stopped; the message holds
+    the end of its log."""
+
+
 class ParityError(CmrtError, RuntimeError):
     """An exported graph or engine does not reproduce its PyTorch source within tolerance."""
 

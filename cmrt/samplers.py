@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import editing as E
 from . import schedules as S
+from .errors import ConfigError
 
 
 def consistency_sample(denoiser: nn.Module, sigmas: Sequence[float], noise: Sequence[torch.Tensor],
@@ -31,6 +33,59 @@ def consistency_sample(denoiser: nn.Module, sigmas: Sequence[float], noise: Sequ
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
     return x0
+
+
+def edit_operators(task: str, image: torch.Tensor, *, mask: torch.Tensor | None = None,
+                   factor: int | None = None):
+    """The start y₀ and the projection P of an editing task (``cmrt.editing``), bound to its inputs.
+
+    Returns:
+        (y₀, P) with P a function x → P(x); P is None for tasks without a projection.
+    """
+    if task == "inpaint":
+        return E.inpaint_start(image, mask), lambda x: E.inpaint_project(x, image, mask)
+    if task == "colorize":
+        return E.colorize_start(image), lambda x: E.colorize_project(x, image)
+    if task == "superres":
+        return E.superres_start(image, factor), lambda x: E.superres_project(x, image, factor)
+    if task in ("stroke", "denoise"):
+        return image, None
+    raise ConfigError(f"unknown editing task {task!r}: choose one of {sorted(E.EDIT_TASKS)}")
+
+
+def edit_sample(denoiser: nn.Module, task: str, image: torch.Tensor, sigmas: Sequence[float],
+                noise: Sequence[torch.Tensor], *, mask: torch.Tensor | None = None,
+                class_labels: torch.Tensor | None = None, sigma_min: float = S.SIGMA_MIN, clip: bool = True,
+                factor: int | None = None) -> torch.Tensor:
+    """Zero-shot editing (Song et al. 2023, Alg. 4): the multistep sampler with a projection.
+
+    x = y₀ + σ_1·n_0; for each i: (i > 1: x ← x + √(σ_i² − σ_min²)·n_{i−1}); x ← P(f(x, σ_i)),
+    with f clamped to [-1, 1] when ``clip``. ``denoise`` is one evaluation f(image, σ_1), no noise.
+
+    Args:
+        denoiser: the consistency function f(x, σ, class_labels).
+        task: "inpaint", "colorize", "superres", "stroke" or "denoise" (``cmrt.editing``).
+        image: the task's known image: (B, C, H, W); colorize: the luma (B, 1, H, W); superres: the
+            low-resolution image (B, C, H/p, W/p); denoise: the noisy image.
+        sigmas: σ of every evaluation, descending (denoise: exactly one, the image's noise level).
+        noise: one standard-normal (B, C, H, W) tensor per evaluation (denoise: none).
+        mask: inpaint only, (B, 1, H, W), 1 = generate, 0 = keep.
+        class_labels: (B,) labels of a class-conditional model.
+        sigma_min: the model's σ_min (the re-noising uses √(σ² − σ_min²)).
+        clip: clamp f's output to [-1, 1] (as sampling does).
+        factor: superres only, the upsampling factor p.
+    """
+    start, project = edit_operators(task, image, mask=mask, factor=factor)
+    x = start if task == "denoise" else start + sigmas[0] * noise[0]
+    for i, sigma in enumerate(sigmas):
+        if i > 0:
+            x = x + S.renoise_std(sigmas[i], sigma_min) * noise[i]
+        x = denoiser(x, float(sigma), class_labels)
+        if clip:
+            x = x.clamp(-1.0, 1.0)
+        if project is not None:
+            x = project(x)
+    return x
 
 
 def _column(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -114,3 +169,30 @@ class UnrolledDecoderSampler(nn.Module):
 
     def forward(self, latents: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
         return decoder_sample(self.denoiser, latents, self.timesteps, noise, clip=self.clip)
+
+
+class UnrolledEditor(nn.Module):
+    """``forward(image, [mask], [class_labels], noise_0, ..., noise_{k-1}) -> images`` with fixed σ's.
+
+    The exported form of ``edit_sample`` for one task: the inputs in this order, ``mask`` for
+    inpaint only, ``class_labels`` for class-conditional models, no noise for denoise.
+    """
+
+    def __init__(self, denoiser: nn.Module, task: str, sigmas: Sequence[float], *, sigma_min: float = S.SIGMA_MIN,
+                 clip: bool = True, conditional: bool = False, factor: int | None = None) -> None:
+        super().__init__()
+        self.denoiser, self.task, self.sigmas = denoiser, task, [float(s) for s in sigmas]
+        self.sigma_min, self.clip, self.conditional, self.factor = sigma_min, clip, conditional, factor
+        self.edit = E.EDIT_TASKS[task]
+
+    @property
+    def input_names(self) -> list[str]:
+        noise = [f"noise_{i}" for i in range(len(self.sigmas))] if self.edit.noise else []
+        return ["image"] + (["mask"] if self.edit.mask else []) + (["class_labels"] if self.conditional else []) + noise
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        named = dict(zip(self.input_names, inputs))
+        noise = [named[f"noise_{i}"] for i in range(len(self.sigmas))] if self.edit.noise else []
+        return edit_sample(self.denoiser, self.task, named["image"], self.sigmas, noise, mask=named.get("mask"),
+                           class_labels=named.get("class_labels"), sigma_min=self.sigma_min, clip=self.clip,
+                           factor=self.factor)

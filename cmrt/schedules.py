@@ -66,6 +66,25 @@ def default_cm_sigmas(steps: int, n: int = 40, sigma_min: float = SIGMA_MIN,
     return sigmas_from_indices([i * ratio for i in range(steps)], n, sigma_min, sigma_max, rho)
 
 
+#: Where stroke-guided generation (SDEdit) starts by default: well below σ_max, so the result keeps
+#: the painting's layout and colours while the model makes it realistic (the issue suggests 2–10).
+STROKE_SIGMA_START = 5.0
+
+
+def default_edit_sigmas(task: str, steps: int, n: int = 40, sigma_min: float = SIGMA_MIN,
+                        sigma_max: float = SIGMA_MAX, rho: float = RHO) -> list[float]:
+    """cmrt's documented default σ's of an editing task for ``--steps N`` alone.
+
+    inpaint, colorize and superres start from noise at σ_max and use the sampling spacing
+    (``default_cm_sigmas``), so ``--steps N`` edits with the σ's ``--steps N`` samples with; stroke
+    uses the same spacing on an N-point Karras grid from ``STROKE_SIGMA_START`` down to σ_min.
+    denoise has no default: its one σ is the input's noise level (``--sigmas``).
+    """
+    if task == "stroke":
+        return default_cm_sigmas(steps, n, sigma_min, min(STROKE_SIGMA_START, sigma_max), rho)
+    return default_cm_sigmas(steps, n, sigma_min, sigma_max, rho)
+
+
 def _sqrt(x):
     return x ** 0.5
 

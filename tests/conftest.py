@@ -41,17 +41,23 @@ def _network_cache(tmp_path_factory):
         os.environ["CMRT_CACHE_DIR"] = previous
 
 
+def run_shared(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object], done: str) -> Path:
+    """The folder ``make(folder)`` fills, made once per test run (whichever worker comes first;
+    the others wait for it) and shared by every worker. ``done``: the file that marks it made."""
+    root = _run_root(factory) / "shared"
+    root.mkdir(exist_ok=True)
+    out = root / name
+    with FileLock(str(out) + ".lock"):
+        if not (out / done).is_file():
+            make(out)
+    return out
+
+
 def shared_bundle(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]):
     """The bundle ``make(out)`` exports, made once per test run and opened by every worker."""
     from cmrt.bundle import Bundle
 
-    folder = _run_root(factory) / "bundles"
-    folder.mkdir(exist_ok=True)
-    out = folder / name
-    with FileLock(str(out) + ".lock"):
-        if not (out / "cmrt.json").is_file():
-            make(out)
-    return Bundle.open(out)
+    return Bundle.open(run_shared(factory, name, make, "cmrt.json"))
 
 
 def randomize(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:

@@ -29,14 +29,12 @@ def test_help_lists_commands():
         assert cmd in p.stdout
 
 
-def test_export_check_sample_default_model(tmp_path):
-    p = run("export", "--steps", "1", "--out", tmp_path / "b")
-    assert p.returncode == 0, p.stderr
-    assert "wrote" in p.stdout and "parity" in p.stdout
-    assert "untrained" not in p.stdout.lower()  # the bundled default model is trained (cmrt train cd, issue 5)
-    p = run("check", tmp_path / "b")
+def test_check_and_sample_through_the_entry_point(cm_bundle, tmp_path):
+    """(Exporting the bundled model through the CLI is tests/test_readme.py's quick start.)"""
+    p = run("check", cm_bundle.path)
     assert p.returncode == 0 and "PASS" in p.stdout and "max abs" in p.stdout and "PSNR" in p.stdout
-    p = run("sample", tmp_path / "b", "--n", "4", "--out", tmp_path / "g.png")
+    assert "integrity:" in p.stdout
+    p = run("sample", cm_bundle.path, "--n", "4", "--out", tmp_path / "g.png")
     assert p.returncode == 0 and (tmp_path / "g.png").stat().st_size > 0
 
 
@@ -50,7 +48,7 @@ def test_check_fails_with_exit_1(cm_bundle, tmp_path):
     arrays["output/images"] = -arrays["output/images"]
     np.savez(b / "parity.npz", **arrays)
     p = run("check", b)
-    assert p.returncode == 1 and "FAIL" in p.stdout
+    assert p.returncode == 1 and "FAIL" in p.stdout and "parity.npz" in p.stdout
 
 
 @pytest.mark.parametrize("args", [

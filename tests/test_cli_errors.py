@@ -33,6 +33,17 @@ CASES = [
     (["export", "--image-size", "32", "--out", "{tmp}/x"], "--image-size"),
     (["export", "--io", "fp16", "--out", "{tmp}/x"], "--io fp16"),
     (["export", "--precision", "fp8", "--out", "{tmp}/x"], "--precision"),
+    # export: editing tasks (issue 11; the bundled default model is a 1-channel digits model)
+    (["export", "--task", "colorize", "--out", "{tmp}/x"], "--task colorize"),
+    (["export", "--task", "paint", "--out", "{tmp}/x"], "--task"),
+    (["export", "--factor", "4", "--out", "{tmp}/x"], "--factor"),
+    (["export", "--task", "inpaint", "--factor", "4", "--out", "{tmp}/x"], "--factor"),
+    (["export", "--task", "superres", "--out", "{tmp}/x"], "--factor"),
+    (["export", "--task", "superres", "--factor", "3", "--out", "{tmp}/x"], "--factor"),
+    (["export", "--task", "superres", "--factor", "0", "--out", "{tmp}/x"], "--factor"),
+    (["export", "--task", "denoise", "--out", "{tmp}/x"], "--sigmas"),
+    (["export", "--task", "denoise", "--sigmas", "1,0.5", "--out", "{tmp}/x"], "--sigmas"),
+    (["export", "--task", "stroke", "--timesteps", "1008", "--out", "{tmp}/x"], "--sigmas"),
     # export: outputs
     (["export", "--out", "{tmp}/full"], "full"),
     (["export", "--out", "{tmp}/a_file.txt"], "a_file.txt"),

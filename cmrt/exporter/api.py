@@ -23,22 +23,66 @@ from ..models.sources import load_model, refuse_options
 from ..models.spec import ModelSpec
 from ..models.unet import count_parameters
 from ..parity import compare
-from ..samplers import UnrolledConsistencySampler, UnrolledDecoderSampler
+from ..editing import EDIT_TASKS, RGB
+from ..samplers import UnrolledConsistencySampler, UnrolledDecoderSampler, UnrolledEditor
 from .inputs import parity_inputs
 from .onnx import OPSET, GraphExport, describe_io, dynamic_shapes, export_graph, graph_files
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_STEPS = 2
+SAMPLE_TASK = "sample"
+#: ``--task`` values: plain sampling (a decoder's only task: decoding), or an editing task.
+TASKS = (SAMPLE_TASK, *EDIT_TASKS)
+
+
+def resolve_task(spec: ModelSpec, task: str = SAMPLE_TASK, factor: int | None = None) -> Task:
+    """The bundle's ``Task`` for ``--task``/``--factor`` on a model, validated.
+
+    Editing needs a consistency model; colorize a 3-channel one; superres a factor p ≥ 2 that
+    divides the image side; ``--factor`` applies to superres only.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    if factor is not None and task != "superres":
+        raise ConfigError(f"--factor applies to --task superres only (this export's task is {task})")
+    if task == SAMPLE_TASK:
+        return Task(DEFAULT_TASKS[spec.kind])
+    if spec.kind != "sampler":
+        raise ConfigError(f"--task {task} needs a consistency model; this source is a {spec.kind}, whose only "
+                          "task is decoding (drop --task)")
+    if task == "colorize" and spec.image_channels != RGB:
+        raise ConfigError(f"--task colorize needs an RGB (3-channel) model; this one has {spec.image_channels} "
+                          "channel(s)")
+    if task == "superres":
+        _check_factor(spec, factor)
+    return Task(task, factor)
+
+
+def _check_factor(spec: ModelSpec, factor: int | None) -> None:
+    if factor is None:
+        raise ConfigError("--task superres needs --factor P (the upsampling factor, e.g. 4 for 4×4 → 16×16)")
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2 or spec.image_size % factor:
+        raise ConfigError(f"--factor must be an integer ≥ 2 that divides the image side {spec.image_size}, "
+                          f"got {factor!r}")
 
 
 def resolve_schedule(spec: ModelSpec, steps: int | None = None, sigmas: Sequence[float] | None = None,
-                     timesteps: Sequence[int] | None = None, grid: int | None = None) -> Schedule:
-    """The σ's (samplers) or timesteps (decoders) of every evaluation, validated.
+                     timesteps: Sequence[int] | None = None, grid: int | None = None, *,
+                     task: str = SAMPLE_TASK) -> Schedule:
+    """The σ's (samplers, editors) or timesteps (decoders) of every evaluation, validated.
 
     ``sigmas``/``timesteps`` set every evaluation explicitly; otherwise ``steps`` (default 2) picks
     the documented spacing: ``schedules.default_cm_sigmas`` on the ``grid``-point Karras grid
     (default: the model's own, ``spec.grid_size``), or ``schedules.decoder_timesteps``.
+
+    Editing tasks (``task``): inpaint, colorize and superres default to the sampling σ's (they
+    start from noise at σ_max, and the projection after every evaluation keeps the known part,
+    so the same spacing serves; README "Editing" has the measurements behind this choice);
+    stroke uses the same spacing from ``schedules.STROKE_SIGMA_START`` (5) down, so the result
+    stays near the painting; denoise takes exactly one σ, the input's noise level, from ``sigmas``.
     """
+    if task == "denoise" and spec.kind != "decoder":
+        return _denoise_schedule(spec, steps, sigmas, timesteps, grid)
     if spec.kind == "decoder":
         if sigmas is not None:
             raise ConfigError("a decoder is scheduled by timesteps, not σ's: use --timesteps (e.g. 1008,512)")
@@ -49,7 +93,19 @@ def resolve_schedule(spec: ModelSpec, steps: int | None = None, sigmas: Sequence
         raise ConfigError("a consistency model is scheduled by σ's: use --sigmas (e.g. 80,1.3824)")
     if grid is not None and sigmas is not None:
         raise ConfigError("--grid spaces the default σ's; it does not apply with explicit --sigmas")
-    return _sampler_schedule(spec, _step_count(steps, sigmas), sigmas, grid)
+    return _sampler_schedule(spec, _step_count(steps, sigmas), sigmas, grid, task)
+
+
+def _denoise_schedule(spec: ModelSpec, steps, sigmas, timesteps, grid) -> Schedule:
+    if timesteps is not None or grid is not None:
+        raise ConfigError("--task denoise takes one σ (--sigmas S, the input's noise level); "
+                          "--timesteps and --grid do not apply")
+    if sigmas is None or len(sigmas) != 1:
+        raise ConfigError("--task denoise needs exactly one σ, the noise level of its input: --sigmas S "
+                          f"(e.g. --sigmas 0.5); got {'none' if sigmas is None else len(sigmas)}")
+    if steps is not None and steps != 1:
+        raise ConfigError(f"--task denoise is one evaluation: --steps {steps} does not apply (use --steps 1 or omit it)")
+    return _sampler_schedule(spec, 1, sigmas, None)
 
 
 def _step_count(steps: int | None, explicit: Sequence | None) -> int:
@@ -76,24 +132,36 @@ def _decoder_schedule(steps: int, timesteps: Sequence[int] | None) -> Schedule:
     return Schedule(steps=len(ts), sigmas=None, timesteps=tuple(ts), clip=False, rule=rule)
 
 
-def _sampler_schedule(spec: ModelSpec, steps: int, sigmas: Sequence[float] | None, grid: int | None) -> Schedule:
+def _sampler_schedule(spec: ModelSpec, steps: int, sigmas: Sequence[float] | None, grid: int | None,
+                      task: str = SAMPLE_TASK) -> Schedule:
     if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 2):
         raise ConfigError(f"--grid must be an integer ≥ 2, got {grid!r}")
     n = grid or spec.grid_size
-    sig = [float(s) for s in sigmas] if sigmas is not None else S.default_cm_sigmas(
-        steps, n, spec.sigma_min, spec.sigma_max, spec.rho)
+    sig = [float(s) for s in sigmas] if sigmas is not None else S.default_edit_sigmas(
+        task, steps, n, spec.sigma_min, spec.sigma_max, spec.rho)
     if any(not (math.isfinite(s) and spec.sigma_min < s <= spec.sigma_max) for s in sig):
         raise ConfigError(f"--sigmas must lie in ({spec.sigma_min}, {spec.sigma_max}]; got {sig}")
     if any(a <= b for a, b in zip(sig, sig[1:])):
         raise ConfigError(f"--sigmas must be strictly descending; got {sig}")
     return Schedule(steps=len(sig), sigmas=tuple(sig), timesteps=None, clip=True, sigma_min=spec.sigma_min,
                     grid=None if sigmas is not None else n,
-                    rule="explicit" if sigmas is not None else f"default spacing on the {n}-point Karras grid")
+                    rule="explicit" if sigmas is not None else _default_rule(task, n))
 
 
-def build_unrolled(model: LoadedModel, schedule: Schedule) -> torch.nn.Module:
-    """The unrolled sampler module of a loaded model for a schedule (``schedule.clip`` applies)."""
+def _default_rule(task: str, n: int) -> str:
+    if task == "stroke":
+        return f"default spacing on the {n}-point Karras grid from σ = {S.STROKE_SIGMA_START:g} (stroke)"
+    return f"default spacing on the {n}-point Karras grid"
+
+
+def build_unrolled(model: LoadedModel, schedule: Schedule, task: Task | None = None) -> torch.nn.Module:
+    """The unrolled sampler (or, for an editing ``task``, editor) module of a loaded model for a
+    schedule (``schedule.clip`` applies)."""
     denoiser = build_denoiser(model.spec, model.unet)
+    if task is not None and task.name in EDIT_TASKS:
+        return UnrolledEditor(denoiser, task.name, list(schedule.sigmas), sigma_min=model.spec.sigma_min,
+                              clip=schedule.clip, conditional=model.spec.num_classes is not None,
+                              factor=task.factor).eval()
     if model.spec.kind == "decoder":
         return UnrolledDecoderSampler(denoiser, list(schedule.timesteps), clip=schedule.clip).eval()
     return UnrolledConsistencySampler(denoiser, list(schedule.sigmas), sigma_min=model.spec.sigma_min,
@@ -104,8 +172,9 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
            sigmas: Sequence[float] | None = None, timesteps: Sequence[int] | None = None, grid: int | None = None,
            clip: bool | None = None, precision: str = "fp32", io: str = "fp32", overwrite: bool = False,
            arch: str | None = None, image_size: int | None = None, trust: bool = False,
-           embedding: str | Path | None = None, model: LoadedModel | None = None, cache: bool = True) -> Bundle:
-    """Export a model's fixed-step sampler to a bundle, and check it against PyTorch.
+           embedding: str | Path | None = None, model: LoadedModel | None = None, cache: bool = True,
+           task: str = SAMPLE_TASK, factor: int | None = None) -> Bundle:
+    """Export a model's fixed-step sampler (or editor) to a bundle, and check it against PyTorch.
 
     Args:
         source: a model source (``cmrt.models.sources``; None: the bundled default model).
@@ -124,16 +193,21 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
             (``cmrt.models.sources.load_model``); refused where they do not apply.
         model: an already loaded model instead of ``source`` (library users and tests).
         cache: reuse a traced network graph of the same architecture (``CMRT_CACHE_DIR``).
+        task: "sample" (default: the model's own sampler; a decoder decodes), or an editing task of
+            a consistency model: "inpaint", "colorize", "superres", "stroke", "denoise"
+            (``cmrt.editing``): an ``editor`` bundle for ``cmrt.Editor``.
+        factor: superres only: the upsampling factor p (the image input is H/p × W/p).
 
     Returns:
         The opened bundle. On a parity failure a ``ParityError`` is raised and ``out`` is untouched.
     """
     _check_precision(precision, io)
     model = _model(source, model, arch=arch, image_size=image_size, trust=trust, embedding=embedding)
-    schedule = resolve_schedule(model.spec, steps, sigmas, timesteps, grid)
+    job = resolve_task(model.spec, task, factor)
+    schedule = resolve_schedule(model.spec, steps, sigmas, timesteps, grid, task=task)
     schedule = _with_clip(schedule, model.spec.clip if clip is None else bool(clip))
-    sampler = build_unrolled(model, schedule)
-    feeds = parity_inputs(model.spec, schedule.steps)
+    sampler = build_unrolled(model, schedule, job)
+    feeds = parity_inputs(model.spec, schedule.steps, task=job, sigmas=schedule.sigmas)
     with staged_dir(out, overwrite=overwrite) as tmp:
         graph = tmp / GRAPH_FILES["fp32"]
         t0 = time.perf_counter()
@@ -144,12 +218,12 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
         report, reference = _check_graph(sampler, graph, feeds)
         parity_file = save_parity(tmp / PARITY, {k: v.numpy() for k, v in feeds.items()}, reference)
         manifest = _manifest(model, graph, schedule, parity_file, _graph_record(graph, facts, export_s),
-                             {"onnxruntime-cpu/fp32": ParityRecord.of(report)})
+                             {"onnxruntime-cpu/fp32": ParityRecord.of(report)}, job)
         bundle = Bundle(tmp, manifest)
         bundle.save_manifest()
         report.raise_if_failed()
         if precision == "fp16":
-            _add_fp16(bundle, sampler, graph, model, feeds, io)
+            _add_fp16(bundle, sampler, graph, model, feeds, io, job)
     return Bundle.open(out)
 
 
@@ -179,18 +253,21 @@ def _with_clip(schedule: Schedule, clip: bool) -> Schedule:
 def _graph_record(graph: Path, facts: GraphExport, export_s: float) -> GraphRecord:
     files = tuple(FileRecord.of(f) for f in graph_files(graph))
     return GraphRecord(graph.name, files, OPSET, io="fp32", export_seconds=round(export_s, 2),
+                       export_stages=dict(facts.seconds),
                        rewrites=facts.rewrites | {"network_calls_spliced": facts.network_calls,
-                                                  "network_graph_cached": int(facts.network_cached)})
+                                                  "network_graph_cached": int(facts.network_cached),
+                                                  "sampler_graph_cached": int(facts.sampler_cached)})
 
 
 def _manifest(model: LoadedModel, graph: Path, schedule: Schedule, parity_file: FileRecord, record: GraphRecord,
-              parity: dict[str, ParityRecord]) -> Manifest:
+              parity: dict[str, ParityRecord], task: Task) -> Manifest:
     spec = model.spec
     inputs, outputs = describe_io(graph)
     decoder = spec.kind == "decoder"
     up = S.DECODER_UPSCALE
     return Manifest(
-        kind=spec.kind, task=Task(DEFAULT_TASKS[spec.kind]), schedule=schedule, inputs=inputs, outputs=outputs,
+        kind="editor" if task.name in EDIT_TASKS else spec.kind, task=task, schedule=schedule, inputs=inputs,
+        outputs=outputs,
         image=ImageSpec(channels=spec.image_channels, height=f"{up}*h" if decoder else spec.image_size,
                         width=f"{up}*w" if decoder else spec.image_size, value_range=VALUE_RANGE),
         latent=LatentSpec(S.LATENT_CHANNELS, S.LATENT_SCALE, S.LATENT_MEANS, S.LATENT_STDS, up,
@@ -213,12 +290,12 @@ def _versions() -> Versions:
     return Versions(__version__, torch.__version__, onnx.__version__, onnxruntime.__version__)
 
 
-def _add_fp16(bundle: Bundle, sampler, graph: Path, model: LoadedModel, feeds, io: str) -> None:
+def _add_fp16(bundle: Bundle, sampler, graph: Path, model: LoadedModel, feeds, io: str, task: Task) -> None:
     """The FP16 step (``precision.make_fp16``) inside the staged bundle; raises on a parity failure."""
     from .precision import make_fp16
 
     fp16 = make_fp16(sampler, graph, bundle.path / GRAPH_FILES["fp16"], model.spec,
-                     {k: v.numpy() for k, v in feeds.items()}, io=io)
+                     {k: v.numpy() for k, v in feeds.items()}, io=io, task=task, schedule=bundle.manifest.schedule)
     m = bundle.manifest
     bundle.update(graphs={**m.graphs, "fp16": fp16.graph}, precision={**m.precision, "fp16": fp16.record},
                   parity={**m.parity, "onnxruntime-cpu/fp16": ParityRecord.of(fp16.reports["parity inputs"])})
@@ -239,4 +316,4 @@ def _check_graph(sampler: torch.nn.Module, graph: Path, feeds: dict[str, torch.T
     return compare(actual, reference, backend=backend.name, precision="fp32"), reference
 
 
-__all__ = ["export", "resolve_schedule", "build_unrolled", "parity_inputs"]
+__all__ = ["export", "resolve_schedule", "resolve_task", "build_unrolled", "parity_inputs", "TASKS"]

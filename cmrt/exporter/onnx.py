@@ -4,10 +4,9 @@ and described."""
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import onnx
 
@@ -15,6 +14,7 @@ from ..bundle import OUTPUT_NAME, TensorSpec
 
 OPSET = 20  # TensorRT 10.x/11 and TensorRT-RTX parse it; ORT runs it
 EXTERNAL_DATA_ABOVE = 1 << 20  # weights go to a side file once the graph holds more than 1 MiB
+INLINE_BELOW = 1024  # bytes: smaller tensors (shapes, scalars) stay inside the graph, as parsers need
 
 
 def dynamic_shapes(kind: str, n_inputs: int, *, spatial: bool):
@@ -35,12 +35,13 @@ def dynamic_shapes(kind: str, n_inputs: int, *, spatial: bool):
 
 @dataclass(frozen=True)
 class GraphExport:
-    """What ``export_graph`` did: clean-up counts, network calls spliced, whether the network
-    graph came from the cache, and the wall time of each stage."""
+    """What ``export_graph`` did: clean-up counts, network calls spliced, whether the network and
+    sampler graphs came from the cache, and the wall time of each stage."""
 
     rewrites: dict[str, int]
     network_calls: int
     network_cached: bool
+    sampler_cached: bool
     seconds: dict[str, float]
 
 
@@ -50,30 +51,35 @@ def export_graph(sampler, network, args: Sequence, input_names: list[str], dyn, 
 
     ``network`` (a submodule of ``sampler``, called once per step) is traced once and spliced into
     every step (``cmrt.exporter.trace``); the graph is then cleaned up for the fixed schedule
-    (``cmrt.exporter.optimize``). Weights go to ``<path>.data`` when large. The graph is checked
-    with ``onnx.checker`` (by path, so graphs above 2 GB work).
+    (``cmrt.exporter.optimize``). Both traced graphs are cached (``cache``). Weights go to
+    ``<path>.data`` when large. The graph is checked with ``onnx.checker`` (by path, so graphs above
+    2 GB work).
     """
+    import onnx_ir as ir
+
     from .metadata import strip_ir_metadata
     from .optimize import optimize
-    from .trace import NetworkCall, first_network_call, splice, trace_network, trace_sampler
+    from .trace import first_network_call, splice, trace_network, trace_sampler
 
     clock = _Clock()
     call, out = first_network_call(sampler, network, args)
-    net, cached = trace_network(network, call, spatial=spatial, opset=opset, cache=cache)
+    net, net_cached = trace_network(network, call, spatial=spatial, opset=opset, cache=cache)
     clock.lap("network")
-    with swapped(sampler, network, NetworkCall(out.shape[1])):
-        program = trace_sampler(sampler, args, input_names, dyn, opset=opset)
+    model, sampler_cached = trace_sampler(sampler, network, out.shape[1], args, input_names, dyn, opset=opset,
+                                          cache=cache)
     clock.lap("sampler")
     state = network.state_dict()
-    calls = splice(program.model, net, state)
-    rewrites = optimize(program.model).to_dict()
-    strip_ir_metadata(program.model)
+    calls = splice(model, net, state)
+    rewrites = optimize(model).to_dict()
+    strip_ir_metadata(model)
     clock.lap("splice_optimize")
     n_bytes = sum(t.numel() * t.element_size() for t in state.values())
-    program.save(str(path), external_data=n_bytes > EXTERNAL_DATA_ABOVE)
+    data = path.with_name(path.name + ".data")
+    ir.save(model, str(path), external_data=data.name if n_bytes > EXTERNAL_DATA_ABOVE else None,
+            size_threshold_bytes=INLINE_BELOW)
     onnx.checker.check_model(str(path), full_check=False)
     clock.lap("save")
-    return GraphExport(rewrites, calls, cached, clock.laps)
+    return GraphExport(rewrites, calls, net_cached, sampler_cached, clock.laps)
 
 
 class _Clock:
@@ -84,21 +90,6 @@ class _Clock:
         now = time.perf_counter()
         self.laps[name] = round(now - self.t, 3)
         self.t = now
-
-
-@contextmanager
-def swapped(root, old, new) -> Iterator[None]:
-    """Temporarily replace submodule ``old`` of ``root`` by ``new`` (wherever it is attached)."""
-    places = [(parent, name) for parent in root.modules() for name, child in parent.named_children() if child is old]
-    if not places:
-        raise RuntimeError("the network is not a submodule of the sampler")
-    for parent, name in places:
-        setattr(parent, name, new)
-    try:
-        yield
-    finally:
-        for parent, name in places:
-            setattr(parent, name, old)
 
 
 def describe_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

@@ -63,22 +63,24 @@ def tidy(model: ir.Model) -> None:
         onnxscript.optimizer.remove_unused_nodes(model)
 
 
-def _fold(model: ir.Model) -> None:
+def _fold(model: ir.Model, *, shape_inference: bool = True) -> None:
+    """Constant folding. ``shape_inference``: node-level type and shape inference while folding:
+    the exporter leaves intermediate values untyped when its own optimizer is off, and typed values
+    are what lets CastLike and the shape ops fold (``tidy`` runs it on each traced graph, so the
+    spliced graph needs no second pass)."""
     log = logging.getLogger("onnxscript")
     level = log.level
     log.setLevel(logging.ERROR)  # "skipping constant folding for ..." is not news to a user
     try:
-        # node-level shape inference: the exporter leaves intermediate values untyped when its own
-        # optimizer is off, and typed values are what lets CastLike and the shape ops fold
-        onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, input_size_limit=FOLD_INPUT_LIMIT,
-                                            output_size_limit=FOLD_OUTPUT_LIMIT)
+        onnxscript.optimizer.fold_constants(model, onnx_shape_inference=shape_inference,
+                                            input_size_limit=FOLD_INPUT_LIMIT, output_size_limit=FOLD_OUTPUT_LIMIT)
     finally:
         log.setLevel(level)
 
 
 def optimize(model: ir.Model) -> OptimizeReport:
     """Fold constants, merge affine chains and one-channel GroupNorms, drop what became unused."""
-    _fold(model)
+    _fold(model, shape_inference=False)
     _dedupe(model)
     onnxscript.optimizer.remove_unused_nodes(model)
     chains = RewriteRuleSet([FoldAffineChain.rule()]).apply_to_model(model)  # first: it shortens

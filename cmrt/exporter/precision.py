@@ -34,10 +34,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..bundle import (OUTPUT_NAME, Calibration, CaseParity, FileRecord, Fp32Node, GraphRecord, NodeCounts,
-                      PrecisionRecord)
+from ..bundle import (OUTPUT_NAME, Calibration, FileRecord, Fp32Node, GraphRecord, NodeCounts, OutputParity,
+                      ParityRecord, PrecisionRecord)
 from ..errors import ConfigError
-from .onnx import graph_files
+from .onnx import INLINE_BELOW, graph_files
 from .metadata import FX_NODE_KEY, SCOPES_KEY, strip_metadata
 
 FP16_MAX = 65504.0  # largest finite float16
@@ -61,7 +61,6 @@ NORM_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization",
 NORM_STAT_OPS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "Pow", "Sqrt", "Reciprocal", "Sub", "Div")
 IO_PRECISIONS = ("fp32", "fp16")
 CONVERTER = "onnxconverter-common"
-INLINE_BELOW = 1024  # bytes: smaller tensors (shapes, scalars) stay inside the graph, as parsers need
 
 _SCOPES, _FX_NODE = SCOPES_KEY, FX_NODE_KEY
 _FLOAT_TYPES = (1, 10, 11, 16)  # onnx FLOAT, FLOAT16, DOUBLE, BFLOAT16
@@ -122,12 +121,13 @@ def verification_cases(feeds: dict[str, np.ndarray], kind: str) -> dict[str, dic
     return {"parity inputs": feeds} | scaled
 
 
-def calibration_feeds(spec, steps: int) -> dict[str, np.ndarray]:
-    """Calibration inputs: fresh draws (``CALIBRATION_SEED``) shaped like the parity inputs."""
+def calibration_feeds(spec, steps: int, *, task=None, sigmas=None) -> dict[str, np.ndarray]:
+    """Calibration inputs: fresh draws (``CALIBRATION_SEED``) shaped like the parity inputs (an
+    editing ``task``'s images and masks included; ``sigmas``: its schedule)."""
     from .inputs import parity_inputs
 
-    feeds = parity_inputs(spec, steps, batch=CALIBRATION_BATCH, latent_hw=CALIBRATION_LATENT_HW,
-                          seed=CALIBRATION_SEED)
+    feeds = parity_inputs(spec, steps, task=task, sigmas=sigmas, batch=CALIBRATION_BATCH,
+                          latent_hw=CALIBRATION_LATENT_HW, seed=CALIBRATION_SEED)
     return {k: v.numpy() for k, v in feeds.items()}
 
 
@@ -340,7 +340,7 @@ def torch_reference(sampler) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
 
 # --- the step --------------------------------------------------------------------------
 def make_fp16(sampler, fp32_graph: Path, out: Path, spec, feeds: dict[str, np.ndarray], *,
-              io: str = "fp32", safe_abs_max: float = SAFE_ABS_MAX) -> Fp16Result:
+              io: str = "fp32", safe_abs_max: float = SAFE_ABS_MAX, task=None, schedule=None) -> Fp16Result:
     """FP32 graph → calibrated FP16 graph at ``out`` (+ ``.data``), verified against ``sampler``.
 
     Args:
@@ -351,14 +351,17 @@ def make_fp16(sampler, fp32_graph: Path, out: Path, spec, feeds: dict[str, np.nd
         feeds: the bundle's parity inputs (verification; calibration uses fresh draws).
         io: "fp32" (default) keeps inputs/outputs FP32; "fp16" makes them FP16 too.
         safe_abs_max: calibration threshold above which a node stays FP32.
+        task: the bundle's ``Task`` (editing graphs are calibrated on their own kind of inputs).
+        schedule: the bundle's ``Schedule`` (its step count and σ's; None: steps from ``feeds``).
 
     Returns:
         The manifest entries and one parity report per verification case; check ``passed``.
     """
     import onnx
 
-    steps = sum(1 for k in feeds if k.startswith("noise_"))
-    calibration = input_cases(calibration_feeds(spec, steps), spec.kind)
+    steps = schedule.steps if schedule is not None else sum(1 for k in feeds if k.startswith("noise_"))
+    sigmas = schedule.sigmas if schedule is not None else None
+    calibration = input_cases(calibration_feeds(spec, steps, task=task, sigmas=sigmas), spec.kind)
     peaks = calibrate(fp32_graph, list(calibration.values()))
     model = onnx.load(str(fp32_graph))
     decisions = decide(model.graph, peaks, safe_abs_max=safe_abs_max)
@@ -420,14 +423,8 @@ def decisions_record(decisions: list[Decision], peaks: dict[str, float], calibra
         verification=verification)
 
 
-def _summary(report) -> CaseParity:
-    o = report.outputs[0]
-    return CaseParity(_round_keep(o.max_abs), _round_keep(o.mean_abs),
-                      None if not math.isfinite(o.psnr) else round(o.psnr, 2), o.finite, o.passed)
-
-
-def _round_keep(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
+def _summary(report) -> OutputParity:
+    return ParityRecord.of(report).outputs[0]
 
 
 def _round(x: float | None) -> float | None:

@@ -86,10 +86,13 @@ def profile_shapes(manifest, profile: ProfileSpec) -> dict[str, tuple[tuple[int,
     """Input name → (min, opt, max) shapes for a bundle's graph (pure: manifest facts only)."""
     img = manifest.image
     shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
-    for name in manifest.input_names:
+    for spec in manifest.inputs:
+        name = spec.name
         per_level = []
         for b, (h, w) in zip(profile.batch, profile.latent):
-            if name == "class_labels":
+            if manifest.kind == "editor":  # fixed spatial size: every axis but the batch as recorded
+                per_level.append((b, *(int(d) for d in spec.shape[1:])))
+            elif name == "class_labels":
                 per_level.append((b,))
             elif name == "latents":
                 per_level.append((b, manifest.latent.channels, h, w))

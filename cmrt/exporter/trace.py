@@ -27,7 +27,8 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import onnx_ir as ir
 import torch
@@ -39,8 +40,9 @@ PLACEHOLDER_DOMAIN = "cmrt.trace"
 PLACEHOLDER_OP = "Network"
 NETWORK_INPUT_NAMES = ("x", "t", "labels")
 CACHE_ENV = "CMRT_CACHE_DIR"
-#: Source files whose code decides a traced network graph (part of the cache key).
-_TRACED_SOURCES = ("models/unet.py", "exporter/trace.py", "exporter/optimize.py")
+#: Source files whose code decides a traced graph (part of the cache key).
+_TRACED_SOURCES = ("models/unet.py", "models/denoisers.py", "samplers.py", "schedules.py", "exporter/trace.py",
+                   "exporter/optimize.py")
 
 
 # --- the placeholder op -----------------------------------------------------------------------
@@ -90,27 +92,34 @@ def _placeholder_translation():
 
 
 # --- capturing the network's arguments ----------------------------------------------------------
+class _Captured(Exception):
+    """Stops the sampler at its first network call (the arguments are all ``trace_network`` needs)."""
+
+
 def first_network_call(sampler: nn.Module, network: nn.Module, args: Sequence[torch.Tensor]) -> tuple[tuple, torch.Tensor]:
-    """The positional arguments (trailing Nones dropped) and the output of the sampler's first
-    call of ``network``."""
+    """The positional arguments (trailing Nones dropped) of the sampler's first call of ``network``,
+    and that call's output. The sampler runs only up to that call, the network once."""
     seen: list[tuple] = []
 
-    def hook(_module, call_args, output):
-        if not seen:
-            seen.append((tuple(call_args), output))
+    def hook(_module, call_args):
+        seen.append(tuple(call_args))
+        raise _Captured
 
-    handle = network.register_forward_hook(hook)
+    handle = network.register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
             sampler(*args)
+    except _Captured:
+        pass
     finally:
         handle.remove()
     if not seen:
         raise RuntimeError("the sampler never called its network")
-    call, output = list(seen[0][0]), seen[0][1]
+    call = list(seen[0])
     while call and call[-1] is None:
         call.pop()
-    return tuple(call), output
+    with torch.no_grad():
+        return tuple(call), network(*call)
 
 
 # --- tracing --------------------------------------------------------------------------------------
@@ -138,18 +147,10 @@ def trace_network(network: nn.Module, call: tuple, *, spatial: bool, opset: int,
     """The network's graph with its weights as named graph inputs (no values), from the cache or
     traced now; and whether it came from the cache. ``call``: its example arguments
     (``first_network_call``)."""
-    if not cache:
-        return _trace_network(network, call, spatial=spatial, opset=opset), False
-    from filelock import FileLock
-
-    path = network_cache_dir() / f"{_cache_key(network, call, spatial, opset)}.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):  # a parallel export of the same architecture waits, then reuses
-        if path.is_file():
-            return ir.load(str(path)), True
-        model = _trace_network(network, call, spatial=spatial, opset=opset)
-        _save_atomic(model, path)
-    return model, False
+    facts = {"config": _config_facts(network), "state": sorted((k, list(v.shape), str(v.dtype))
+                                                               for k, v in network.state_dict().items()),
+             "call": _tensor_facts(call), "spatial": spatial, "opset": opset}
+    return _cached("network", facts, lambda: _trace_network(network, call, spatial=spatial, opset=opset), cache)
 
 
 def _trace_network(network: nn.Module, call: tuple, *, spatial: bool, opset: int) -> ir.Model:
@@ -167,11 +168,43 @@ def _trace_network(network: nn.Module, call: tuple, *, spatial: bool, opset: int
     return model
 
 
-def trace_sampler(sampler: nn.Module, args: Sequence[torch.Tensor], names: list[str], dyn, *, opset: int):
-    """The sampler traced with its network replaced by ``NetworkCall`` (the caller swaps it in):
-    an ``ONNXProgram`` whose network evaluations are placeholder nodes."""
-    return _export(sampler, tuple(args), names, ["images"], dyn, opset=opset,
-                   custom_translation_table=_placeholder_translation())
+def trace_sampler(sampler: nn.Module, network: nn.Module, out_channels: int, args: Sequence[torch.Tensor],
+                  names: list[str], dyn, *, opset: int, cache: bool = True) -> tuple[ir.Model, bool]:
+    """The sampler's graph with ``network`` replaced by ``NetworkCall`` placeholder nodes, from the
+    cache or traced now (and typed, folded: ``optimize.tidy``); and whether it came from the cache.
+
+    Its cache key holds every plain attribute of the sampler's modules other than the network
+    (σ's or timesteps, scalings' constants, clamping), the inputs' names, shapes and dtypes, and the
+    code that defines the sampler; a stale entry could only fail the export's parity check.
+    """
+    facts = {"modules": _module_facts(sampler, network), "inputs": list(names), "args": _tensor_facts(args),
+             "out_channels": out_channels, "dynamic": repr(dyn), "opset": opset}
+
+    def make() -> ir.Model:
+        from .optimize import tidy
+
+        with swapped(sampler, network, NetworkCall(out_channels)):
+            program = _export(sampler, tuple(args), names, ["images"], dyn, opset=opset,
+                              custom_translation_table=_placeholder_translation())
+        tidy(program.model)
+        return program.model
+
+    return _cached("sampler", facts, make, cache)
+
+
+@contextmanager
+def swapped(root: nn.Module, old: nn.Module, new: nn.Module) -> Iterator[None]:
+    """Temporarily replace submodule ``old`` of ``root`` by ``new`` (wherever it is attached)."""
+    places = [(parent, name) for parent in root.modules() for name, child in parent.named_children() if child is old]
+    if not places:
+        raise RuntimeError("the network is not a submodule of the sampler")
+    for parent, name in places:
+        setattr(parent, name, new)
+    try:
+        yield
+    finally:
+        for parent, name in places:
+            setattr(parent, name, old)
 
 
 # --- splicing -----------------------------------------------------------------------------------------
@@ -258,13 +291,31 @@ def _rescope(graph: ir.Graph, call_scopes: list[str]) -> None:
 
 # --- the cache ------------------------------------------------------------------------------------
 def network_cache_dir() -> Path:
-    """Where traced network graphs are kept: ``$CMRT_CACHE_DIR``, else ``~/.cache/cmrt/networks``."""
+    """Where traced graphs are kept: ``$CMRT_CACHE_DIR``, else ``~/.cache/cmrt/networks``."""
     base = os.environ.get(CACHE_ENV)
     root = Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cmrt"
     return root / "networks"
 
 
-def _cache_key(network: nn.Module, call: tuple, spatial: bool, opset: int) -> str:
+def _cached(kind: str, facts: dict, make: Callable[[], ir.Model], cache: bool) -> tuple[ir.Model, bool]:
+    """``make()``'s graph, kept in the cache under a digest of ``facts`` and of everything else that
+    decides it (library versions, cmrt's code). A parallel export of the same graph waits for the
+    first, then reuses it."""
+    if not cache:
+        return make(), False
+    from filelock import FileLock
+
+    path = network_cache_dir() / f"{kind}-{_digest(facts)}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            return ir.load(str(path)), True
+        model = make()
+        _save_atomic(model, path)
+    return model, False
+
+
+def _digest(facts: dict) -> str:
     import onnx
     import onnxscript
 
@@ -272,15 +323,37 @@ def _cache_key(network: nn.Module, call: tuple, spatial: bool, opset: int) -> st
 
     root = Path(__file__).resolve().parent.parent
     code = hashlib.sha256(b"".join((root / f).read_bytes() for f in _TRACED_SOURCES)).hexdigest()
+    versions = [__version__, torch.__version__, onnx.__version__, onnxscript.__version__, ir.__version__]
+    text = json.dumps({"facts": facts, "code": code, "versions": versions}, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _tensor_facts(values: Sequence) -> list:
+    return [None if a is None else [list(a.shape), str(a.dtype)] for a in values]
+
+
+def _config_facts(network: nn.Module):
     config = getattr(network, "config", None)
-    facts = {
-        "versions": [__version__, torch.__version__, onnx.__version__, onnxscript.__version__, ir.__version__],
-        "code": code, "opset": opset, "spatial": spatial, "module": type(network).__qualname__,
-        "config": config.to_dict() if hasattr(config, "to_dict") else repr(config),
-        "state": sorted((k, list(v.shape), str(v.dtype)) for k, v in network.state_dict().items()),
-        "call": [None if a is None else [list(a.shape), str(a.dtype)] for a in call],
-    }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return {"module": type(network).__qualname__,
+            "config": config.to_dict() if hasattr(config, "to_dict") else repr(config)}
+
+
+def _module_facts(root: nn.Module, skip: nn.Module) -> list:
+    """Every module of ``root`` outside ``skip``: its path, class and plain attributes."""
+    inside = {id(m) for m in skip.modules()}
+    facts = []
+    for name, module in root.named_modules():
+        if id(module) in inside:
+            continue
+        attrs = {k: v for k, v in vars(module).items() if not k.startswith("_") and _plain(v)}
+        facts.append([name, type(module).__qualname__, attrs])
+    return facts
+
+
+def _plain(value) -> bool:
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return True
+    return isinstance(value, (list, tuple)) and all(_plain(v) for v in value)
 
 
 def _save_atomic(model: ir.Model, path: Path) -> None:

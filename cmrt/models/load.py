@@ -23,6 +23,7 @@ from .unet import UNet
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL = ASSETS / "digits16_cm.safetensors"
 DEFAULT_DECODER = ASSETS / "digits_decoder.safetensors"  # with digits_encoder.safetensors (cmrt.train.autoencoder)
+COLOR_MODEL = ASSETS / "digits_color16_cm.safetensors"  # RGB class-conditional digits CM (colorization demo)
 PHOTOS_DECODER = ASSETS / "photos_decoder.safetensors"  # natural images; with photos_autoencoder.safetensors
 SPEC_KEY = "cmrt.spec"
 FORMAT_KEY = "cmrt.format"

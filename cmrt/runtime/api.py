@@ -1,4 +1,4 @@
-"""``Decoder`` and ``Sampler``: input checks + noise (seeded, in step order) + arrays in/out
+"""``Decoder``, ``Sampler`` and ``Editor``: input checks + noise (seeded, in step order) + arrays in/out
 around a backend. numpy in → numpy out; torch in → torch out (on the input's device)."""
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class _Runner:
         self.bundle = Bundle.open(engine)
         m = self.bundle.manifest
         if m.kind != self.kind:
-            raise BundleError(f"{self.bundle.path} holds a {m.kind} bundle: open it with "
+            raise BundleError(f"{self.bundle.path} holds {'an' if m.kind[:1] in 'aeiou' else 'a'} {m.kind} bundle: open it with "
                               f"cmrt.{_RUNNER_CLASSES.get(m.kind, m.kind)}")
         self._backend: Backend | None = open_backend(self.bundle, backend)
         self._lock = threading.Lock()
@@ -270,23 +270,38 @@ class Decoder(_Runner):
             max_batch: the largest batch one backend run gets (None: the runner's).
         """
         like = latents if _is_torch(latents) else None
-        z = as_float32(latents, "latents")
-        m = self.bundle.manifest
-        _check_shape(z, "latents", (None, m.latent.channels, None, None))
         tile_, overlap_ = tiling.check_tiling(tile, overlap)
         max_batch = tiling.check_max_batch(max_batch)
-        up = m.latent.upscale
-        shape = (z.shape[0], m.image.channels, up * z.shape[2], up * z.shape[3])
-        noise_arrays = self._noise(noise, self._generator(seed, noise), shape)
+        feeds = self.feeds(latents, seed=seed, noise=noise)
+        z, names = feeds["latents"], self.bundle.manifest.noise_names
+        up = self.bundle.manifest.latent.upscale
         plan = tiling.choose_tile(z.shape[2], z.shape[3], tile=tile_, overlap=overlap_, max_pixels=max_pixels,
                                   limits=self.limits, upscale=up)
-        names = m.noise_names
 
         def run(z_part, noise_parts):
             return self._run_chunked({"latents": z_part} | dict(zip(names, noise_parts)), max_batch)
 
+        noise_arrays = [feeds[n] for n in names]
         out = run(z, noise_arrays) if plan.single else tiling.run_tiled(run, z, noise_arrays, plan, up)
         return _return_like(out, like)
+
+    def feeds(self, latents: Any, *, seed: int | None = None, noise: Sequence[Any] | None = None) -> dict[str, Any]:
+        """The checked graph inputs of ``decode`` with the same arguments, noise drawn (for the
+        whole canvas), not run.
+
+        A server (``cmrt.serve``) prepares each request this way and runs requests of one latent
+        size as one batch: every request keeps its own seeded noise.
+
+        Returns:
+            graph input name → float32 array (a CUDA tensor stays one): ``latents``, ``noise_i``.
+        """
+        z = as_float32(latents, "latents")
+        m = self.bundle.manifest
+        _check_shape(z, "latents", (None, m.latent.channels, None, None))
+        up = m.latent.upscale
+        shape = (z.shape[0], m.image.channels, up * z.shape[2], up * z.shape[3])
+        noise_arrays = self._noise(noise, self._generator(seed, noise), shape)
+        return {"latents": z} | dict(zip(m.noise_names, noise_arrays))
 
 
 class Sampler(_Runner):
@@ -319,6 +334,17 @@ class Sampler(_Runner):
         """
         max_batch = tiling.check_max_batch(max_batch)
         like = next((x for x in (class_labels, *(noise or ())) if _is_torch(x)), None)
+        feeds = self.feeds(batch_size, class_labels=class_labels, seed=seed, noise=noise)
+        return _return_like(self._run_chunked(feeds, max_batch), like)
+
+    def feeds(self, batch_size: int | None = None, *, class_labels: Any = None, seed: int | None = None,
+              noise: Sequence[Any] | None = None) -> dict[str, Any]:
+        """The checked graph inputs of ``sample`` with the same arguments, noise (and labels)
+        drawn, not run: what a server merges across requests before one backend run.
+
+        Returns:
+            graph input name → array: ``class_labels`` (int64, class-conditional models), ``noise_i``.
+        """
         img = self.bundle.manifest.image
         batch = self._batch_size(batch_size, class_labels, noise)
         shape = (batch, img.channels, img.height, img.width)
@@ -329,8 +355,7 @@ class Sampler(_Runner):
             feeds["class_labels"] = self._labels(class_labels, batch, g)
         elif class_labels is not None:
             raise InputError("this model is unconditional: do not pass class_labels")
-        feeds |= dict(zip(self.bundle.manifest.noise_names, noise_arrays))
-        return _return_like(self._run_chunked(feeds, max_batch), like)
+        return feeds | dict(zip(self.bundle.manifest.noise_names, noise_arrays))
 
     def _batch_size(self, batch_size, class_labels, noise) -> int:
         candidates = {}
@@ -351,20 +376,28 @@ class Sampler(_Runner):
         return batch
 
     def _labels(self, class_labels: Any, batch: int, g) -> np.ndarray:
-        if class_labels is None:
-            import torch
+        return checked_labels(class_labels, batch, self.num_classes, g)
 
-            return torch.randint(0, self.num_classes, (batch,), generator=g).numpy()
-        labels = _labels_array(class_labels)
-        if labels.dtype.kind not in "iu":
-            raise InputTypeError(f"class_labels must be integers, got dtype {labels.dtype}")
-        labels = np.broadcast_to(labels, (batch,)) if labels.ndim == 0 else labels
-        if labels.ndim != 1:
-            raise InputError(f"class_labels must be one int or shape (B,), got shape {labels.shape}")
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise InputError(f"class_labels must lie in [0, {self.num_classes}), got values "
-                             f"{labels.min()}..{labels.max()}")
-        return np.ascontiguousarray(labels, dtype=np.int64)
+
+def checked_labels(class_labels: Any, batch: int, num_classes: int, g) -> np.ndarray:
+    """(B,) int64 labels: the given ones checked (one int is broadcast), or drawn from ``g``."""
+    if class_labels is None:
+        import torch
+
+        return torch.randint(0, num_classes, (batch,), generator=g).numpy()
+    labels = _labels_array(class_labels)
+    if labels.dtype.kind not in "iu":
+        raise InputTypeError(f"class_labels must be integers, got dtype {labels.dtype}")
+    labels = np.broadcast_to(labels, (batch,)) if labels.ndim == 0 else labels
+    if labels.ndim != 1:
+        raise InputError(f"class_labels must be one int or shape (B,), got shape {labels.shape}")
+    if len(labels) != batch:
+        raise InputError(f"class_labels has {len(labels)} labels for a batch of {batch}: pass one per image "
+                         "(or one int for all)")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise InputError(f"class_labels must lie in [0, {num_classes}), got values "
+                         f"{labels.min()}..{labels.max()}")
+    return np.ascontiguousarray(labels, dtype=np.int64)
 
 
 def _labels_array(x: Any) -> np.ndarray:
@@ -373,3 +406,114 @@ def _labels_array(x: Any) -> np.ndarray:
     if isinstance(x, (list, tuple)):
         return np.asarray(x)
     return _to_numpy(x, "class_labels")
+
+
+#: How far outside [-1, 1] an editing image may lie before it is refused: rounding of resampled or
+#: 8-bit images (half an 8-bit level is 0.004), not a different value range such as [0, 1] or [0, 255].
+IMAGE_MARGIN = 1e-2
+
+
+class Editor(_Runner):
+    """An editing bundle (``cmrt export --task inpaint|colorize|superres|stroke|denoise``):
+    image (+ mask) → edited images in [-1, 1].
+
+    Args:
+        engine: a bundle folder made by ``cmrt export --task ...``, or a graph/engine file inside one.
+        backend: as for ``Decoder``.
+        max_batch: as for ``Decoder``.
+    """
+
+    kind = "editor"
+
+    @property
+    def task(self) -> str:
+        """The bundle's task: "inpaint", "colorize", "superres", "stroke" or "denoise"."""
+        return self.bundle.manifest.task.name
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.bundle.manifest.num_classes
+
+    def edit(self, image: Any, *, mask: Any = None, class_labels: Any = None, seed: int | None = None,
+             noise: Sequence[Any] | None = None, max_batch: int | None = None):
+        """Edit images; returns (B, C, H, W) in [-1, 1] (the model's size).
+
+        Args:
+            image: numpy array or torch tensor in [-1, 1]: inpaint and stroke (B, C, H, W); colorize
+                the gray luma (B, 1, H, W) or an RGB image (B, 3, H, W), reduced to its luma;
+                superres the low-resolution (B, C, H/p, W/p); denoise the noisy (B, C, H, W) image
+                (any range).
+            mask: inpaint only: (B, 1, H, W) in [0, 1], 1 = generate, 0 = keep.
+            class_labels: (B,) ints in [0, num_classes), or one int; drawn from the seed (after the
+                noise) when the model is class-conditional and none are given.
+            seed: seeds the noise (and labels) with ``torch.Generator().manual_seed(seed)``.
+            noise: explicit noise, one (B, C, H, W) standard-normal tensor per step (denoise: none).
+            max_batch: the largest batch one backend run gets (None: the runner's); the noise and
+                labels are drawn for the whole batch first, so chunks do not change the result.
+        """
+        from ..editing import EDIT_TASKS
+
+        max_batch = tiling.check_max_batch(max_batch)
+        edit = EDIT_TASKS[self.task]
+        like = next((x for x in (image, mask, class_labels, *_items(noise)) if _is_torch(x)), None)
+        m = self.bundle.manifest
+        feeds: dict[str, Any] = {"image": self._image(image)}
+        batch = int(feeds["image"].shape[0])
+        if edit.mask:
+            feeds["mask"] = self._mask(mask, batch)
+        elif mask is not None:
+            raise InputError(f"this bundle's task is {self.task}, which takes no mask: drop mask= (or export "
+                             "an inpainting bundle with `cmrt export --task inpaint`)")
+        g = self._generator(seed, noise)
+        shape = (batch, m.image.channels, m.image.height, m.image.width)
+        if edit.noise:
+            feeds |= dict(zip(m.noise_names, self._noise(noise, g, shape)))  # noise first, then labels
+        elif noise is not None:
+            raise InputError("denoise is one evaluation of the model and takes no noise: drop noise=")
+        if self.num_classes is not None:
+            feeds["class_labels"] = checked_labels(class_labels, batch, self.num_classes, g)
+        elif class_labels is not None:
+            raise InputError("this model is unconditional: do not pass class_labels")
+        return _return_like(self._run_chunked({name: feeds[name] for name in m.input_names}, max_batch), like)
+
+    def _input_shape(self, name: str) -> tuple:
+        spec = next(i for i in self.bundle.manifest.inputs if i.name == name)
+        return (None, *(int(d) for d in spec.shape[1:]))
+
+    def _image(self, image: Any):
+        """The ``image`` input checked: shape, values in [-1, 1] (denoise: any), RGB → luma for colorize."""
+        from ..editing import RGB, luma
+
+        a = as_float32(image, "image")
+        if self.task != "denoise":  # a noisy image leaves [-1, 1] by design
+            lo, hi = float(a.min()), float(a.max())
+            if lo < -1 - IMAGE_MARGIN or hi > 1 + IMAGE_MARGIN:
+                raise InputError(f"image values must lie in [-1, 1], got [{lo:.4g}, {hi:.4g}]: map 8-bit images "
+                                 "with x / 127.5 - 1 (and [0, 1] images with 2x - 1)")
+        if self.task == "colorize" and a.ndim == 4 and a.shape[1] == RGB:
+            a = luma(a)
+            a = a if _is_torch(a) else np.ascontiguousarray(a, dtype=np.float32)
+        expected = self._input_shape("image")
+        if a.ndim != 4 or tuple(a.shape[1:]) != expected[1:]:
+            raise InputError(f"image must have shape {_fmt(expected)} for this {self._what()} bundle, "
+                             f"got shape {tuple(a.shape)}")
+        return a
+
+    def _what(self) -> str:
+        t = self.bundle.manifest.task
+        return f"superres ×{t.factor}" if t.name == "superres" else t.name
+
+    def _mask(self, mask: Any, batch: int):
+        if mask is None:
+            raise InputError("inpainting needs mask= (B, 1, H, W) in [0, 1]: 1 = generate, 0 = keep")
+        a = as_float32(mask, "mask")
+        _check_shape(a, "mask", (batch, *self._input_shape("mask")[1:]))
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0.0 or hi > 1.0:
+            raise InputError(f"mask values must lie in [0, 1] (1 = generate, 0 = keep), got [{lo:.4g}, {hi:.4g}]")
+        return a
+
+
+def _items(noise: Any) -> tuple:
+    """The items of a noise list (anything else: none, to be refused by ``_Runner._noise``)."""
+    return tuple(noise) if isinstance(noise, (list, tuple)) else ()

@@ -9,7 +9,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from ..bundle import OUTPUT_NAME, Bundle
-from ..errors import BundleError, ConfigError, MissingDependencyError, require
+from ..errors import BundleError, ConfigError, MissingDependencyError, RunnerClosedError, require
 from .tiling import ShapeLimits
 
 
@@ -91,8 +91,11 @@ class OnnxRuntimeBackend:
         self._input_types = {i.name: i.type for i in self.session.get_inputs()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        session = self.session
+        if session is None:
+            raise RunnerClosedError(f"the ONNX Runtime session of {self.graph} was closed")
         feeds = {k: _as_graph_dtype(v, self._input_types.get(k)) for k, v in feeds.items()}
-        return np.asarray(self.session.run([OUTPUT_NAME], feeds)[0], dtype=np.float32)
+        return np.asarray(session.run([OUTPUT_NAME], feeds)[0], dtype=np.float32)
 
     def close(self) -> None:
         """Free the session (its weights and arenas)."""

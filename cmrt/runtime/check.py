@@ -19,6 +19,7 @@ class CheckReport:
 
     integrity: IntegrityReport
     parity: ParityReport | None
+    engines: tuple[str, ...] = ()  # one line per engine of the bundle: checked where, or never
 
     @property
     def passed(self) -> bool:
@@ -30,8 +31,10 @@ class CheckReport:
     def lines(self) -> list[str]:
         out = self.integrity.lines()
         if self.parity is None:
-            return out + ["parity: not run (the bundle's files differ from what its manifest recorded)"]
-        return out + self.parity.lines()
+            out += ["parity: not run (the bundle's files differ from what its manifest recorded)"]
+        else:
+            out += self.parity.lines()
+        return out + list(self.engines)
 
     def raise_if_failed(self) -> "CheckReport":
         self.integrity.raise_if_failed()
@@ -58,7 +61,7 @@ def check(engine: str | Path | Bundle, *, backend: str | None = None, record: bo
     bundle = Bundle.open(engine)
     integrity = bundle.verify()
     if not integrity.passed:
-        return CheckReport(integrity, None)
+        return CheckReport(integrity, None, engine_lines(bundle))
     runner = open_backend(bundle, backend)
     try:
         inputs, expected = bundle.parity_data()
@@ -71,7 +74,25 @@ def check(engine: str | Path | Bundle, *, backend: str | None = None, record: bo
         gpu = getattr(runner, "gpu", None)
         record_engine_parity(bundle, target, report, gpu=Gpu(**gpu) if isinstance(gpu, dict) else gpu,
                              library_version=getattr(runner, "library_version", None))
-    return CheckReport(integrity, report)
+    return CheckReport(integrity, report, engine_lines(bundle))
+
+
+def engine_lines(bundle: Bundle) -> tuple[str, ...]:
+    """What the manifest says of each engine's parity: where it was checked and the result, or
+    that it never was."""
+    lines = []
+    for target, e in bundle.manifest.engines.items():
+        p = e.parity
+        if not p.checked or p.result is None:
+            lines.append(f"engine {e.file} ({target}): never checked against PyTorch: run `cmrt check "
+                         f"{bundle.path} --backend tensorrt` on a GPU it supports")
+        else:
+            worst = max((o.max_abs or 0.0) for o in p.result.outputs)
+            verdict = "passed" if p.result.passed else "FAILED"
+            gpu = p.gpu.name if p.gpu else "a GPU"
+            lines.append(f"engine {e.file} ({target}): {verdict} on {gpu} ({p.library_version}, {p.when}), "
+                         f"max abs {worst:.3g}")
+    return tuple(lines)
 
 
 def record_engine_parity(bundle: Bundle, target: str, report: ParityReport, *, gpu: Gpu | None,

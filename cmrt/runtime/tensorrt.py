@@ -337,7 +337,7 @@ def save_runtime_cache(bundle_path: Path, record: EngineRecord, cache, *, librar
 
 
 def _record_runtime_cache(bundle_path: Path, target: str, info: RuntimeCache) -> None:
-    bundle = Bundle.open(bundle_path)  # re-read: another process may have changed the manifest
+    bundle = Bundle.open(bundle_path, check_files=False)  # re-read: another process may have changed it
     engines = dict(bundle.manifest.engines)
     if target in engines:
         engines[target] = replace(engines[target], runtime_cache=info)

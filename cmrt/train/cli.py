@@ -119,12 +119,22 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.add_argument("--sigmas", type=float_list, default=None, help="digits runs: score this σ schedule, e.g. 80,1.0")
     p.add_argument("--grid", type=Path, default=None, help="also write sample grids, <stem>_<k>step.png")
+    p.add_argument("--task", choices=("inpaint", "superres", "colorize"), default=None,
+                   help="score zero-shot editing instead of sampling: inpaint (25%% box) and superres (from 4×4) on "
+                        "digits, with baselines; colorize on held-out digits-color (RGB models). SOURCE: a model "
+                        "source or an editing bundle of that task")
 
 
 def _eval_run(a: argparse.Namespace) -> int:
     from .eval import evaluate
 
-    report = evaluate(a.source, steps=a.steps, n_per_class=a.n_per_class, seed=a.seed, grid=a.grid, sigmas=a.sigmas)
+    if a.task is not None:
+        from .eval_edit import evaluate_edit
+
+        report = evaluate_edit(a.source, a.task, steps=a.steps, seed=a.seed)
+    else:
+        report = evaluate(a.source, steps=a.steps, n_per_class=a.n_per_class, seed=a.seed, grid=a.grid,
+                          sigmas=a.sigmas)
     for line in report.lines():
         print(line)
     if a.json:

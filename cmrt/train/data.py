@@ -90,13 +90,15 @@ def colorize(images01: np.ndarray, copies: int, seed: int, size: int = COLOR_SIZ
     return (bg_t * (1 - m) + fg_t * m) * 2.0 - 1.0
 
 
-def load_digits_color(split: str = "train", copies: int = COLOR_COPIES, seed: int = 0) -> Dataset:
-    """``digits-color``: 32×32 RGB digits; "train" = the first 90% of the digits, "test" = the rest."""
+def load_digits_color(split: str = "train", copies: int = COLOR_COPIES, seed: int = 0,
+                      size: int = COLOR_SIZE) -> Dataset:
+    """``digits-color``: RGB digits (32×32 by default), class-conditional; "train" = the first 90%
+    of the digits, "test" = the rest."""
     images, labels = digits_8x8()
     cut = int(len(images) * (1 - HELD_OUT_FRACTION))
     sl = slice(0, cut) if split == "train" else slice(cut, None)
-    x = colorize(images[sl], copies, seed + (split != "train"))
-    return Dataset(f"digits-color-{split}", "image", x, torch.from_numpy(labels[sl]).repeat(copies), None)
+    x = colorize(images[sl], copies, seed + (split != "train"), size)
+    return Dataset(f"digits-color-{split}", "image", x, torch.from_numpy(labels[sl]).repeat(copies), DIGITS_CLASSES)
 
 
 def load_toy(name: str, n: int = TOY_SIZE, seed: int = 0) -> Dataset:
@@ -156,14 +158,18 @@ def load_folder(path: Path, size: int, channels: int) -> Dataset:
     return Dataset(path.name, "image", _to_nchw(np.stack(arrs), str(path)))
 
 
-def load_data(src: str, *, size: int = 16, channels: int = 1):
+def load_data(src: str, *, size: int = 16, channels: int = 1, kind: str = "sampler"):
     """Resolve a ``--data`` source: ``digits``, ``digits-color``, ``photos`` (random ``size``×``size``
     crops of scikit-image's photographs: a ``photos.CropSet``), a toy name, a folder of images or an
-    ``.npz`` file."""
+    ``.npz`` file.
+
+    ``digits-color`` is ``size`` pixels for a consistency model (``kind`` "sampler") and always
+    ``COLOR_SIZE`` (32, 8× the 4×4 latents) for a decoder.
+    """
     if src == "digits":
         return load_digits(size)
     if src == "digits-color":
-        return load_digits_color("train")
+        return load_digits_color("train", size=size if kind == "sampler" else COLOR_SIZE)
     if src == "photos":
         from .photos import load_photos
 

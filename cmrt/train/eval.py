@@ -1,6 +1,7 @@
 """``cmrt eval``: sample quality of a training run or a bundle.
 
-- digits (class-conditional samplers): class-balanced sets pooled back to 8×8 and scored by the
+- digits (class-conditional samplers; RGB ``digits-color`` ones by the strokes of their painted
+  digits, ``digit_strokes``): class-balanced sets pooled back to 8×8 and scored by the
   Fréchet distance in a 20-component PCA space of the real 8×8 digits (scikit-learn's 0..16
   units), the Fréchet distance in the features of cmrt's shipped digit classifier, the class
   accuracy that classifier reads, and the within-class variety (mean per-class total variance)
@@ -131,6 +132,24 @@ def load_classifier(path: Path = CLASSIFIER) -> DigitClassifier:
 
 
 # --- digits scoring ---------------------------------------------------------------------------
+def digit_strokes(rgb: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Painted RGB digits (N, 3, H, W) → their strokes (N, 1, H, W) in [-1, 1].
+
+    A ``digits-color`` image is bg + (fg − bg)·m per pixel: the background colour is the median of
+    the border pixels, the foreground the pixel farthest from it, and m the projection onto the
+    line between them.
+    """
+    x = torch.as_tensor(np.asarray(rgb), dtype=torch.float64)
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)
+    bg = border.median(dim=-1).values[..., None, None]  # (N, 3, 1, 1)
+    dist = ((x - bg) ** 2).sum(1).flatten(1)
+    far = dist.argmax(1)
+    fg = x.flatten(2)[torch.arange(len(x)), :, far][..., None, None]
+    d = fg - bg
+    m = ((x - bg) * d).sum(1, keepdim=True) / (d * d).sum(1, keepdim=True).clamp_min(1e-12)
+    return (m.clamp(0, 1) * 2 - 1).float().numpy()
+
+
 def balanced_real_sets(n_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two disjoint class-balanced real sets (N, 64) in [0, 1] and their labels."""
     images, labels = digits_8x8()
@@ -263,7 +282,7 @@ def evaluate(source: str, *, steps: list[int], n_per_class: int = 30, seed: int 
         return evaluate_points(source, data, steps, seed)
     if kind == "decoder":
         return evaluate_decoder(source, steps, seed, grid)
-    if data != "digits":
+    if data not in ("digits", "digits-color"):
         raise InputError(f"{source}: eval scores digits samplers, 2-D toys and decoders (this one was trained on {data!r})")
     return evaluate_digits(source, steps, n_per_class, seed, grid, sigmas)
 
@@ -286,9 +305,17 @@ def evaluate_digits(source: str, steps: list[int], n_per_class: int, seed: int, 
         "real_accuracy": real.accuracy, "n": len(ref_labels)})
     labels = torch.tensor(ref_labels)
     meta = _image_shape(source)
+    rgb = meta[0] == 3
+    if rgb:  # painted digits are scored by their strokes; the same extraction on real ones is the floor
+        real_rgb = _painted(ref_labels, meta[1], seed)
+        floor = score_digits(pool_to_8x8(digit_strokes(real_rgb)), ref_labels, real_a, ref_labels, classifier)
+        report.kind = "RGB digits sampler (scored by its strokes)"
+        report.reference |= {"real_painted_fd_pca": floor.fd_pca, "real_painted_fd_classifier": floor.fd_classifier,
+                             "real_painted_accuracy": floor.accuracy}
     for k in ([len(sigmas)] if sigmas else steps):
         images, how, nfe = sample_source(source, k, labels, (len(labels), *meta), seed, sigmas)
-        s = score_digits(pool_to_8x8(images), ref_labels, real_a, ref_labels, classifier)
+        s = score_digits(pool_to_8x8(digit_strokes(images) if rgb else images), ref_labels, real_a, ref_labels,
+                         classifier)
         if grid is not None:  # rows = classes, GRID_PER_CLASS samples each
             from ..images import save_grid
 
@@ -299,6 +326,17 @@ def evaluate_digits(source: str, steps: list[int], n_per_class: int, seed: int, 
         if how.startswith("EDM") or how.startswith("bundle"):
             break  # the teacher's sampler and a bundle have one fixed schedule
     return report
+
+
+def _painted(labels: np.ndarray, size: int, seed: int) -> torch.Tensor:
+    """``digits-color`` images (one colouring each, of held-out digits first) with these labels."""
+    from .data import load_digits_color
+
+    pool = [load_digits_color(split, copies=1, size=size, seed=seed) for split in ("test", "train")]
+    x = torch.cat([p.x for p in pool])
+    y = torch.cat([p.labels for p in pool]).numpy()
+    idx = np.concatenate([np.flatnonzero(y == k)[:int((labels == k).sum())] for k in range(DIGITS_CLASSES)])
+    return x[idx]
 
 
 def _image_shape(source: str) -> tuple[int, int, int]:

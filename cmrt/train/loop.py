@@ -71,11 +71,11 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data: Dataset | None = None, env: Dist | None = None) -> None:
         self.cfg, self.env = cfg, env or Dist()
-        self.data = data or load_data(cfg.data, size=cfg.image_size, channels=cfg.channels)
+        self.method = method(cfg.method)
+        self.data = data or load_data(cfg.data, size=cfg.image_size, channels=cfg.channels, kind=self.method.kind)
         self.out = Path(cfg.out)
         image = self.data.kind == "image"
         self.crops = isinstance(self.data, CropSet)  # photos: random crops drawn per batch
-        self.method = method(cfg.method)
         if not image and self.method.image_only:
             raise ConfigError(f"the {cfg.method} method needs an image data set")
         if image and self.data.channels != cfg.channels:

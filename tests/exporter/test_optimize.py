@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnxscript import ir
 
-from cmrt.exporter.onnx import KEEP_METADATA, SCOPES_KEY
+from cmrt.exporter.metadata import KEEP_METADATA, SCOPES_KEY
 from cmrt.exporter.optimize import optimize
 
 C, H, W = 8, 5, 6
@@ -105,11 +105,11 @@ def test_exported_decoder_is_cleaned_up_and_keeps_scopes(decoder_bundle):
     """The tiny decoder (32 channels, 32 groups, scale-shift) at a fixed schedule: every res block's
     scale-shift folded into its norm, every one-channel GroupNorm fused; parity held (the export
     checks it); module scopes kept for the FP16 pass, the exporter's stack traces dropped."""
-    rewrites = decoder_bundle.manifest.graphs["fp32"]["rewrites"]
+    rewrites = decoder_bundle.manifest.graphs["fp32"].rewrites
     assert rewrites["folded_affine_chains"] > 0 and rewrites["fused_instance_norms"] > 0
     graph = onnx.load(str(decoder_bundle.graph_path()), load_external_data=False).graph
     norms = [n for n in graph.node if n.op_type == "InstanceNormalization"]
     assert norms and all(any(p.key == SCOPES_KEY for p in n.metadata_props) for n in norms)
     assert {p.key for n in graph.node for p in n.metadata_props} <= KEEP_METADATA
     assert not any(n.op_type == "Gemm" for n in graph.node)  # the time MLP folded away
-    assert decoder_bundle.manifest.parity["onnxruntime-cpu/fp32"]["passed"]
+    assert decoder_bundle.manifest.parity["onnxruntime-cpu/fp32"].passed

@@ -11,7 +11,7 @@ import pytest
 
 import cmrt
 from cmrt import BundleError, ConfigError, EngineBuildError, MissingDependencyError
-from cmrt.bundle import MANIFEST, Bundle
+from cmrt.bundle import MANIFEST, Bundle, ProfileRange, RuntimeCache
 from cmrt.cli import main
 from cmrt.exporter import tensorrt as T
 from cmrt.runtime.backends import default_backend_name
@@ -33,29 +33,31 @@ def _fp16_tensors(graph) -> int:
 
 @pytest.mark.trt
 @pytest.mark.parametrize("which, profile, ccs", [("dec16", DEC_PROFILE, None), ("cm16", CM_PROFILE, ["8.6"])])
-def test_rtx_engine_builds_on_the_cpu(which, profile, ccs, request):
-    bundle = request.getfixturevalue(which)
+def test_rtx_engine_builds_on_the_cpu(which, profile, ccs, request, bundle_copy):
+    bundle = bundle_copy(request.getfixturevalue(which))
     assert _fp16_tensors(bundle.graph_path("fp16")) > 0  # strongly typed, and FP16 where the graph says
     stale = bundle.path / "engine.tensorrt-rtx.cache"
     stale.write_bytes(b"kernels of an older engine")
     record = T.build(bundle.path, target="tensorrt-rtx", profile=profile, compute_capabilities=ccs)
-    assert not stale.exists() and record["runtime_cache"] == {"file": stale.name, "sha256": None}
-    assert record["timing_cache"] is None
+    assert not stale.exists() and record.runtime_cache == RuntimeCache(stale.name)  # no hash until a GPU ran it
+    assert record.timing_cache is None and not record.parity.checked  # never run: the manifest says so
     plan = bundle.path / "engine.tensorrt-rtx.plan"
-    assert plan.is_file() and plan.stat().st_size == record["bytes"] > 0
-    assert record["library_version"] == trt.__version__ and record["strongly_typed"]
-    assert record["validity"]["checked"] and record["validity"]["header_ok"]
-    assert record["compute_capabilities"] == (["SM86"] if ccs else T.PORTABLE)
+    assert plan.is_file() and plan.stat().st_size == record.bytes > 0
+    assert record.library_version == trt.__version__ and record.strongly_typed
+    assert record.validity.checked and record.validity.header_ok
+    assert record.compute_capabilities == (("SM86",) if ccs else T.PORTABLE)
     shapes = T.profile_shapes(bundle.manifest, profile)
-    assert record["profiles"] == [{k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])}
-                                   for k, v in shapes.items()}]
+    assert record.profiles == ({k: ProfileRange(*v) for k, v in shapes.items()},)
     # the header check is real: the plan passes it, a corrupted copy does not
     data = plan.read_bytes()
     assert T.validity_problem(T.engine_validity(trt, data)) is None
     assert "MALFORMED_ENGINE" in T.validity_problem(T.engine_validity(trt, b"\0" * 8 + data[8:]))
     # the manifest on disk records it, and the plan is a file the bundle knows
     on_disk = json.loads((bundle.path / MANIFEST).read_text())["engines"]["tensorrt-rtx"]
-    assert on_disk["sha256"] == record["sha256"] and on_disk["graph_sha256"] == bundle.manifest.graphs["fp16"]["sha256"]
+    assert on_disk["sha256"] == record.sha256 and on_disk["graph_sha256"] == bundle.manifest.graphs["fp16"].sha256
+    assert on_disk["parity"]["checked"] is False
+    report = cmrt.check(bundle.path)  # the integrity check covers the plan too
+    assert report.passed and any("never checked against PyTorch" in line for line in report.lines())
     opened = Bundle.open(plan)
     assert opened.selected == plan.name and default_backend_name(opened) == "tensorrt"
     assert default_backend_name(Bundle.open(bundle.path)) == "onnxruntime"  # no GPU here: ORT stays default

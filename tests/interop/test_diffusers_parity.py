@@ -69,7 +69,7 @@ def cond_cm(tmp_path_factory):
 def test_conditional_cm_matches_pipeline(cond_cm, tmp_path, steps, schedule):
     pipe, folder = cond_cm
     sigmas = S.sigmas_from_indices([0, 22], 40) if "timesteps" in schedule else None
-    bundle = cmrt.export(folder, tmp_path / "b", steps=steps, sigmas=sigmas)
+    bundle = cmrt.export(folder, out=tmp_path / "b", steps=steps, sigmas=sigmas)
     assert bundle.manifest.clip is True and bundle.manifest.num_classes == 10
     sampler = cmrt.Sampler(bundle.path)
     labels = torch.tensor([3, 9, 0])
@@ -87,7 +87,7 @@ def test_conditional_cm_matches_pipeline(cond_cm, tmp_path, steps, schedule):
 
 def test_unconditional_lsun_style_default_spacing_and_no_clip(tmp_path):
     pipe, folder = _cm_pipeline(tmp_path, conditional=False, clip=False)
-    bundle = cmrt.export(folder, tmp_path / "b", steps=2)  # the scheduler's own spacing
+    bundle = cmrt.export(folder, out=tmp_path / "b", steps=2)  # the scheduler's own spacing
     assert bundle.manifest.clip is False  # follows the scheduler's clip_denoised
     assert bundle.manifest.sigmas == pytest.approx(S.sigmas_from_indices([0, 20], 40))
     ref = _diffusers_images(pipe, 2, None, 3, num_inference_steps=2)
@@ -126,7 +126,7 @@ def vae_bundle(tmp_path_factory):
     vae = _tiny_vae()
     folder = tmp_path_factory.mktemp("vae") / "vae"
     vae.save_pretrained(folder)
-    return vae, cmrt.export(folder, tmp_path_factory.mktemp("vb") / "b")
+    return vae, cmrt.export(folder, out=tmp_path_factory.mktemp("vb") / "b")
 
 
 def test_decoder_matches_diffusers_odd_sizes_batch(vae_bundle):
@@ -157,8 +157,8 @@ def test_official_size_decoder_matches_diffusers(tmp_path):
 
     vae = randomize(ConsistencyDecoderVAE(), std=0.02, seed=0).eval()
     vae.save_pretrained(tmp_path / "vae")
-    bundle = cmrt.export(tmp_path / "vae", tmp_path / "b")
-    assert bundle.manifest.model["unet"]["block_out_channels"] == [320, 640, 1024, 1024]
+    bundle = cmrt.export(tmp_path / "vae", out=tmp_path / "b")
+    assert bundle.manifest.model.spec["unet"]["block_out_channels"] == [320, 640, 1024, 1024]
     z = _latents(1, 4, 6)
     with torch.no_grad():
         ref = vae.decode(z, generator=torch.Generator().manual_seed(0)).sample.numpy()
@@ -182,7 +182,7 @@ def test_official_size_imagenet64_openai_checkpoint_matches_diffusers(tmp_path):
                        resnet_time_scale_shift="scale_shift", attn_norm_num_groups=32)
     randomize(unet, std=0.02, seed=1).eval()
     torch.save(C.cmrt_to_openai_cm(unet.state_dict(), ref_cfg), tmp_path / "cd_imagenet64_l2.pt")
-    bundle = cmrt.export(tmp_path / "cd_imagenet64_l2.pt", tmp_path / "b", steps=1, arch="imagenet64")
+    bundle = cmrt.export(tmp_path / "cd_imagenet64_l2.pt", out=tmp_path / "b", steps=1, arch="imagenet64")
     pipe = ConsistencyModelPipeline(unet=unet, scheduler=CMStochasticIterativeScheduler())
     with torch.no_grad():
         ref = pipe(batch_size=1, class_labels=torch.tensor([145]), num_inference_steps=1,

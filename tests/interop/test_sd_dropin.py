@@ -52,7 +52,7 @@ def consistency(tmp_path_factory):
     randomize(vae, std=0.2, seed=5).eval()
     folder = tmp_path_factory.mktemp("cdvae") / "vae"
     vae.save_pretrained(folder)
-    return vae, cmrt.export(folder, tmp_path_factory.mktemp("b") / "dec")
+    return vae, cmrt.export(folder, out=tmp_path_factory.mktemp("b") / "dec")
 
 
 def _run(pipe, seed, **kw):

@@ -50,9 +50,9 @@ def openai_cm(tmp_path_factory):
 def test_openai_cm_checkpoint_matches_diffusers(openai_cm, tmp_path):
     unet, path = openai_cm
     sigmas = S.sigmas_from_indices([0, 22], 40)
-    bundle = cmrt.export(path, tmp_path / "b", sigmas=sigmas, image_size=16)
+    bundle = cmrt.export(path, out=tmp_path / "b", sigmas=sigmas, image_size=16)
     m = bundle.manifest
-    assert m.clip is True and m.source["format"] == "openai consistency model" and m.sigmas == pytest.approx(sigmas)
+    assert m.clip is True and m.source.format == "openai consistency model" and m.sigmas == pytest.approx(sigmas)
     pipe = diffusers.ConsistencyModelPipeline(unet=unet, scheduler=diffusers.CMStochasticIterativeScheduler())
     labels = torch.tensor([4, 1])
     with torch.no_grad():
@@ -69,7 +69,9 @@ def test_openai_cm_options_and_errors(openai_cm, tmp_path, capsys):
     with pytest.raises(SourceError, match="does not match --arch imagenet64: block_out_channels"):
         load_model(path, arch="imagenet64")
     assert main(["export", "--model", str(path), "--arch", "lsun256", "--out", str(tmp_path / "x")]) == 2
-    assert main(["export", "--model", str(path), "--image-size", "0", "--out", str(tmp_path / "x")]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse: not a positive integer
+        main(["export", "--model", str(path), "--image-size", "0", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
     model = load_model(path, image_size=16)
     assert model.spec.num_classes == 10 and model.spec.clip and model.spec.grid_size == 40
     assert _same_weights(model, unet.state_dict())
@@ -81,10 +83,31 @@ def test_openai_cm_options_and_errors(openai_cm, tmp_path, capsys):
     with pytest.raises(SourceError, match="shape mismatch"):
         load_model(tmp_path / "shape.pt", image_size=16)
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and "does not match --arch lsun256" in errors[0] and str(path) in errors[1]
+    assert len(errors) == 2 and "does not match --arch lsun256" in errors[0] and "--image-size" in errors[1]
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")  # a pickled module, not a state dict
     with pytest.raises(SourceError, match="weights_only"):
         load_model(tmp_path / "pickled.pt")
+
+
+@pytest.mark.parametrize("name,grid,rule", [
+    ("ct_imagenet64.pt", 201, "published 201-point grid of ct_imagenet64"),
+    ("ct_bedroom256.pt", 151, "published 151-point grid of ct_bedroom256"),
+    ("ct_cat256.pt", 151, "published 151-point grid of ct_cat256"),
+    ("cd_bedroom256_lpips.pt", 40, "published 40-point grid of OpenAI's CD"),
+    ("my_finetune.pt", 40, "assumed"),
+])
+def test_openai_checkpoints_get_their_published_grid(openai_cm, tmp_path, name, grid, rule):
+    """OpenAI's CT checkpoints were sampled on 201 (ImageNet-64) and 151 (LSUN-256) points
+    (scripts/launch.sh; diffusers' conversion script): --steps N alone spaces on that grid."""
+    from cmrt.exporter.api import resolve_schedule
+
+    path = tmp_path / name
+    shutil.copy(openai_cm[1], path)
+    model = load_model(path, image_size=16)
+    assert model.spec.grid_size == grid and rule in model.source["grid_rule"]
+    schedule = resolve_schedule(model.spec, 2)
+    assert schedule.grid == grid and schedule.sigmas == tuple(S.sigmas_from_indices([0, grid // 2], grid))
+    assert resolve_schedule(model.spec, 2, grid=40).sigmas == tuple(S.sigmas_from_indices([0, 20], 40))
 
 
 # --- the consistency decoder ------------------------------------------------------------------
@@ -137,8 +160,8 @@ def test_decoder_pt_gate_embedding_and_parity(decoder_pt, tmp_path, capsys):
     assert model.spec.kind == "decoder" and model.spec.clip is True  # OpenAI's decoder clamps
     assert _same_weights(model, vae.decoder_unet.state_dict())
     # the weights are diffusers'; without the clamp the images are diffusers' too
-    bundle = cmrt.export(path, tmp_path / "b", clip=False, trust=True, embedding=emb)
-    assert bundle.manifest.clip is False and bundle.manifest.source["trusted"] is True
+    bundle = cmrt.export(path, out=tmp_path / "b", clip=False, trust=True, embedding=emb)
+    assert bundle.manifest.clip is False and bundle.manifest.source.details["trusted"] is True
     z = torch.randn(2, 4, 5, 7, generator=torch.Generator().manual_seed(1)) * 4
     with torch.no_grad():
         ref = vae.decode(z, generator=torch.Generator().manual_seed(2)).sample.numpy()

@@ -85,8 +85,12 @@ def test_missing_and_broken_files(cm_bundle, tmp_path):
     with pytest.raises(ValueError, match="not valid JSON"):
         cmrt.Sampler(b)
     shutil.copy(cm_bundle.path / "cmrt.json", b / "cmrt.json")
+    size = (b / "model.onnx").stat().st_size
     (b / "model.onnx").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="could not be loaded"):
+    with pytest.raises(cmrt.IntegrityError, match="has 7 bytes"):  # a changed size: refused on open
+        cmrt.Sampler(b)
+    (b / "model.onnx").write_bytes(b"g" * size)  # same size, not a graph: ONNX Runtime refuses it
+    with pytest.raises(cmrt.BundleError, match="could not be loaded"):
         cmrt.Sampler(b)
     (b / "model.onnx").unlink()
     with pytest.raises(FileNotFoundError, match="missing"):
@@ -98,7 +102,7 @@ def test_manifest_not_matching_graph(cm_bundle, tmp_path):
     shutil.copytree(cm_bundle.path, b)
     data = json.loads((b / "cmrt.json").read_text())
     data["inputs"] = data["inputs"][:-1]
-    data["steps"] = 1
+    data["schedule"]["steps"] = 1
     (b / "cmrt.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="do not match the manifest"):
         cmrt.Sampler(b)

@@ -10,13 +10,15 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import cmrt
 from cmrt import BundleError, InputError, MissingDependencyError
-from cmrt.bundle import MANIFEST, Bundle
+from cmrt._io import sha256_file
+from cmrt.bundle import MANIFEST, Bundle, EngineRecord, EngineValidity, Gpu, ProfileRange, RuntimeCache
 from cmrt.runtime import tensorrt as R
 from cmrt.runtime.backends import default_backend_name
 
@@ -25,12 +27,17 @@ RTX4090 = {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}
 A100 = {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
 
 
-def _record(target: str, version: str, ccs, gpu=None) -> dict:
-    """The fields ``cmrt build`` writes that the backend reads (see cmrt.exporter.tensorrt._record)."""
+def _record(target: str, version: str, ccs, gpu=None) -> EngineRecord:
+    """An engine record as ``cmrt build`` writes it (see cmrt.exporter.tensorrt._record), for a plan
+    that need not exist (the backend refuses before reading it)."""
     module = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}[target]
-    return {"file": f"engine.{target}.plan", "target": target, "library": module, "library_version": version,
-            "compute_capabilities": ccs, "gpu": gpu,
-            "profiles": [{"latents": {"min": [1, 4, 4, 4], "opt": [1, 4, 8, 8], "max": [2, 4, 16, 16]}}]}
+    return EngineRecord(
+        file=f"engine.{target}.plan", bytes=0, sha256="", target=target, library=module, library_version=version,
+        compute_capabilities=tuple(ccs) if isinstance(ccs, list) else ccs, gpu=None if gpu is None else Gpu(**gpu),
+        graph="fp16", graph_sha256="", strongly_typed=True, io="fp32",
+        profiles=({"latents": ProfileRange((1, 4, 4, 4), (1, 4, 8, 8), (2, 4, 16, 16))},), profile_spec={},
+        workspace_bytes=None, build_seconds=0.0, peak_rss_mib=0.0, validity=EngineValidity(checked=False),
+        built="")
 
 
 def test_module_imports_without_tensorrt_or_cuda():
@@ -82,8 +89,10 @@ def bundle_with_engine_record(decoder_bundle, tmp_path) -> Bundle:
     TensorRT-RTX (no plan file is needed: the backend refuses before reading it)."""
     trt = pytest.importorskip("tensorrt_rtx")
     bundle = Bundle.open(shutil.copytree(decoder_bundle.path, tmp_path / "b"))
-    bundle.manifest.engines["tensorrt-rtx"] = _record("tensorrt-rtx", trt.__version__, "library default (portable set)")
-    bundle.save_manifest()
+    plan = bundle.path / "engine.tensorrt-rtx.plan"
+    plan.write_bytes(b"not opened: the backend refuses before reading it")
+    record = _record("tensorrt-rtx", trt.__version__, "library default (portable set)")
+    bundle.update(engines={"tensorrt-rtx": replace(record, bytes=plan.stat().st_size, sha256=sha256_file(plan))})
     return Bundle.open(bundle.path)
 
 
@@ -95,7 +104,7 @@ def test_no_gpu_is_one_actionable_error(bundle_with_engine_record):
     with pytest.raises(MissingDependencyError, match="needs an NVIDIA GPU"):
         cmrt.Decoder(bundle_with_engine_record.path, backend="tensorrt")
     assert default_backend_name(bundle_with_engine_record) == "onnxruntime"
-    assert R.select_engine(bundle_with_engine_record)["target"] == "tensorrt-rtx"
+    assert R.select_engine(bundle_with_engine_record).target == "tensorrt-rtx"
     with pytest.raises(BundleError, match="has no tensorrt engine"):
         R.select_engine(bundle_with_engine_record, "tensorrt")
 
@@ -109,6 +118,9 @@ def test_cuda_inputs_on_another_gpu_are_refused():
     with pytest.raises(InputError, match=r"latents is on cuda:1, but this engine was loaded on cuda:0.*\.to"):
         R.check_devices({"latents": OnGpu1()}, torch.device("cuda", 0))
     R.check_devices({"latents": torch.zeros(1), "n": np.zeros(1)}, torch.device("cuda", 0))  # host data: copied up
+
+
+GPU = {"name": "a GPU", "compute_capability": "8.6"}
 
 
 class _Cache:
@@ -125,17 +137,21 @@ def test_runtime_cache_is_saved_beside_the_engine_and_recorded(bundle_with_engin
     b = bundle_with_engine_record
     record = b.manifest.engines["tensorrt-rtx"]
     gpu = {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}
-    path = R.save_runtime_cache(b.path, record, _Cache(b"kernels"), library_version="1.7.1.116", gpu=gpu)
-    assert path == b.path / "engine.tensorrt-rtx.cache" and path.read_bytes() == b"kernels"
+    info = R.save_runtime_cache(b.path, record, _Cache(b"kernels"), library_version="1.7.1.116", gpu=gpu)
+    path = b.path / "engine.tensorrt-rtx.cache"
+    assert path.read_bytes() == b"kernels"
+    assert info == RuntimeCache("engine.tensorrt-rtx.cache", hashlib.sha256(b"kernels").hexdigest(), 7, "1.7.1.116",
+                                Gpu(**gpu))
     on_disk = json.loads((b.path / MANIFEST).read_text())["engines"]["tensorrt-rtx"]["runtime_cache"]
-    assert on_disk == record["runtime_cache"] == {
-        "file": "engine.tensorrt-rtx.cache", "sha256": hashlib.sha256(b"kernels").hexdigest(), "bytes": 7,
-        "library_version": "1.7.1.116", "gpu": gpu}
+    assert on_disk == {"file": info.file, "sha256": info.sha256, "bytes": 7, "library_version": "1.7.1.116", "gpu": gpu}
     assert not list(b.path.glob(".engine.tensorrt-rtx.cache.*"))  # written through a temporary file
+    record = Bundle.open(b.path).manifest.engines["tensorrt-rtx"]
     assert R.runtime_cache_blob(b.path, record) == b"kernels"
+    assert cmrt.check(b.path).integrity.passed  # the cache file is hashed like every other file
     # unchanged: not written again; changed: replaced
     assert R.save_runtime_cache(b.path, record, _Cache(b"kernels"), library_version="1", gpu=gpu) is None
-    assert R.save_runtime_cache(b.path, record, _Cache(b"more kernels"), library_version="1", gpu=gpu) == path
+    assert R.save_runtime_cache(b.path, record, _Cache(b"more kernels"), library_version="1", gpu=gpu) is not None
+    record = Bundle.open(b.path).manifest.engines["tensorrt-rtx"]
     assert R.runtime_cache_blob(b.path, record) == b"more kernels"
 
 
@@ -143,8 +159,9 @@ def test_a_runtime_cache_that_does_not_match_the_manifest_is_not_used(bundle_wit
     b = bundle_with_engine_record
     record = b.manifest.engines["tensorrt-rtx"]
     assert R.runtime_cache_blob(b.path, record) is None  # none yet
-    R.save_runtime_cache(b.path, record, _Cache(b"kernels"), library_version="1", gpu={})
-    (b.path / "engine.tensorrt-rtx.cache").write_bytes(b"tampered")
+    R.save_runtime_cache(b.path, record, _Cache(b"kernels"), library_version="1", gpu=GPU)
+    record = Bundle.open(b.path).manifest.engines["tensorrt-rtx"]
+    (b.path / "engine.tensorrt-rtx.cache").write_bytes(b"tampered!")
     with pytest.warns(UserWarning, match="does not match the SHA-256"):
         assert R.runtime_cache_blob(b.path, record) is None
 
@@ -154,8 +171,8 @@ def test_an_unwritable_runtime_cache_is_a_warning(bundle_with_engine_record):
     record = b.manifest.engines["tensorrt-rtx"]
     (b.path / "engine.tensorrt-rtx.cache").mkdir()  # writing the file fails (as in a read-only bundle)
     with pytest.warns(UserWarning, match="could not save the TensorRT-RTX runtime cache.*JIT-compile"):
-        assert R.save_runtime_cache(b.path, record, _Cache(b"k"), library_version="1", gpu={}) is None
-    assert "runtime_cache" not in json.loads((b.path / MANIFEST).read_text())["engines"]["tensorrt-rtx"]
+        assert R.save_runtime_cache(b.path, record, _Cache(b"k"), library_version="1", gpu=GPU) is None
+    assert json.loads((b.path / MANIFEST).read_text())["engines"]["tensorrt-rtx"]["runtime_cache"] is None
 
 
 # --- on a GPU -------------------------------------------------------------------------------
@@ -261,3 +278,22 @@ def test_rtx_runtime_cache_is_written_and_reused(tmp_path):
     assert first.setup.cache_loaded is None and cache.is_file() and info["sha256"]
     second = R.TensorRTBackend(Bundle.open(bundle.path), target="tensorrt-rtx")
     assert second.setup.cache_loaded is True
+
+
+def test_engine_parity_is_recorded_and_reported(bundle_with_engine_record):
+    """What `cmrt check --backend tensorrt` writes after running an engine on a GPU (the comparison
+    here is the stored outputs against themselves: the recording, not the engine, is under test)."""
+    from cmrt.parity import compare
+    from cmrt.runtime.check import check, engine_lines, record_engine_parity
+
+    b = bundle_with_engine_record
+    assert "never checked" in engine_lines(b)[0]
+    assert b.manifest.engines["tensorrt-rtx"].parity.checked is False
+    _, expected = b.parity_data()
+    report = compare(expected, expected, backend="tensorrt-rtx", precision="fp16")
+    record_engine_parity(b, "tensorrt-rtx", report, gpu=Gpu(**RTX4090), library_version="1.7.1.116")
+    rec = Bundle.open(b.path).manifest.engines["tensorrt-rtx"].parity
+    assert rec.checked and rec.gpu.name == RTX4090["name"] and rec.result.passed and rec.when
+    line = engine_lines(Bundle.open(b.path))[0]
+    assert "passed on NVIDIA GeForce RTX 4090 (1.7.1.116" in line
+    assert check(b.path).passed  # the updated manifest still verifies (its digest was rewritten)

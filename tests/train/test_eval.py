@@ -29,8 +29,13 @@ def test_sliced_wasserstein_of_a_shift():
 
 
 def test_psnr_and_sharpness():
-    x = torch.zeros(1, 3, 8, 8)
-    assert abs(float(E.psnr(x + 0.2, x)) - 10 * np.log10(4 / 0.04)) < 1e-4
+    from cmrt.parity import psnr, psnr_per_image
+
+    x = torch.zeros(2, 3, 8, 8)
+    x[1] += 0.1
+    per_image = psnr_per_image(x + 0.2, x)
+    assert per_image.shape == (2,) and np.allclose(per_image, 10 * np.log10(4 / 0.04))
+    assert abs(psnr((x + 0.2).numpy(), x.numpy()) - per_image[0]) < 1e-5  # one PSNR formula, two reductions
     sharp = torch.tensor([[[[-1.0, 1.0] * 4] * 8]])
     assert float(E.sharpness(sharp)) > float(E.sharpness(sharp * 0.1)) > 0
 

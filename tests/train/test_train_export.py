@@ -24,8 +24,8 @@ def test_cm_run_exports_and_checks(tmp_path):
     p = cli("export", "--model", run, "--steps", "2", "--out", tmp_path / "b")
     assert p.returncode == 0, p.stderr
     manifest = json.loads((tmp_path / "b" / "cmrt.json").read_text())
-    assert manifest["model"]["trained"] is True and manifest["num_classes"] == 10 and manifest["steps"] == 2
-    assert manifest["source"]["weights"] == "ema"
+    assert manifest["model"]["trained"] is True and manifest["num_classes"] == 10
+    assert manifest["schedule"]["steps"] == 2 and manifest["source"]["details"]["weights"] == "ema"
     p = cli("check", tmp_path / "b")
     assert p.returncode == 0 and "PASS" in p.stdout, p.stdout + p.stderr
     p = cli("eval", tmp_path / "b", "--n-per-class", "5")

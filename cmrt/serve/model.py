@@ -1,0 +1,171 @@
+"""cmrt's runtime as a model of Triton's Python backend (``<model>/1/model.py`` imports
+``TritonPythonModel`` from here).
+
+One ``execute`` receives the requests Triton's dynamic batcher merged. Each request is prepared
+on its own by ``Decoder.feeds`` / ``Sampler.feeds``: cmrt's input checks, and its noise drawn from
+its own seed exactly as the in-process call with that seed draws it. Requests whose prepared
+inputs have the same shapes (same latent size) are then concatenated and run as one batch; the
+output rows go back to their requests. A request that fails its checks gets an error response with
+cmrt's message; the others run.
+
+This module imports no Triton code at import time: ``triton_python_backend_utils`` exists only
+inside the backend's stub process and is passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..bundle import OUTPUT_NAME, Bundle
+from ..errors import CmrtError, InputError
+from .config import BACKEND_PARAMETER, BUNDLE_PARAMETER, LABELS_INPUT, SEED_INPUT
+
+
+@dataclass
+class Prepared:
+    """One request's checked graph inputs and the index of its response."""
+
+    index: int
+    feeds: dict[str, np.ndarray]
+
+    @property
+    def batch(self) -> int:
+        return int(next(iter(self.feeds.values())).shape[0])
+
+    @property
+    def key(self) -> tuple:
+        """Requests with equal keys can run as one batch: same inputs, per-item shapes and dtypes."""
+        return tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(self.feeds.items()))
+
+
+def open_runner(bundle: str | Path, backend: str | None = None):
+    """``cmrt.Decoder`` or ``cmrt.Sampler``, whichever the bundle holds."""
+    from ..runtime.api import Decoder, Sampler
+
+    b = Bundle.open(bundle)
+    return (Decoder if b.manifest.kind == "decoder" else Sampler)(b, backend=backend)
+
+
+def request_seed(seed: np.ndarray | None) -> int | None:
+    """The request's seed from its ``seed`` input (B, 1): one value repeated on every row."""
+    if seed is None:
+        return None
+    values = np.unique(seed)
+    if values.size != 1:
+        raise InputError(f"seed must repeat one value on every row (one seed per request, drawn as "
+                         f"cmrt.Decoder/Sampler(..., seed=s)), got {values.size} different values")
+    return int(values[0])
+
+
+def prepare(runner: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One request's graph inputs from its Triton inputs (by name), through ``runner.feeds``."""
+    seed = request_seed(inputs.get(SEED_INPUT))
+    if runner.bundle.manifest.kind == "decoder":
+        return runner.feeds(inputs.get("latents"), seed=seed)
+    labels = inputs.get(LABELS_INPUT)
+    if not inputs:
+        raise InputError(f"a request needs {LABELS_INPUT} or {SEED_INPUT} (B, 1): their first axis is its batch size")
+    batch = next(iter(inputs.values())).shape[0]  # Triton checked that every input has this batch size
+    return runner.feeds(batch, class_labels=None if labels is None else labels.reshape(-1), seed=seed)
+
+
+def group(prepared: Sequence[Prepared]) -> list[list[Prepared]]:
+    """Requests grouped by input shapes (latent size), in arrival order."""
+    groups: dict[tuple, list[Prepared]] = {}
+    for p in prepared:
+        groups.setdefault(p.key, []).append(p)
+    return list(groups.values())
+
+
+def run_group(runner: Any, members: Sequence[Prepared]) -> list[np.ndarray]:
+    """One backend run over the concatenated inputs of ``members``; each member's output rows."""
+    feeds = {k: np.concatenate([m.feeds[k] for m in members]) for k in members[0].feeds}
+    images = runner.backend.run(feeds)
+    bounds = np.cumsum([m.batch for m in members])[:-1]
+    return np.split(images, bounds)
+
+
+class RequestServer:
+    """Serves lists of Triton requests with a runner; ``pb`` is ``triton_python_backend_utils``."""
+
+    def __init__(self, runner: Any, pb: Any) -> None:
+        self.runner, self.pb = runner, pb
+        self.input_names = _input_names(runner)
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        prepared = []
+        for i, request in enumerate(requests):
+            try:
+                prepared.append(Prepared(i, prepare(self.runner, self._inputs(request))))
+            except CmrtError as exc:
+                responses[i] = self._error(exc)
+        for members in group(prepared):
+            for m, out in zip(members, self._run(members)):
+                responses[m.index] = out
+        return responses
+
+    def close(self) -> None:
+        close = getattr(self.runner, "close", None)
+        if callable(close):
+            close()
+
+    def _inputs(self, request: Any) -> dict[str, np.ndarray]:
+        tensors = ((name, self.pb.get_input_tensor_by_name(request, name)) for name in self.input_names)
+        return {name: t.as_numpy() for name, t in tensors if t is not None}
+
+    def _run(self, members: Sequence[Prepared]) -> list[Any]:
+        try:
+            outputs = run_group(self.runner, members)
+        except CmrtError as exc:  # e.g. outside a TensorRT engine's profile: the message names it
+            return [self._error(exc) for _ in members]
+        except Exception as exc:  # a backend failure must not take the model down: answer and log it
+            self.pb.Logger.log_error(f"cmrt: backend run failed:\n{traceback.format_exc()}")
+            return [self._error(exc, internal=True) for _ in members]
+        return [self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(OUTPUT_NAME, np.ascontiguousarray(o))])
+                for o in outputs]
+
+    def _error(self, exc: Exception, internal: bool = False) -> Any:
+        message = str(exc).replace("\n", " ") or type(exc).__name__
+        err = self.pb.TritonError
+        if internal:
+            return self.pb.InferenceResponse(output_tensors=[], error=err(f"cmrt: internal error: {type(exc).__name__}: "
+                                                                          f"{message}", err.INTERNAL))
+        return self.pb.InferenceResponse(output_tensors=[], error=err(f"cmrt: {message}", err.INVALID_ARG))
+
+
+def _input_names(runner: Any) -> list[str]:
+    m = runner.bundle.manifest
+    if m.kind == "decoder":
+        return ["latents", SEED_INPUT]
+    return ([LABELS_INPUT] if m.num_classes is not None else []) + [SEED_INPUT]
+
+
+class TritonPythonModel:
+    """The model class Triton's Python backend instantiates (once per model instance)."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Open the bundle named by the model's ``bundle`` parameter (relative to its version folder)."""
+        import triton_python_backend_utils as pb  # only inside the backend's stub process
+
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        folder = Path(args["model_repository"]) / args["model_version"] / params.get(BUNDLE_PARAMETER, "bundle")
+        runner = open_runner(folder, params.get(BACKEND_PARAMETER) or None)
+        self.server = RequestServer(runner, pb)
+        pb.Logger.log_info(f"cmrt: {args['model_name']} serves {folder} ({runner.bundle.manifest.kind}, "
+                           f"backend {runner.backend.name})")
+
+    def execute(self, requests: list) -> list:
+        """One response per request, in order; bad requests get cmrt's message as their error."""
+        return self.server.execute(requests)
+
+    def finalize(self) -> None:
+        """Release the runner (``close()`` where the runtime has it)."""
+        self.server.close()
