@@ -131,17 +131,20 @@ def axis_weights(spans: tuple[Span, ...], upscale: int) -> list[np.ndarray]:
     for i, s in enumerate(spans):
         w = np.ones(upscale * s.size, np.float64)
         d = np.arange(upscale * s.size, dtype=np.float64) + 0.5  # distance from the span's start
-        if i > 0:  # ramp up across the overlap with the previous span
-            ramp = upscale * (spans[i - 1].stop - s.start)
-            w = np.minimum(w, d / ramp)
+        if i > 0:  # ramp up across the overlap with the previous span (none when they only touch)
+            w = np.minimum(w, _ramp(d, upscale * (spans[i - 1].stop - s.start)))
         if i < len(spans) - 1:  # ramp down across the overlap with the next span
-            ramp = upscale * (s.stop - spans[i + 1].start)
-            w = np.minimum(w, d[::-1] / ramp)
+            w = np.minimum(w, _ramp(d[::-1], upscale * (s.stop - spans[i + 1].start)))
         raw.append(w)
     total = np.zeros(length, np.float64)
     for s, w in zip(spans, raw):
         total[upscale * s.start: upscale * s.stop] += w
     return [(w / total[upscale * s.start: upscale * s.stop]).astype(np.float32) for s, w in zip(spans, raw)]
+
+
+def _ramp(distance: np.ndarray, width: int) -> np.ndarray:
+    """distance / width, capped at 1; a zero-width overlap (touching tiles) has no ramp."""
+    return np.minimum(distance / width, 1.0) if width > 0 else np.ones_like(distance)
 
 
 def blend_weights(layout_: TileLayout, upscale: int) -> dict[Tile, np.ndarray]:

@@ -29,7 +29,9 @@ def test_spans_cover_the_axis_with_equal_tiles_and_at_least_the_overlap(length, 
         assert a.start < b.start and b.start <= a.stop and a.stop - b.start >= overlap
 
 
-@pytest.mark.parametrize("h, w, tile, overlap", [(13, 11, 6, 1), (8, 8, 4, 1), (16, 9, 8, 3), (5, 5, 8, 2)])
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("h, w, tile, overlap", [(13, 11, 6, 1), (8, 8, 4, 1), (16, 9, 8, 3), (5, 5, 8, 2),
+                                                 (16, 16, 8, 0)])  # overlap 0: tiles that only touch
 def test_blend_weights_are_a_partition_of_unity(h, w, tile, overlap):
     lay = T.layout(h, w, tile, overlap)
     total = np.zeros((UP * h, UP * w))
