@@ -25,14 +25,22 @@ def consistency_sample(denoiser: nn.Module, sigmas: Sequence[float], noise: Sequ
 
     x = σ_0·ε_0; for each i: x0 = f(x, σ_i) (clamped); x = x0 + √(σ_{i+1}² − σ_min²)·ε_{i+1}.
     """
-    x = sigmas[0] * noise[0]
+    return _multistep(denoiser, sigmas[0] * noise[0], sigmas, noise, class_labels, sigma_min, clip)
+
+
+def _multistep(denoiser: nn.Module, x: torch.Tensor, sigmas: Sequence[float], noise: Sequence[torch.Tensor],
+               class_labels: torch.Tensor | None, sigma_min: float, clip: bool, project=None) -> torch.Tensor:
+    """From the starting point ``x``: for each i, (i > 0: x ← x + √(σ_i² − σ_min²)·noise[i]); then
+    x ← f(x, σ_i), clamped when ``clip``, then ``project``ed when given."""
     for i, sigma in enumerate(sigmas):
         if i > 0:
-            x = x0 + S.renoise_std(sigmas[i], sigma_min) * noise[i]
-        x0 = denoiser(x, float(sigma), class_labels)
+            x = x + S.renoise_std(sigmas[i], sigma_min) * noise[i]
+        x = denoiser(x, float(sigma), class_labels)
         if clip:
-            x0 = x0.clamp(-1.0, 1.0)
-    return x0
+            x = x.clamp(-1.0, 1.0)
+        if project is not None:
+            x = project(x)
+    return x
 
 
 def edit_operators(task: str, image: torch.Tensor, *, mask: torch.Tensor | None = None,
@@ -77,15 +85,7 @@ def edit_sample(denoiser: nn.Module, task: str, image: torch.Tensor, sigmas: Seq
     """
     start, project = edit_operators(task, image, mask=mask, factor=factor)
     x = start if task == "denoise" else start + sigmas[0] * noise[0]
-    for i, sigma in enumerate(sigmas):
-        if i > 0:
-            x = x + S.renoise_std(sigmas[i], sigma_min) * noise[i]
-        x = denoiser(x, float(sigma), class_labels)
-        if clip:
-            x = x.clamp(-1.0, 1.0)
-        if project is not None:
-            x = project(x)
-    return x
+    return _multistep(denoiser, x, sigmas, noise, class_labels, sigma_min, clip, project)
 
 
 def _column(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
