@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from cmrt import schedules as S
 from cmrt.models.denoisers import build_denoiser
 from cmrt.models.sources import load_model
+from cmrt.parity import psnr
 from cmrt.runtime import tiling as T
 from cmrt.samplers import decoder_condition, decoder_sample
 
@@ -137,28 +138,37 @@ def border_mask(lay: T.TileLayout, band: int = BORDER_PX) -> np.ndarray:
     return rows[:, None] | cols[None, :]
 
 
+def psnr_db(x: torch.Tensor, reference: torch.Tensor) -> float:
+    return psnr(x.numpy(), reference.numpy())
+
+
 def compare(tiled: torch.Tensor, reference: torch.Tensor, lay: T.TileLayout) -> dict:
     err = (tiled - reference).double().pow(2).mean(dim=(0, 1)).numpy()  # per-pixel squared error
-    mse = float(err.mean())
     mask = border_mask(lay)
     near = math.sqrt(err[mask].mean()) if mask.any() else 0.0
     far = math.sqrt(err[~mask].mean()) if (~mask).any() else 0.0
-    return {"psnr_db": math.inf if mse == 0 else 10 * math.log10(4.0 / mse), "rms_border": near,
+    return {"psnr_db": psnr_db(tiled, reference), "rms_border": near,
             "rms_elsewhere": far, "border_ratio": near / far if far > 0 else math.inf}
 
 
 # --- the run --------------------------------------------------------------------------------
-def photos(encoder_path: Path) -> dict[str, torch.Tensor]:
-    """Held-out photos (and upscaled ones) as latents from the photo encoder."""
-    from cmrt.train.autoencoder import encode, load_encoder
+def photo_images() -> dict[str, torch.Tensor]:
+    """Held-out photos of at least 512 px (and upscaled ones), (C, H, W) in [-1, 1]."""
     from cmrt.train.photos import held_out_images
 
-    encoder = load_encoder(encoder_path)
     images = held_out_images()
     for name, factor in UPSCALED.items():
         x = F.interpolate(images[name][None], scale_factor=factor, mode="bicubic", align_corners=False)
         images[f"{name}x{factor}"] = x[0].clamp(-1, 1)
-    return {n: encode(encoder, x[None]) for n, x in images.items() if max(x.shape[1:]) >= 512}
+    return {n: x for n, x in images.items() if max(x.shape[1:]) >= 512}
+
+
+def photos(encoder_path: Path) -> dict[str, torch.Tensor]:
+    """``photo_images`` as latents from the photo encoder."""
+    from cmrt.train.autoencoder import encode, load_encoder
+
+    encoder = load_encoder(encoder_path)
+    return {n: encode(encoder, x[None]) for n, x in photo_images().items()}
 
 
 TECHNIQUES = ("sampler", "evaluation", "sampler+groupnorm", "evaluation+groupnorm")
@@ -202,8 +212,9 @@ def run(decoder: Path, encoder: Path, tile: int, overlaps: list[int], steps: lis
 
 # --- the runtime: cmrt.Decoder tiled vs untiled (quality and paired time) -----------------------
 def runtime_quality(bundle: Path, latents: dict[str, torch.Tensor], tile: int, overlap: int | None,
-                    log=print) -> dict:
-    """``cmrt.Decoder.decode`` tiled vs untiled, same seed, on the bundle's backend."""
+                    originals: dict[str, torch.Tensor] | None = None, log=print) -> dict:
+    """``cmrt.Decoder.decode`` tiled vs untiled, same seed, on the bundle's backend; with
+    ``originals`` (name → image), both also against the original photo."""
     import cmrt
 
     out = {}
@@ -216,9 +227,14 @@ def runtime_quality(bundle: Path, latents: dict[str, torch.Tensor], tile: int, o
                                 limits=T.ShapeLimits(), upscale=UP)
             out[name] = compare(tiled, ref, lay) | {"shape": list(ref.shape[2:]), "tiles": len(lay.tiles),
                                                      "tile_shape": lay.tile_shape, "work_ratio": lay.work_ratio}
+            if originals is not None:  # is the untiled decode the better one? (the decoder saw 64² crops)
+                x = originals[name][None]
+                out[name] |= {"untiled_vs_original_db": psnr_db(ref, x), "tiled_vs_original_db": psnr_db(tiled, x)}
             r = out[name]
             log(f"runtime {name} {tuple(ref.shape[2:])}: {r['tiles']} tiles of {r['tile_shape']} (work ×"
-                f"{r['work_ratio']:.2f}): {r['psnr_db']:.1f} dB, border ×{r['border_ratio']:.2f}")
+                f"{r['work_ratio']:.2f}): {r['psnr_db']:.1f} dB, border ×{r['border_ratio']:.2f}"
+                + (f"; vs the original: untiled {r['untiled_vs_original_db']:.2f} dB, tiled "
+                   f"{r['tiled_vs_original_db']:.2f} dB" if originals is not None else ""))
     return out
 
 
@@ -281,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.bundle:
             wanted = [n for n in a.photos.split(",") if n]
             latents = {n: z for n, z in photos(a.encoder).items() if not wanted or n in wanted}
-            result["quality"] = runtime_quality(a.bundle, latents, a.tile, a.overlap)
+            result["quality"] = runtime_quality(a.bundle, latents, a.tile, a.overlap, photo_images())
         result["time"] = {str(b): runtime_time(b, _ints(a.resolutions), a.tile, a.overlap, a.rounds)
                           for b in (a.time_bundle or [a.bundle])}
         result["environment"]["load_1m_end"] = measure.load_average()
