@@ -451,11 +451,22 @@ class Editor(_Runner):
             max_batch: the largest batch one backend run gets (None: the runner's); the noise and
                 labels are drawn for the whole batch first, so chunks do not change the result.
         """
+        max_batch = tiling.check_max_batch(max_batch)
+        like = next((x for x in (image, mask, class_labels, *_items(noise)) if _is_torch(x)), None)
+        feeds = self.feeds(image, mask=mask, class_labels=class_labels, seed=seed, noise=noise)
+        return _return_like(self._run_chunked(feeds, max_batch), like)
+
+    def feeds(self, image: Any, *, mask: Any = None, class_labels: Any = None, seed: int | None = None,
+              noise: Sequence[Any] | None = None) -> dict[str, Any]:
+        """The checked graph inputs of ``edit`` with the same arguments, noise (and labels) drawn,
+        not run: what a server (``cmrt.serve``) merges across requests before one backend run.
+
+        Returns:
+            graph input name → array, in the graph's input order.
+        """
         from ..editing import EDIT_TASKS
 
-        max_batch = tiling.check_max_batch(max_batch)
         edit = EDIT_TASKS[self.task]
-        like = next((x for x in (image, mask, class_labels, *_items(noise)) if _is_torch(x)), None)
         m = self.bundle.manifest
         feeds: dict[str, Any] = {"image": self._image(image)}
         batch = int(feeds["image"].shape[0])
@@ -474,7 +485,7 @@ class Editor(_Runner):
             feeds["class_labels"] = checked_labels(class_labels, batch, self.num_classes, g)
         elif class_labels is not None:
             raise InputError("this model is unconditional: do not pass class_labels")
-        return _return_like(self._run_chunked({name: feeds[name] for name in m.input_names}, max_batch), like)
+        return {name: feeds[name] for name in m.input_names}
 
     def _input_shape(self, name: str) -> tuple:
         spec = next(i for i in self.bundle.manifest.inputs if i.name == name)

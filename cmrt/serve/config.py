@@ -7,7 +7,8 @@ Three kinds of model per bundle:
   choice are cmrt's; noise drawn per request). Inputs carry the request's batch size ``B`` in
   their first axis, as Triton requires of a batching model: a decoder takes ``latents`` (B, 4, h, w)
   and an optional ``seed`` (B, 1); a sampler takes ``class_labels`` (B, 1) (class-conditional
-  models) and/or ``seed`` (B, 1). ``seed`` repeats one value on every row: one seed per request.
+  models) and/or ``seed`` (B, 1); an editor takes ``image`` (and ``mask`` for inpainting) with
+  the graph's shapes, optional ``class_labels`` and an optional ``seed``. ``seed`` repeats one value on every row: one seed per request.
 * ``onnx_config``: the bundle's graph on Triton's ``onnxruntime_onnx`` platform, for callers who
   bring their own noise (every ``noise_i`` is an input).
 * ``tensorrt_config``: a TensorRT engine of the bundle on ``tensorrt_plan``, same inputs.
@@ -21,6 +22,8 @@ from ..bundle import OUTPUT_NAME, EngineRecord, Manifest, TensorSpec
 
 SEED_INPUT = "seed"
 LABELS_INPUT = "class_labels"
+IMAGE_INPUT = "image"
+MASK_INPUT = "mask"
 PLAN_FILE = "model.plan"
 ONNX_FILE = "model.onnx"
 BUNDLE_PARAMETER = "bundle"
@@ -39,7 +42,7 @@ def python_config(name: str, manifest: Manifest, *, max_batch: int, instances: i
     params = {BUNDLE_PARAMETER: bundle_dir} | ({BACKEND_PARAMETER: backend} if backend else {})
     return {
         "name": name, "backend": "python", "max_batch_size": max_batch,
-        "input": _python_inputs(manifest),
+        "input": python_inputs(manifest),
         "output": [_tensor(OUTPUT_NAME, "float32", _item_dims(manifest.outputs[0].shape))],
         **_batching(dynamic_batching, max_queue_delay_us),
         "instance_group": [{"count": instances, "kind": Enum("KIND_CPU")}],
@@ -89,11 +92,17 @@ def _batching(dynamic: bool, max_queue_delay_us: int) -> dict[str, Any]:
     return {"dynamic_batching": {"max_queue_delay_microseconds": max_queue_delay_us}} if dynamic else {}
 
 
-def _python_inputs(manifest: Manifest) -> list[dict]:
+def python_inputs(manifest: Manifest) -> list[dict]:
+    """The Python-backend model's inputs: the runner's arguments, each with the batch axis first."""
     seed = _tensor(SEED_INPUT, "int64", [1]) | {"optional": True}
     if manifest.kind == "decoder":
         latents = next(i for i in manifest.inputs if i.name == "latents")
         return [_tensor("latents", "float32", _item_dims(latents.shape)), seed]
+    if manifest.kind == "editor":  # the graph's image (and mask) inputs, as Editor.edit takes them
+        images = [_tensor(i.name, "float32", _item_dims(i.shape)) for i in manifest.inputs
+                  if i.name in (IMAGE_INPUT, MASK_INPUT)]
+        labels = [_tensor(LABELS_INPUT, "int64", [1]) | {"optional": True}] if manifest.num_classes else []
+        return images + labels + [seed]
     if manifest.num_classes is None:
         return [seed | {"optional": False}]  # the seed carries the request's batch size
     return [_tensor(LABELS_INPUT, "int64", [1]) | {"optional": True}, seed]

@@ -2,7 +2,7 @@
 ``TritonPythonModel`` from here).
 
 One ``execute`` receives the requests Triton's dynamic batcher merged. Each request is prepared
-on its own by ``Decoder.feeds`` / ``Sampler.feeds``: cmrt's input checks, and its noise drawn from
+on its own by ``Decoder.feeds`` / ``Sampler.feeds`` / ``Editor.feeds``: cmrt's input checks, and its noise drawn from
 its own seed exactly as the in-process call with that seed draws it. Requests whose prepared
 inputs have the same shapes (same latent size) are then concatenated and run as one batch; the
 output rows go back to their requests. A request that fails its checks gets an error response with
@@ -24,7 +24,8 @@ import numpy as np
 
 from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import CmrtError, InputError
-from .config import BACKEND_PARAMETER, BUNDLE_PARAMETER, LABELS_INPUT, SEED_INPUT
+from .config import (BACKEND_PARAMETER, BUNDLE_PARAMETER, IMAGE_INPUT, LABELS_INPUT, MASK_INPUT, SEED_INPUT,
+                     python_inputs)
 
 
 @dataclass
@@ -45,11 +46,12 @@ class Prepared:
 
 
 def open_runner(bundle: str | Path, backend: str | None = None):
-    """``cmrt.Decoder`` or ``cmrt.Sampler``, whichever the bundle holds."""
-    from ..runtime.api import Decoder, Sampler
+    """``cmrt.Decoder``, ``cmrt.Sampler`` or ``cmrt.Editor``, whichever the bundle holds."""
+    from ..runtime.api import Decoder, Editor, Sampler
 
     b = Bundle.open(bundle)
-    return (Decoder if b.manifest.kind == "decoder" else Sampler)(b, backend=backend)
+    runner = {"decoder": Decoder, "editor": Editor}.get(b.manifest.kind, Sampler)
+    return runner(b, backend=backend)
 
 
 def request_seed(seed: np.ndarray | None) -> int | None:
@@ -66,13 +68,17 @@ def request_seed(seed: np.ndarray | None) -> int | None:
 def prepare(runner: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One request's graph inputs from its Triton inputs (by name), through ``runner.feeds``."""
     seed = request_seed(inputs.get(SEED_INPUT))
-    if runner.bundle.manifest.kind == "decoder":
+    kind = runner.bundle.manifest.kind
+    if kind == "decoder":
         return runner.feeds(inputs.get("latents"), seed=seed)
     labels = inputs.get(LABELS_INPUT)
+    labels = None if labels is None else labels.reshape(-1)
+    if kind == "editor":
+        return runner.feeds(inputs.get(IMAGE_INPUT), mask=inputs.get(MASK_INPUT), class_labels=labels, seed=seed)
     if not inputs:
         raise InputError(f"a request needs {LABELS_INPUT} or {SEED_INPUT} (B, 1): their first axis is its batch size")
     batch = next(iter(inputs.values())).shape[0]  # Triton checked that every input has this batch size
-    return runner.feeds(batch, class_labels=None if labels is None else labels.reshape(-1), seed=seed)
+    return runner.feeds(batch, class_labels=labels, seed=seed)
 
 
 def group(prepared: Sequence[Prepared]) -> list[list[Prepared]]:
@@ -141,10 +147,7 @@ class RequestServer:
 
 
 def _input_names(runner: Any) -> list[str]:
-    m = runner.bundle.manifest
-    if m.kind == "decoder":
-        return ["latents", SEED_INPUT]
-    return ([LABELS_INPUT] if m.num_classes is not None else []) + [SEED_INPUT]
+    return [t["name"] for t in python_inputs(runner.bundle.manifest)]
 
 
 class TritonPythonModel:

@@ -132,15 +132,9 @@ def _check_unique(names: list[str]) -> None:
                           "its bundle folder, so give the bundles distinct folder names")
 
 
-#: Bundle kinds with a Triton model (editors take images and masks per request: not served yet).
-SERVED_KINDS = ("sampler", "decoder")
-
 
 def _plan(bundle: Bundle, o: RepositoryOptions) -> list[ModelEntry]:
     name, m = model_name(bundle), bundle.manifest
-    if m.kind not in SERVED_KINDS:
-        raise ConfigError(f"{bundle.path} is an {m.kind} bundle ({m.task.name}): `cmrt triton` serves sampler and "
-                          "decoder bundles; run editors in process with cmrt.Editor")
     batch = _max_batch(bundle, o.max_batch)
     entries = [ModelEntry(name, "python", bundle.path, batch)]
     if o.plain and "fp32" in m.graphs:
@@ -192,7 +186,8 @@ def _config(entry: ModelEntry, bundle: Bundle, o: RepositoryOptions) -> tuple[di
     m = bundle.manifest
     common = dict(max_batch=entry.max_batch, instances=o.instances, max_queue_delay_us=o.max_queue_delay_us,
                   dynamic_batching=o.dynamic_batching)
-    what = f"{m.kind} bundle {bundle.path.name} ({m.steps} step(s))"
+    task = f"{m.task.name}, " if m.kind == "editor" else ""
+    what = f"{m.kind} bundle {bundle.path.name} ({task}{m.steps} step(s))"
     if entry.platform == "python":
         header = (f"Written by `cmrt triton` (cmrt {__version__}): {what}, served by cmrt's runtime in Triton's\n"
                   "Python backend (seeded noise drawn per request, cmrt's input checks and errors).\n"

@@ -27,7 +27,7 @@ def rgb_model():
     return loaded(tiny_cm_spec())
 
 
-def _bundle(factory, name: str):
+def editor_bundle(factory, name: str):
     from cmrt import export
 
     return shared_bundle(factory, name, lambda out: export(out=out, model=rgb_model(), **EDITOR_BUNDLES[name]))
@@ -35,24 +35,24 @@ def _bundle(factory, name: str):
 
 @pytest.fixture(scope="session")
 def edit_inpaint(tmp_path_factory):
-    return _bundle(tmp_path_factory, "edit_inpaint")
+    return editor_bundle(tmp_path_factory, "edit_inpaint")
 
 
 @pytest.fixture(scope="session")
 def edit_colorize(tmp_path_factory):
-    return _bundle(tmp_path_factory, "edit_colorize")
+    return editor_bundle(tmp_path_factory, "edit_colorize")
 
 
 @pytest.fixture(scope="session")
 def edit_superres(tmp_path_factory):
-    return _bundle(tmp_path_factory, "edit_superres")
+    return editor_bundle(tmp_path_factory, "edit_superres")
 
 
 @pytest.fixture(scope="session")
 def edit_stroke(tmp_path_factory):
-    return _bundle(tmp_path_factory, "edit_stroke")
+    return editor_bundle(tmp_path_factory, "edit_stroke")
 
 
 @pytest.fixture(scope="session")
 def edit_denoise(tmp_path_factory):
-    return _bundle(tmp_path_factory, "edit_denoise")
+    return editor_bundle(tmp_path_factory, "edit_denoise")

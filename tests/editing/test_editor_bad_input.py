@@ -120,14 +120,6 @@ def test_runner_kinds_do_not_mix(edit_inpaint, cm_bundle):
     _raises(cmrt.BundleError, "open it with cmrt.Sampler", cmrt.Editor, cm_bundle.path)
 
 
-def test_triton_repositories_refuse_editor_bundles(edit_inpaint, tmp_path):
-    from cmrt.serve.repository import write_repository
-
-    _raises(cmrt.ConfigError, "serves sampler and decoder bundles", write_repository, [edit_inpaint.path],
-            tmp_path / "models")
-    assert not (tmp_path / "models").exists()
-
-
 def test_closed_editor_refuses(edit_denoise):
     e = cmrt.Editor(edit_denoise.path)
     e.close()

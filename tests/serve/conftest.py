@@ -39,12 +39,21 @@ def serve_python() -> Path:
     return py
 
 
+@pytest.fixture(scope="session")
+def edit_inpaint(tmp_path_factory):
+    """The inpainting editor bundle of tests/editing (the tiny RGB class-conditional CM, 2 steps)."""
+    from tests.editing.conftest import editor_bundle
+
+    return editor_bundle(tmp_path_factory, "edit_inpaint")
+
+
 @pytest.fixture(scope="module")
-def repo(cm_bundle, decoder_bundle, tmp_path_factory) -> Path:
-    """A repository (plain models included) on the tiny sampler ``cm2`` and decoder ``dec2``."""
+def repo(cm_bundle, decoder_bundle, edit_inpaint, tmp_path_factory) -> Path:
+    """A repository (plain models included) on the tiny sampler ``cm2``, decoder ``dec2`` and
+    inpainting editor ``edit_inpaint``."""
     out = tmp_path_factory.mktemp("triton") / "models"
     options = RepositoryOptions(max_batch=MAX_BATCH, max_queue_delay_us=QUEUE_DELAY_US)
-    write_repository([cm_bundle.path, decoder_bundle.path], out, options=options)
+    write_repository([cm_bundle.path, decoder_bundle.path, edit_inpaint.path], out, options=options)
     return out
 
 
@@ -54,7 +63,7 @@ def server(repo, serve_python):
     PyTriton's Triton has no onnxruntime backend)."""
     from cmrt.serve.server import TritonServer
 
-    s = TritonServer(repo, python=serve_python, models=["cm2", "dec2"])
+    s = TritonServer(repo, python=serve_python, models=["cm2", "dec2", "edit_inpaint"])
     try:
         s.start(timeout_s=START_TIMEOUT_S)
         yield s

@@ -107,3 +107,22 @@ def test_finalize_closes_the_runner_when_it_can(decoder_bundle):
     model.server = RequestServer(runner, FakePb)
     model.finalize()
     assert closed == [True]
+
+
+def test_merged_editor_requests_equal_in_process_per_request(edit_inpaint):
+    """Inpainting requests (image, mask, labels, seed) merged into one run give Editor.edit's images."""
+    server, batches = _server(edit_inpaint)
+    rng = np.random.default_rng(0)
+    image = lambda b: rng.uniform(-1, 1, (b, 3, 16, 16)).astype(np.float32)  # noqa: E731
+    mask = lambda b: (rng.uniform(0, 1, (b, 1, 16, 16)) > 0.5).astype(np.float32)  # noqa: E731
+    requests = [{"image": image(2), "mask": mask(2), "class_labels": np.array([[3], [4]]), "seed": seed_rows(7, 2)},
+                {"image": image(1), "mask": mask(1), "seed": seed_rows(8, 1)},  # labels drawn from the seed
+                {"image": image(1), "mask": np.full((1, 1, 16, 16), 2, np.float32)}]  # a mask outside [0, 1]
+    responses = server.execute(requests)
+    assert batches == [3] and "mask values must lie in [0, 1]" in responses[2].error.message
+    editor = cmrt.Editor(edit_inpaint.path)
+    refs = [editor.edit(requests[0]["image"], mask=requests[0]["mask"], class_labels=[3, 4], seed=7),
+            editor.edit(requests[1]["image"], mask=requests[1]["mask"], seed=8)]
+    for resp, ref in zip(responses, refs):
+        assert resp.error is None
+        np.testing.assert_allclose(resp.outputs["images"], ref, rtol=0, atol=1e-5)

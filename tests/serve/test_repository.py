@@ -33,7 +33,7 @@ def dtype(name: str) -> int:
 
 
 def test_layout_and_configs(repo, cm_bundle, decoder_bundle):
-    assert sorted(os.listdir(repo)) == ["cm2", "cm2_onnx", "dec2", "dec2_onnx"]
+    assert sorted(os.listdir(repo)) == ["cm2", "cm2_onnx", "dec2", "dec2_onnx", "edit_inpaint", "edit_inpaint_onnx"]
     for name, bundle in (("cm2", cm_bundle), ("dec2", decoder_bundle)):
         version = repo / name / "1"
         assert "from cmrt.serve.model import TritonPythonModel" in (version / "model.py").read_text()
@@ -53,6 +53,13 @@ def test_layout_and_configs(repo, cm_bundle, decoder_bundle):
     cm = parse(repo / "cm2" / "config.pbtxt")
     assert [(i.name, dims(i), i.optional) for i in cm.input] == [("class_labels", [1], True), ("seed", [1], True)]
     assert dims(cm.output[0]) == [3, 16, 16]
+
+    edit = parse(repo / "edit_inpaint" / "config.pbtxt")  # Editor.edit's arguments, the batch axis first
+    assert [(i.name, dims(i), i.optional) for i in edit.input] == [
+        ("image", [3, 16, 16], False), ("mask", [1, 16, 16], False), ("class_labels", [1], True), ("seed", [1], True)]
+    assert "(inpaint, 2 step(s))" in (repo / "edit_inpaint" / "config.pbtxt").read_text()
+    plain = parse(repo / "edit_inpaint_onnx" / "config.pbtxt")
+    assert [i.name for i in plain.input] == ["image", "mask", "class_labels", "noise_0", "noise_1"]
 
 
 def test_plain_onnx_configs_take_the_noise(repo):

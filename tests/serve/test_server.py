@@ -1,5 +1,5 @@
-"""A real Triton server (PyTriton's tritonserver, Python backend) on the tiny decoder ``dec2`` and
-sampler ``cm2``: seeded requests over HTTP and gRPC equal the in-process calls, merged requests
+"""A real Triton server (PyTriton's tritonserver, Python backend) on the tiny decoder ``dec2``,
+sampler ``cm2`` and inpainting editor ``edit_inpaint``: seeded requests over HTTP and gRPC equal the in-process calls, merged requests
 stay correct, bad requests get errors and the server stays healthy."""
 
 from __future__ import annotations
@@ -52,6 +52,20 @@ def test_seeded_sample_equals_in_process(clients, sampler, proto):
     assert np.abs(images - sampler.sample(3, class_labels=[3, 1, 4], seed=9)).max() <= ATOL
     drawn = infer(clients[proto], "cm2", seed=seed_rows(10, 2))  # labels drawn from the seed, as in-process
     assert np.abs(drawn - sampler.sample(2, seed=10)).max() <= ATOL
+
+
+@pytest.mark.parametrize("proto", ["http", "grpc"])
+def test_seeded_inpaint_equals_in_process(clients, edit_inpaint, proto):
+    rng = np.random.default_rng(3)
+    image = rng.uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
+    mask = np.zeros((2, 1, 16, 16), np.float32)
+    mask[..., 4:12, 4:12] = 1.0
+    labels = np.array([[2], [5]], dtype=np.int64)
+    images = infer(clients[proto], "edit_inpaint", image=image, mask=mask, class_labels=labels, seed=seed_rows(4, 2))
+    with cmrt.Editor(edit_inpaint.path) as editor:
+        ref = editor.edit(image, mask=mask, class_labels=[2, 5], seed=4)
+    assert np.abs(images - ref).max() <= ATOL
+    assert np.array_equal(images * (1 - mask), image * (1 - mask))  # the kept part is the input, exactly
 
 
 def test_unseeded_requests_differ(clients):
