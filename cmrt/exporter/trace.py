@@ -20,14 +20,15 @@ cmrt instead traces two small programs and splices them:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import warnings
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import onnx_ir as ir
@@ -107,10 +108,8 @@ def first_network_call(sampler: nn.Module, network: nn.Module, args: Sequence[to
 
     handle = network.register_forward_pre_hook(hook)
     try:
-        with torch.no_grad():
+        with contextlib.suppress(_Captured), torch.no_grad():  # the hook stops the run at the first call
             sampler(*args)
-    except _Captured:
-        pass
     finally:
         handle.remove()
     if not seen:
