@@ -62,11 +62,11 @@ def export_graph(sampler, network, args: Sequence, input_names: list[str], dyn, 
     from .trace import first_network_call, splice, trace_network, trace_sampler
 
     clock = _Clock()
-    call, out = first_network_call(sampler, network, args)
+    call = first_network_call(sampler, network, args)
     net, net_cached = trace_network(network, call, spatial=spatial, opset=opset, cache=cache)
     clock.lap("network")
-    model, sampler_cached = trace_sampler(sampler, network, out.shape[1], args, input_names, dyn, opset=opset,
-                                          cache=cache)
+    model, sampler_cached = trace_sampler(sampler, network, network.config.out_channels, args, input_names, dyn,
+                                          opset=opset, cache=cache)
     clock.lap("sampler")
     state = network.state_dict()
     calls = splice(model, net, state)

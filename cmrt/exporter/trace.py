@@ -97,9 +97,9 @@ class _Captured(Exception):
     """Stops the sampler at its first network call (the arguments are all ``trace_network`` needs)."""
 
 
-def first_network_call(sampler: nn.Module, network: nn.Module, args: Sequence[torch.Tensor]) -> tuple[tuple, torch.Tensor]:
-    """The positional arguments (trailing Nones dropped) of the sampler's first call of ``network``,
-    and that call's output. The sampler runs only up to that call, the network once."""
+def first_network_call(sampler: nn.Module, network: nn.Module, args: Sequence[torch.Tensor]) -> tuple:
+    """The positional arguments (trailing Nones dropped) of the sampler's first call of ``network``.
+    The sampler runs only up to that call; the network does not run."""
     seen: list[tuple] = []
 
     def hook(_module, call_args):
@@ -117,8 +117,7 @@ def first_network_call(sampler: nn.Module, network: nn.Module, args: Sequence[to
     call = list(seen[0])
     while call and call[-1] is None:
         call.pop()
-    with torch.no_grad():
-        return tuple(call), network(*call)
+    return tuple(call)
 
 
 # --- tracing --------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ UNet built on the meta device (``assign``), so no second copy of a large model i
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import json
 import zipfile
 from pathlib import Path
@@ -93,12 +95,17 @@ def read_diffusers_weights(folder: Path, prefix: str = "") -> dict[str, torch.Te
     return out
 
 
-def _build(spec: ModelSpec, state: dict[str, torch.Tensor], where: str, source: dict) -> LoadedModel:
-    """A UNet on the meta device, filled with ``state`` by assignment (no second copy)."""
-    with torch.device("meta"):
-        unet = UNet(spec.unet)
-    load_state(unet, {k: v.float() for k, v in state.items()}, where)
-    return LoadedModel(spec, unet.eval(), source)
+def _build(spec: ModelSpec, state: dict[str, torch.Tensor], path: Path, source: dict) -> LoadedModel:
+    """A UNet on the meta device, filled with ``state`` by assignment (no second copy). ``source``
+    (format, details) gets ``path`` and, unless it has one, the SHA-256 of ``path``, computed while
+    the UNet is built (hashlib releases the GIL: gigabytes of official weights hash meanwhile)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest = None if "sha256" in source else pool.submit(sha256_path, path)
+        with torch.device("meta"):
+            unet = UNet(spec.unet)
+        load_state(unet, {k: v.float() for k, v in state.items()}, str(path))
+        hashed = {} if digest is None else {"sha256": digest.result()}
+    return LoadedModel(spec, unet.eval(), {"path": str(path), **hashed, **source})
 
 
 def _spec(where: str, **fields) -> ModelSpec:
@@ -126,8 +133,7 @@ def load_diffusers_vae(path: Path) -> LoadedModel:
     spec = _spec(where, kind="decoder", unet=unet_cfg, image_channels=DECODER_IMAGE_CHANNELS, clip=False,
                  name="consistency-decoder (diffusers)")
     state = read_diffusers_weights(path, VAE_PREFIX)
-    return _build(spec, state, str(path), {"path": str(path), "sha256": sha256_path(path),
-                                           "format": "diffusers ConsistencyDecoderVAE"})
+    return _build(spec, state, path, {"format": "diffusers ConsistencyDecoderVAE"})
 
 
 def _check_vae_latent_space(cfg: dict, where: str) -> None:
@@ -193,8 +199,7 @@ def load_diffusers_pipeline(path: Path, *, image_size: int | None = None) -> Loa
     spec = _sampler_spec(_read_json(unet_dir / "config.json"), where, name="consistency model (diffusers)",
                          image_size=image_size, **_scheduler_fields(path / "scheduler" / "scheduler_config.json"))
     state = read_diffusers_weights(unet_dir)
-    return _build(spec, state, str(path), {"path": str(path), "sha256": sha256_path(path),
-                                           "format": "diffusers ConsistencyModelPipeline"})
+    return _build(spec, state, path, {"format": "diffusers ConsistencyModelPipeline"})
 
 
 def load_diffusers_unet(path: Path, *, image_size: int | None = None) -> LoadedModel:
@@ -204,8 +209,7 @@ def load_diffusers_unet(path: Path, *, image_size: int | None = None) -> LoadedM
     spec = _sampler_spec(_read_json(path / "config.json"), where, name="consistency model (diffusers UNet2DModel)",
                          image_size=image_size)
     state = read_diffusers_weights(path)
-    return _build(spec, state, str(path), {"path": str(path), "sha256": sha256_path(path),
-                                           "format": "diffusers UNet2DModel"})
+    return _build(spec, state, path, {"format": "diffusers UNet2DModel"})
 
 
 # --- OpenAI files -----------------------------------------------------------------------------
@@ -262,9 +266,8 @@ def load_openai_cm(path: Path, *, arch: str | None = None, image_size: int | Non
     spec = _spec(str(path), kind="sampler", unet=cfg, image_channels=cfg.in_channels, image_size=int(size),
                  num_classes=cfg.num_classes, clip=True, grid_size=grid, name=f"openai consistency model ({path.name})")
     converted = C.openai_cm_to_cmrt(state, cfg, str(path))
-    return _build(spec, converted, str(path), {"path": str(path), "sha256": sha256_file(path),
-                                               "format": "openai consistency model", "arch": arch or C.match_arch(cfg),
-                                               "grid": grid, "grid_rule": grid_rule})
+    return _build(spec, converted, path, {"format": "openai consistency model", "arch": arch or C.match_arch(cfg),
+                                          "grid": grid, "grid_rule": grid_rule})
 
 
 def load_openai_decoder(path: Path, *, trust: bool = False, embedding: str | Path | None = None) -> LoadedModel:
@@ -292,11 +295,10 @@ def load_openai_decoder(path: Path, *, trust: bool = False, embedding: str | Pat
     cfg = C.infer_decoder_config(state, str(path))
     spec = _spec(str(path), kind="decoder", unet=cfg, image_channels=DECODER_IMAGE_CHANNELS, clip=True,
                  name="consistency-decoder (OpenAI decoder.pt)")
-    source = {"path": str(path), "sha256": digest, "format": "openai decoder.pt (torchscript)",
-              "trusted": digest != DECODER_PT_SHA256}
+    source = {"sha256": digest, "format": "openai decoder.pt (torchscript)", "trusted": digest != DECODER_PT_SHA256}
     if embedding is not None:
         source["embedding"] = {"path": str(embedding), "sha256": sha256_file(embedding)}
-    return _build(spec, state, str(path), source)
+    return _build(spec, state, path, source)
 
 
 def _read_embedding(path: Path, embedding: str | Path | None) -> torch.Tensor:
