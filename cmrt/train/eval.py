@@ -28,6 +28,7 @@ from ..parity import psnr_per_image
 from ..samplers import consistency_sample, decoder_sample, heun_sample
 from .data import DIGITS_CLASSES, DIGITS_LEVELS, DIGITS_SIDE, digits_8x8, load_toy, pool_to_8x8
 from .methods import method
+from .sharpness import sharpness
 
 PCA_COMPONENTS = 20
 CLASSIFIER = Path(__file__).resolve().parent.parent / "assets" / "digits_classifier.safetensors"
@@ -63,13 +64,6 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, projections: int = SWD_PROJ
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     pa, pb = np.sort(a @ dirs.T, axis=0), np.sort(b @ dirs.T, axis=0)
     return float(np.abs(pa - pb).mean())
-
-
-def sharpness(x: torch.Tensor) -> torch.Tensor:
-    """Per-image mean absolute finite-difference gradient (a blur measure: lower = blurrier)."""
-    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().reshape(x.shape[0], -1).mean(1)
-    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().reshape(x.shape[0], -1).mean(1)
-    return (dx + dy) / 2
 
 
 # --- the digit classifier (trained by cmrt, shipped in assets/) -----------------------------------

@@ -18,6 +18,7 @@ import torch
 from .. import schedules as S
 from ..parity import psnr_per_image
 from ..samplers import decoder_sample
+from .sharpness import sharpness
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,9 @@ REGIONS = (Region("text", "text"), Region("face", "astronaut", (32, 200, 144, 31
 CROP_SCALE = 2  # the side-by-side PNGs are upscaled ×2 (nearest) so that pixels show
 
 
-def sharpness(x: torch.Tensor) -> float:
-    """Mean absolute finite-difference gradient (rows and columns) of an image (C, H, W) or batch."""
-    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
-    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-    return float((dx + dy) / 2)
+def sharpness_ratio(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """``sharpness`` of ``x`` over that of ``reference`` (one image each, (1, C, H, W))."""
+    return float(sharpness(x).mean() / sharpness(reference).mean())
 
 
 def decode_photo(denoiser, latents: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
@@ -87,7 +86,7 @@ def score(images: dict[str, dict[str, torch.Tensor]]) -> list[dict]:
             if method != "original":
                 rows.append({"photo": name, "region": "whole", "decoder": method,
                              "psnr_db": float(psnr_per_image(x, row["original"])[0]),
-                             "sharpness_ratio": sharpness(x) / sharpness(row["original"])})
+                             "sharpness_ratio": sharpness_ratio(x, row["original"])})
     for region in REGIONS:
         row = images[region.photo]
         ref = region.crop(row["original"])
@@ -95,7 +94,7 @@ def score(images: dict[str, dict[str, torch.Tensor]]) -> list[dict]:
             if method != "original":
                 rows.append({"photo": region.photo, "region": region.kind, "decoder": method,
                              "psnr_db": float(psnr_per_image(region.crop(x), ref)[0]),
-                             "sharpness_ratio": sharpness(region.crop(x)) / sharpness(ref)})
+                             "sharpness_ratio": sharpness_ratio(region.crop(x), ref)})
     return rows
 
 
