@@ -1,14 +1,19 @@
-"""Decode latency targets, measured in paired rounds (issue 2).
+"""Latency ratios and the share of the GEMM rate, measured in paired rounds (issues 2 and 14).
 
 On a shared VM the machine's speed drifts by ±15% between minutes, as much as the margins being
 measured. Here every round times each backend in turn (a few calls back to back) on the same inputs, and the
 ratios are the medians of the per-round ratios, so a slow minute slows both sides of a ratio.
 Backends (``benchmarks/backends.py``): diffusers' ``ConsistencyDecoderVAE.decode`` with the same
-weights, ``cmrt.Decoder.decode`` (seeded), a bare ``InferenceSession.run`` on cmrt's graph, and a
-plain ``torch.onnx`` dynamo export on ONNX Runtime's defaults. The machine's fp32 GEMM rate is
-measured before and after; the FLOP rate is ``unet_flops`` × steps over cmrt's median.
+weights (for a consistency model: diffusers' ``ConsistencyModelPipeline``), ``cmrt.Decoder.decode``
+/ ``cmrt.Sampler.sample`` (seeded), a bare ``InferenceSession.run`` on cmrt's graph, a plain
+``torch.onnx`` dynamo export on ONNX Runtime's defaults, and cmrt's unrolled module in PyTorch eager
+mode. The machine's fp32 GEMM rate is measured before and after; the FLOP rate is ``unet_flops`` ×
+steps × batch over cmrt's median.
 
-    python -m benchmarks.paired [--model decoder-reduced] [--resolutions 64,256] [--rounds 15] [--json out.json]
+    python -m benchmarks.paired [--model decoder-reduced] [--resolutions 64,256] [--steps 2] [--batches 1]
+        [--backends diffusers,cmrt,session,plain] [--rounds 15] [--json out.json]
+    python -m benchmarks.paired --model imagenet64 --resolutions 64 --steps 1,2 --batches 1,4 \
+        --backends diffusers,cmrt,eager --rounds 5
 """
 
 from __future__ import annotations
@@ -22,51 +27,58 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import measure
-from benchmarks.backends import diffusers_own, onnxruntime_cpu, onnxruntime_plain, onnxruntime_session
+from benchmarks.backends import diffusers_own, onnxruntime_cpu, onnxruntime_plain, onnxruntime_session, pytorch_eager
 from benchmarks.suites import DEFAULT_CACHE, MODELS, Case, _weights_digest, case_flops, prepare
 
 BACKENDS = {"diffusers": diffusers_own, "cmrt": onnxruntime_cpu, "session": onnxruntime_session,
-            "plain": onnxruntime_plain}
+            "plain": onnxruntime_plain, "eager": pytorch_eager}
+DEFAULT_BACKENDS = "diffusers,cmrt,session,plain"
 WARMUP = 2
 SETTLE_S = 0.05  # pause before each backend's turn: threads the previous one left spinning go idle
 PER_ROUND = 3
 
 
-def paired_rounds(calls: dict, rounds: int, per_round: int = PER_ROUND) -> dict[str, list[float]]:
-    """``rounds`` rounds; in each, every backend in turn gets a pause, one untimed call and
+def paired_rounds(calls: dict, rounds: int, per_round: int = PER_ROUND, *, warmup: int = WARMUP,
+                  untimed: int = 1) -> dict[str, list[float]]:
+    """``rounds`` rounds; in each, every backend in turn gets a pause, ``untimed`` untimed calls and
     ``per_round`` timed calls back to back (steady state, as in a loop of decodes), whose median is
     its sample for the round. Milliseconds. The pause keeps a backend from running beside threads
-    the previous one left spinning (ONNX Runtime's default; the plain export uses it)."""
+    the previous one left spinning (ONNX Runtime's default; the plain export uses it). Calls of
+    seconds (the published models) need no untimed call per round: ``untimed=0``, ``per_round=1``."""
     for call in calls.values():
-        for _ in range(WARMUP):
+        for _ in range(warmup):
             call()
     samples: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
         for name, call in calls.items():
             time.sleep(SETTLE_S)
-            call()
+            for _ in range(untimed):
+                call()
             samples[name].append(float(np.median([measure.host_time(call) for _ in range(per_round)])))
     return samples
 
 
 def summarize(samples: dict[str, list[float]], gflop: float, peak: float) -> dict:
-    """Medians, per-round ratio medians, and cmrt's FLOP rate as a share of the GEMM peak."""
+    """Medians, cmrt's per-round speed-up over every other backend (median and range), and cmrt's
+    FLOP rate as a share of the GEMM peak."""
     s = {k: np.asarray(v) for k, v in samples.items()}
     median = {k: float(np.median(v)) for k, v in s.items()}
-    return {
-        "median_ms": median,
-        "speedup_vs_diffusers": float(np.median(s["diffusers"] / s["cmrt"])),
-        "speedup_vs_diffusers_range": [float(np.min(s["diffusers"] / s["cmrt"])), float(np.max(s["diffusers"] / s["cmrt"]))],
-        "plain_speedup_vs_diffusers": float(np.median(s["diffusers"] / s["plain"])),
-        "cmrt_vs_plain": float(np.median(s["plain"] / s["cmrt"])),
-        "api_overhead": float(np.median(s["cmrt"] / s["session"]) - 1.0),
-        "gflop": gflop,
-        "cmrt_gflop_per_s": gflop / (median["cmrt"] / 1e3),
-        "cmrt_pct_of_gemm_peak": 100.0 * gflop / (median["cmrt"] / 1e3) / peak,
-    }
+    out = {"median_ms": median, "gflop": gflop, "cmrt_gflop_per_s": gflop / (median["cmrt"] / 1e3),
+           "cmrt_pct_of_gemm_peak": 100.0 * gflop / (median["cmrt"] / 1e3) / peak, "cmrt_speedup": {}}
+    for name in s:
+        if name != "cmrt":
+            r = s[name] / s["cmrt"]
+            out["cmrt_speedup"][name] = {"median": float(np.median(r)), "min": float(np.min(r)), "max": float(np.max(r))}
+    if "session" in s:
+        out["api_overhead"] = float(np.median(s["cmrt"] / s["session"]) - 1.0)
+    return out
 
 
-def run(model_key: str, resolutions: list[int], rounds: int, cache: Path, log=print) -> dict:
+def run(model_key: str, resolutions: list[int], rounds: int, cache: Path, *, steps: list[int] = (2,),
+        batches: list[int] = (1,), backends: list[str] | None = None, long_calls: bool = False, log=print) -> dict:
+    """Paired rounds on every (resolution, steps, batch) case of one model. ``long_calls``: calls of
+    seconds, timed once per round after one warm-up call (no untimed call per round)."""
+    names = backends or DEFAULT_BACKENDS.split(",")
     env = measure.environment()
     gemm_before = measure.gemm_rate()
     log(f"machine: {env['machine']}; fp32 GEMM {gemm_before} GFLOP/s; load {env['load_1m_start']}")
@@ -74,42 +86,109 @@ def run(model_key: str, resolutions: list[int], rounds: int, cache: Path, log=pr
     digest = _weights_digest(model)
     cases = {}
     for res in resolutions:
-        case = Case(model_key, res, 2)
-        prepared = prepare(model, digest, case, cache, ["onnxruntime-cpu"], gpu=False)
-        calls = {name: make(prepared) for name, make in BACKENDS.items()}
-        cases[res] = {"samples_ms": paired_rounds(calls, rounds), "gflop": case_flops(model, case)}
-        del calls
-        measure.release_memory()
+        for n_steps in steps:
+            for batch in batches:
+                case = Case(model_key, res, n_steps, batch)
+                prepared = prepare(model, digest, case, cache, ["onnxruntime-cpu"], gpu=False)
+                calls = {name: BACKENDS[name](prepared) for name in names}
+                key = f"{res}:b{batch}:s{n_steps}"
+                cases[key] = {"resolution": res, "batch": batch, "steps": n_steps, "load_1m": measure.load_average(),
+                              "samples_ms": _rounds(calls, rounds, long_calls), "gflop": case_flops(model, case) * batch}
+                del calls
+                measure.release_memory()
+                log(f"{key}: " + ", ".join(f"{k} {np.median(v):.1f} ms" for k, v in cases[key]["samples_ms"].items()))
     gemm_after = measure.gemm_rate()
     peak = max(gemm_before["peak"], gemm_after["peak"])
-    for res, c in cases.items():
+    log(f"fp32 GEMM after: {gemm_after} GFLOP/s")
+    for key, c in cases.items():
         c.update(summarize(c["samples_ms"], c["gflop"], peak))
-        log(_line(res, c))
+        log(_line(key, c))
     env["load_1m_end"] = measure.load_average()
-    return {"model": model_key, "rounds": rounds, "environment": env, "gemm_gflops": {"before": gemm_before,
-            "after": gemm_after, "peak": peak}, "cases": cases}
+    return {"model": model_key, "rounds": rounds, "backends": names, "environment": env,
+            "gemm_gflops": {"before": gemm_before, "after": gemm_after, "peak": peak}, "cases": cases}
 
 
-def _line(res: int, c: dict) -> str:
+def _rounds(calls: dict, rounds: int, long_calls: bool) -> dict[str, list[float]]:
+    if long_calls:
+        return paired_rounds(calls, rounds, per_round=1, warmup=1, untimed=0)
+    return paired_rounds(calls, rounds)
+
+
+def _line(key: str, c: dict) -> str:
     m = c["median_ms"]
-    return (f"{res}²: diffusers {m['diffusers']:.1f} ms, cmrt {m['cmrt']:.1f} ms (session {m['session']:.1f}, "
-            f"plain export {m['plain']:.1f}); cmrt/diffusers {c['speedup_vs_diffusers']:.2f}× "
-            f"(rounds {c['speedup_vs_diffusers_range'][0]:.2f}–{c['speedup_vs_diffusers_range'][1]:.2f}), "
-            f"plain/diffusers {c['plain_speedup_vs_diffusers']:.2f}×, cmrt vs plain {c['cmrt_vs_plain']:.3f}×, "
-            f"API overhead {100 * c['api_overhead']:+.1f}%, {c['cmrt_gflop_per_s']:.1f} GFLOP/s = "
+    times = ", ".join(f"{k} {v:.1f} ms" for k, v in m.items())
+    ratios = ", ".join(f"vs {k} {r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})" for k, r in c["cmrt_speedup"].items())
+    overhead = f", API overhead {100 * c['api_overhead']:+.1f}%" if "api_overhead" in c else ""
+    return (f"{key}: {times}; cmrt {ratios}{overhead}; {c['cmrt_gflop_per_s']:.1f} GFLOP/s = "
             f"{c['cmrt_pct_of_gemm_peak']:.0f}% of GEMM peak")
+
+
+#: the ``cm`` suite (issue 14): the published OpenAI consistency-model UNets with random weights at
+#: their sizes, batch 1 and 4, 1 and 2 steps; cmrt against diffusers' pipeline and PyTorch eager.
+CM_CASES = {"imagenet64": (64, 5), "lsun256": (256, 2)}  # model → (resolution, rounds)
+CM_BACKENDS = ["diffusers", "cmrt", "eager"]
+SUITE_NAMES = {"diffusers": "diffusers", "cmrt": "onnxruntime-cpu", "session": "onnxruntime-session",
+               "plain": "onnxruntime-plain", "eager": "pytorch-eager"}
+
+
+def cm_suite(cache: Path, log=print, *, models: dict[str, tuple[int, int]] | None = None,
+             steps: list[int] = (1, 2), batches: list[int] = (1, 4)) -> dict:
+    """``cmrt bench --suite cm``: paired rounds per model (calls of seconds: one timed call per
+    round), as rows in the suites' format, one per case and backend."""
+    t0 = time.perf_counter()
+    rows, results = [], {}
+    for key, (res, rounds) in (models or CM_CASES).items():
+        cache.mkdir(parents=True, exist_ok=True)
+        r = run(key, [res], rounds, cache, steps=list(steps), batches=list(batches), backends=CM_BACKENDS,
+                long_calls=True, log=log)
+        results[key] = r
+        rows += suite_rows(r)
+    first = next(iter(results.values()))
+    return {"suite": "cm", "environment": first["environment"], "gemm_gflops": first["gemm_gflops"]["before"],
+            "rows": rows, "paired": results, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def suite_rows(result: dict) -> list[dict]:
+    """One row per case and backend in ``benchmarks.report``'s format; ``speedup_vs_eager`` is the
+    median of per-round ratios."""
+    env, peak = result["environment"], result["gemm_gflops"]["peak"]
+    rows = []
+    for c in result["cases"].values():
+        s = {k: np.asarray(v) for k, v in c["samples_ms"].items()}
+        for name, samples in s.items():
+            median = float(np.median(samples))
+            ratio = float(np.median(s["eager"] / samples)) if "eager" in s else None
+            rows.append({"model": result["model"], "backend": SUITE_NAMES[name], "precision": "fp32",
+                         "batch": c["batch"], "steps": c["steps"], "resolution": c["resolution"],
+                         "machine": env["machine"], "load_1m": c["load_1m"], "status": "ok", "device": "cpu",
+                         "median_ms": median, "p10_ms": float(np.percentile(samples, 10)),
+                         "p90_ms": float(np.percentile(samples, 90)), "repeats": len(samples),
+                         "peak_mem_mb": measure.rss_mb(), "peak_rss_reset": False, "gflop": c["gflop"] / c["batch"],
+                         "images_per_s": c["batch"] / (median / 1e3), "gflop_per_s": c["gflop"] / (median / 1e3),
+                         "pct_peak": 100 * c["gflop"] / (median / 1e3) / peak, "speedup_vs_eager": ratio})
+    return rows
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="decoder-reduced", choices=sorted(MODELS))
     p.add_argument("--resolutions", default="64,256")
+    p.add_argument("--steps", default="2")
+    p.add_argument("--batches", default="1")
+    p.add_argument("--backends", default=DEFAULT_BACKENDS, help=f"any of {', '.join(BACKENDS)}; cmrt is required")
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--long-calls", action="store_true", help="one warm-up call, one timed call per round")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--json", type=Path)
     a = p.parse_args()
     a.cache.mkdir(parents=True, exist_ok=True)
-    result = run(a.model, [int(r) for r in a.resolutions.split(",")], a.rounds, a.cache)
+    names = a.backends.split(",")
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or "cmrt" not in names:
+        p.error(f"--backends: choose from {', '.join(BACKENDS)}, including cmrt (got {a.backends})")
+    ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
+    result = run(a.model, ints(a.resolutions), a.rounds, a.cache, steps=ints(a.steps), batches=ints(a.batches),
+                 backends=names, long_calls=a.long_calls)
     if a.json:
         a.json.write_text(json.dumps(result, indent=1))
     return 0

@@ -131,6 +131,12 @@ def _grid(model: str, resolutions: Iterable[int], steps: Iterable[int], batch: i
     return tuple(Case(model, r, s, batch) for r in resolutions for s in steps)
 
 
+def _cm_suite(cache: Path, log: Callable[[str], None]) -> dict:
+    from .paired import cm_suite
+
+    return cm_suite(cache, log)
+
+
 def _edit_suite(cache: Path, log: Callable[[str], None]) -> dict:
     from .edit import run
 
@@ -141,14 +147,15 @@ _SLOW_COMPILE = ("left out of this suite: inductor compiles the unrolled UNets f
                  "ask for it with --backend torch-compile")
 _QUICK = _grid("decoder-reduced", (64, 256), (2,)) + _grid("digits", (16,), (1, 2, 4))
 _DECODER = _grid("decoder-official", (64, 128, 256), (2,))
-_CM = _grid("imagenet64", (64,), (1, 2)) + _grid("lsun256", (256,), (1, 2))
+_CM = tuple(c for b in (1, 4) for c in _grid("imagenet64", (64,), (1, 2), b) + _grid("lsun256", (256,), (1, 2), b))
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("quick", "reduced-width decoder at 64² and 256², the digits model at 1/2/4 steps (< 3 min on a 2-core CPU "
           "once bundles are cached)", _QUICK, skip=(("torch-compile", _SLOW_COMPILE),)),
     Suite("decoder", "the official-width decoder at 64², 128², 256² (CPU); up to 1024² on a GPU", _DECODER,
           gpu_cases=_grid("decoder-official", (512, 1024), (2,)), warmup=1, repeats=3, min_seconds=0.0),
-    Suite("cm", "ImageNet-64 and LSUN-256 consistency-model UNets, batch 1, 1 and 2 steps", _CM,
-          warmup=1, repeats=3, min_seconds=0.0),
+    Suite("cm", "ImageNet-64 and LSUN-256 consistency-model UNets (random weights at the published sizes), "
+          "batch 1 and 4, 1 and 2 steps: cmrt on ONNX Runtime CPU vs diffusers' pipeline and PyTorch eager, paired "
+          "rounds (LSUN-256 takes about an hour on a 2-core CPU)", _CM, runner=_cm_suite),
     Suite("full", "quick + decoder + cm", _QUICK + _DECODER + _CM,
           gpu_cases=_grid("decoder-official", (512, 1024), (2,)), warmup=1, repeats=3),
     Suite("edit", "editing graphs (inpaint, superres ×4, stroke, colorize at 2 and 4 evaluations, denoise) on "

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.paired import cm_suite
 from benchmarks.backends import loop_sample, onnxruntime_loop, onnxruntime_session
 from benchmarks.report import REQUIRED_KEYS
 from benchmarks.suites import MODELS, Case, prepare, _weights_digest
@@ -131,3 +132,17 @@ def test_python_loop_reproduces_unrolled_graph(smoke, model, res, steps):
     sessions = [lambda f, b=b: onnxruntime_session(type(p)(m, b, f, [s]))() for b, s in zip(p.single_step, p.schedule)]
     zeroed = dict(p.feeds) | {"noise_1": np.zeros_like(p.feeds["noise_1"])}
     assert np.abs(loop_sample(sessions, m.spec.kind, p.schedule, zeroed) - unrolled).max() > LOOP_TOLERANCE
+
+
+def test_cm_suite_rows_on_a_tiny_model(smoke):
+    """The ``cm`` suite's runner on a tiny class-conditional CM: real exports, real diffusers
+    pipeline and PyTorch eager (the smoke suite's cached bundle), rows in the suites' format."""
+    result = cm_suite(smoke / "cache", log=lambda _: None, models={"tiny-cm": (16, 1)}, steps=(2,), batches=(1, 2))
+    rows = result["rows"]
+    assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("diffusers", "onnxruntime-cpu",
+                                                                           "pytorch-eager") for n in (1, 2)}
+    for r in rows:
+        assert all(k in r for k in REQUIRED_KEYS), r
+        assert r["median_ms"] > 0 and r["steps"] == 2 and r["resolution"] == 16
+    eager = [r for r in rows if r["backend"] == "pytorch-eager"]
+    assert all(r["speedup_vs_eager"] == 1.0 for r in eager)

@@ -86,19 +86,26 @@ def _exported(groups: int) -> onnx.ModelProto:
     return program.model_proto
 
 
-@pytest.mark.parametrize("groups, fused", [(C, 1), (C // 2, 0)])
-def test_group_norm_with_one_channel_per_group_becomes_one_instance_norm(groups, fused):
+@pytest.mark.parametrize("groups, fused, batchnorms", [(C, 1, 0), (C // 2, 0, 1), (2, 0, 1)])
+@pytest.mark.parametrize("scale", [1.0, 3.0, 10.0])
+def test_group_norm_rewrites_keep_parity(groups, fused, batchnorms, scale):
+    """One channel per group: Reshape → IN → Reshape → Mul → Add becomes one InstanceNormalization.
+    Several: the affine Mul → Add becomes one BatchNormalization. Parity with PyTorch's GroupNorm
+    + SiLU at activations ×1, ×3, ×10 (and offset, so the statistics are not centred)."""
     model = _exported(groups)
     assert _ops(model)["InstanceNormalization"] == 1 and _ops(model)["Mul"] >= 1
-    x = np.random.default_rng(2).standard_normal((2, C, H, W)).astype(np.float32) * 3 + 1
+    x = (np.random.default_rng(2).standard_normal((2, C, H, W)).astype(np.float32) * 3 + 1) * scale
     new, report = _optimized(model)
-    assert report.fused_instance_norms == fused
+    assert (report.fused_instance_norms, report.batchnorm_affines) == (fused, batchnorms)
     if fused:  # Reshape → IN → Reshape → Mul → Add became one InstanceNormalization
         assert _ops(new)["Reshape"] == 0 and _ops(new)["InstanceNormalization"] == 1
         assert _ops(new)["Mul"] == _ops(model)["Mul"] - 1 and _ops(new)["Add"] == _ops(model)["Add"] - 1
+    if batchnorms:  # the affine's Mul and Add became one BatchNormalization; the statistics unchanged
+        assert _ops(new)["BatchNormalization"] == 1 and _ops(new)["InstanceNormalization"] == 1
+        assert _ops(new)["Mul"] == _ops(model)["Mul"] - 1 and _ops(new)["Add"] == _ops(model)["Add"] - 1
     with torch.no_grad():
         reference = _NormSiLU(groups)(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(_run(new, x), reference, atol=1e-5)
+    np.testing.assert_allclose(_run(new, x), reference, atol=1e-5)  # GroupNorm output is scale-free
 
 
 def test_exported_decoder_is_cleaned_up_and_keeps_scopes(decoder_bundle):

@@ -1,0 +1,76 @@
+"""The roofline tooling (issue 14): the operator-class split read from a real ONNX Runtime
+profile, the table and PNG, the paired-rounds summary. No timing assertions (the ``cm``
+suite's runner is tested on the smoke suite's bundles in ``test_bench_cli.py``)."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from benchmarks import paired, roofline
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _conv_norm_graph(path, channels=16, side=32):
+    """Conv → InstanceNormalization → Sigmoid → Mul → Conv: what a UNet block looks like to ORT."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.1, "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.1, "w2")
+    scale = numpy_helper.from_array(np.ones(channels, np.float32), "scale")
+    bias = numpy_helper.from_array(np.zeros(channels, np.float32), "bias")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("InstanceNormalization", ["c1", "scale", "bias"], ["n"]),
+             helper.make_node("Sigmoid", ["n"], ["s"]),
+             helper.make_node("Mul", ["n", "s"], ["a"]),
+             helper.make_node("Conv", ["a", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    shape = [1, channels, side, side]
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], [w1, w2, scale, bias])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return {"x": rng.standard_normal(shape).astype(np.float32)}
+
+
+def test_profile_split_from_a_real_onnxruntime_profile(tmp_path):
+    feeds = _conv_norm_graph(tmp_path / "g.onnx")
+    run_ms, op_ms = roofline.profile_graph(tmp_path / "g.onnx", feeds, runs=3, threads=1)
+    assert len(run_ms) == 3 and all(t > 0 for t in run_ms)  # the first (warm-up) run is left out
+    assert "Conv" in op_ms and "InstanceNormalization" in op_ms
+    classes = roofline.by_class(op_ms)
+    assert set(classes) == set(roofline.CLASSES)
+    assert np.isclose(sum(classes.values()), sum(op_ms.values()))
+    assert classes["convolution"] > 0 and classes["normalization"] > 0
+    assert sum(op_ms.values()) <= 1.05 * float(np.median(run_ms)) * 1.5  # kernel time within a run's time
+
+
+def test_parse_profile_leaves_out_the_first_run_and_averages():
+    events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
+              {"cat": "Node", "name": "a_kernel_time", "ts": 10, "dur": 90, "args": {"op_name": "Conv"}},
+              {"cat": "Session", "name": "model_run", "ts": 200, "dur": 50},
+              {"cat": "Node", "name": "b_kernel_time", "ts": 210, "dur": 30, "args": {"op_name": "Conv"}},
+              {"cat": "Node", "name": "b_fence_before", "ts": 209, "dur": 5, "args": {"op_name": "Conv"}},
+              {"cat": "Node", "name": "c_kernel_time", "ts": 240, "dur": 10, "args": {"op_name": "ReorderOutput"}},
+              {"cat": "Session", "name": "model_run", "ts": 300, "dur": 70},
+              {"cat": "Node", "name": "d_kernel_time", "ts": 310, "dur": 50, "args": {"op_name": "Conv"}}]
+    run_ms, op_ms = roofline.parse_profile(events)
+    assert run_ms == [0.05, 0.07]
+    assert op_ms == {"Conv": 0.04, "ReorderOutput": 0.005}
+    assert roofline.op_class("ReorderOutput") == "layout" and roofline.op_class("FusedMatMul") == "matmul/attention"
+
+
+def test_roofline_table_and_png(tmp_path):
+    result = {"gemm_gflops": {"peak": 100.0}, "profiles": [
+        {"case": "m:64:1:2", "gflop": 8.0, "median_ms": 100.0, "gflop_per_s": 80.0, "pct_of_gemm": 80.0,
+         "op_ms": {"Conv": 70.0, "InstanceNormalization": 20.0, "ReorderInput": 10.0},
+         "class_ms": roofline.by_class({"Conv": 70.0, "InstanceNormalization": 20.0, "ReorderInput": 10.0})}]}
+    table = roofline.markdown(result)
+    assert "| m:64:1:2 | 8.0 | 100.0 ms | 80.0 | **80%** | 70.0% | 0.0% | 20.0% | 0.0% | 10.0% | 0.0% |" in table
+    roofline.plot(result, tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_summary_ratios_are_medians_of_per_round_ratios():
+    samples = {"cmrt": [10.0, 20.0, 10.0], "diffusers": [20.0, 20.0, 40.0], "session": [10.0, 18.0, 10.0]}
+    s = paired.summarize(samples, gflop=2.0, peak=100.0)
+    assert s["cmrt_speedup"]["diffusers"] == {"median": 2.0, "min": 1.0, "max": 4.0}
+    assert np.isclose(s["api_overhead"], 0.0) and np.isclose(s["cmrt_gflop_per_s"], 200.0)
+    assert np.isclose(s["cmrt_pct_of_gemm_peak"], 200.0)
