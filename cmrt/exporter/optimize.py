@@ -9,6 +9,9 @@ these rules merge:
 * a GroupNorm with one channel per group, exported as ``Reshape → InstanceNormalization →
   Reshape → Mul → Add``, → one ``InstanceNormalization`` carrying the affine (exactly the same
   statistics: each group is one channel);
+* a norm's constant affine followed by a per-sample scale-shift (class-conditional models:
+  ``(x·γ + β)·s + t`` with s, t of shape (N, C, 1, 1) computed from the embedding) →
+  ``x·(γ·s) + (β·s + t)``: two passes over the activation instead of four, the rest on vectors;
 * a GroupNorm with several channels per group: its per-channel affine ``Mul → Add`` →
   one inference-mode ``BatchNormalization`` (mean 0, variance 1, epsilon 0: the same
   ``x·γ + β``, one pass over the activation instead of two).
@@ -43,10 +46,11 @@ class OptimizeReport:
     folded_affine_chains: int
     fused_instance_norms: int
     batchnorm_affines: int = 0
+    folded_scale_shifts: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return {"folded_affine_chains": self.folded_affine_chains, "fused_instance_norms": self.fused_instance_norms,
-                "batchnorm_affines": self.batchnorm_affines}
+                "batchnorm_affines": self.batchnorm_affines, "folded_scale_shifts": self.folded_scale_shifts}
 
 
 def tidy(model: ir.Model) -> None:
@@ -89,11 +93,12 @@ def optimize(model: ir.Model) -> OptimizeReport:
     _dedupe(model)
     onnxscript.optimizer.remove_unused_nodes(model)
     chains = RewriteRuleSet([FoldAffineChain.rule()]).apply_to_model(model)  # first: it shortens
+    shifts = RewriteRuleSet([FoldDynamicScaleShift.rule()]).apply_to_model(model)
     norms = RewriteRuleSet([OneChannelGroupNorm.rule()]).apply_to_model(model)  # the chains this one ends in
     affines = RewriteRuleSet([GroupNormAffineAsBatchNorm.rule()]).apply_to_model(model)  # the norms it left
     onnxscript.optimizer.remove_unused_nodes(model)
     _lift_constants(model)
-    return OptimizeReport(chains, norms, affines)
+    return OptimizeReport(chains, norms, affines, shifts)
 
 
 def _dedupe(model: ir.Model) -> None:
@@ -172,6 +177,41 @@ class FoldAffineChain(RewriteRuleClassBase):
         return out
 
 
+def _per_sample_channel(value: ir.Value, channels: int) -> bool:
+    """A computed value that broadcasts per sample and channel only: shape (N, C, 1, 1)."""
+    shape = value.shape
+    if value.const_value is not None or shape is None or len(shape) != 4:
+        return False
+    return shape[1] == channels and shape[2] == 1 and shape[3] == 1
+
+
+class FoldDynamicScaleShift(RewriteRuleClassBase):
+    """``(x·a + b)·s + t`` with per-channel constants a, b and per-sample (N, C, 1, 1) values s, t
+    → ``x·(a·s) + (b·s + t)``: the products of a and b with s are on (N, C, 1, 1) vectors."""
+
+    def pattern(self, op, x, a, b, s, t):
+        return op.Add(op.Mul(op.Add(op.Mul(x, a, _outputs=["m1"]), b, _outputs=["a1"]), s, _outputs=["m2"]), t)
+
+    def check(self, context, x, a, b, s, t, m1, a1, m2) -> MatchResult:
+        result = MatchResult()
+        av, bv = _const(a), _const(b)
+        if not (_per_channel(av) and _per_channel(bv)) or av.size != bv.size or av.size < 2:
+            return result.fail("a and b are not per-channel float32 constants")
+        if not (_per_sample_channel(s, av.size) and _per_sample_channel(t, av.size)):
+            return result.fail("s and t are not computed (N, C, 1, 1) values")
+        if not _single_use(m1, a1, m2):
+            return result.fail("an intermediate value has other users")
+        return result
+
+    def rewrite(self, op, x, a, b, s, t, m1, a1, m2):
+        av, bv = (_const(v).reshape(1, -1, 1, 1) for v in (a, b))
+        scale = op.Mul(_initializer(op, av, m1, "scale"), s)
+        shift = op.Add(op.Mul(_initializer(op, bv, m1, "shift"), s), t)
+        out = op.Add(op.Mul(x, scale), shift)
+        _keep_scope(out, m1.producer())
+        return out
+
+
 class OneChannelGroupNorm(RewriteRuleClassBase):
     """GroupNorm with as many groups as channels, exported via a reshaped InstanceNormalization plus
     an affine Mul/Add → ``InstanceNormalization(x, gamma, beta)`` on the 4-D tensor."""
@@ -232,12 +272,16 @@ class GroupNormAffineAsBatchNorm(RewriteRuleClassBase):
         producer = normed.producer()
         if producer is None or producer.op_type != "InstanceNormalization":
             return result.fail("not the back-reshape of a GroupNorm's InstanceNormalization")
+        grouping = producer.inputs[0].producer()
+        if grouping is None or grouping.op_type != "Reshape" or not _is_shape_of(back_shape, grouping.inputs[0]):
+            return result.fail("not a GroupNorm's Reshape → InstanceNormalization → Reshape")
         g, b = _const(gamma), _const(beta)
-        channels = back.shape[1] if back.shape is not None and len(back.shape) == 4 else None
-        if not isinstance(channels, int):
-            return result.fail("not a 4-D tensor with a static channel count")
-        if not (_per_channel(g) and _per_channel(b) and g.size == channels and b.size == channels):
+        if not (_per_channel(g) and _per_channel(b) and g.size == b.size and g.size > 1):
             return result.fail("the affine is not one constant per channel")
+        x_shape = grouping.inputs[0].shape  # the GroupNorm's input: its channels, where known
+        channels = x_shape[1] if x_shape is not None and len(x_shape) == 4 else None
+        if x_shape is None or len(x_shape) != 4 or (isinstance(channels, int) and channels != g.size):
+            return result.fail("the affine's size is not the 4-D input's channel count")
         if not _single_use(back, scaled):
             return result.fail("an intermediate value has other users")
         return result

@@ -120,3 +120,40 @@ def test_exported_decoder_is_cleaned_up_and_keeps_scopes(decoder_bundle):
     assert {p.key for n in graph.node for p in n.metadata_props} <= KEEP_METADATA
     assert not any(n.op_type == "Gemm" for n in graph.node)  # the time MLP folded away
     assert decoder_bundle.manifest.parity["onnxruntime-cpu/fp32"].passed
+
+
+def _scale_shift_model(extra_use: bool) -> onnx.ModelProto:
+    """A norm's constant affine, then a per-sample scale-shift computed from an embedding input e
+    (what a class-conditional res block does): ((x·a + b)·(1 + s) + t), s and t of shape (N, C, 1, 1)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((C, 1, 1)).astype(np.float32), n) for n in "ab"]
+    inits += [numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+              numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    nodes = [helper.make_node("Unsqueeze", ["e", "axes"], ["e4"]),
+             helper.make_node("Add", ["e4", "one"], ["s"]), helper.make_node("Neg", ["e4"], ["t"]),
+             helper.make_node("Mul", ["x", "a"], ["m1"]), helper.make_node("Add", ["m1", "b"], ["a1"]),
+             helper.make_node("Mul", ["a1", "s"], ["m2"]), helper.make_node("Add", ["m2", "t"], ["y0"])]
+    nodes += [helper.make_node("Add", ["y0", "a1"] if extra_use else ["y0", "y0"], ["y"])]
+    graph = helper.make_graph(nodes, "scale_shift",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", C, H, W]),
+                               helper.make_tensor_value_info("e", TensorProto.FLOAT, ["n", C])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", C, H, W])], inits)
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
+
+
+@pytest.mark.parametrize("extra_use", [False, True])
+def test_per_sample_scale_shift_folds_onto_vectors(extra_use):
+    model = _scale_shift_model(extra_use)
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.standard_normal((2, C, H, W)).astype(np.float32) * 10,
+             "e": rng.standard_normal((2, C)).astype(np.float32)}
+    new, report = _optimized(model)
+    assert report.folded_scale_shifts == (0 if extra_use else 1)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+    if not extra_use:  # four passes over x became two: one Mul and one Add on the activation
+        full = [n for n in new.graph.node if n.op_type in ("Mul", "Add") and "x" in n.input]
+        assert len(full) == 1 and _ops(new)["Mul"] == 3 and _ops(new)["Add"] == 4
+    np.testing.assert_allclose(run(new), run(model), rtol=1e-5, atol=1e-5)
