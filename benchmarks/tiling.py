@@ -20,8 +20,8 @@ interior tile edge over the RMS error elsewhere.
 
 ``runtime`` measures what users get: ``cmrt.Decoder.decode(tile=...)`` against the untiled call
 on the bundle's backend, on the same photos, and the time of both in paired rounds; with a
-bundle exported with ``--tile-stats``, also ``norm="shared"`` (statistics from the canvas
-downscaled by 2 and by 4).
+bundle exported with ``--tile-stats``, also ``norm="shared"`` and ``"shared-means"``
+(statistics from the canvas downscaled by 2 and by 4).
 """
 
 from __future__ import annotations
@@ -326,20 +326,22 @@ def runtime_quality(bundle: Path, latents: dict[str, torch.Tensor], tile: int, o
                                 limits=T.ShapeLimits(), upscale=UP)
             out[name] = compare(tiled, ref, lay) | {"shape": list(ref.shape[2:]), "tiles": len(lay.tiles),
                                                      "tile_shape": lay.tile_shape, "work_ratio": lay.work_ratio}
-            shared = {f: torch.from_numpy(dec.decode(zn, seed=0, tile=tile, overlap=overlap, norm="shared",
-                                                     stats_factor=f)) for f in factors}
-            for f, img in shared.items():  # GroupNorm statistics from the canvas downscaled by f
-                out[name][f"shared/{f}"] = compare(img, ref, lay)
+            shared = {f"{norm}/{f}": torch.from_numpy(dec.decode(zn, seed=0, tile=tile, overlap=overlap, norm=norm,
+                                                                 stats_factor=f))
+                      for norm in ("shared", "shared-means") for f in factors}
+            for key, img in shared.items():  # GroupNorm statistics from the canvas downscaled by f
+                out[name][key] = compare(img, ref, lay)
             if originals is not None:  # is the untiled decode the better one? (the decoder saw 64² crops)
                 x = originals[name][None]
                 out[name] |= {"untiled_vs_original_db": psnr_db(ref, x), "tiled_vs_original_db": psnr_db(tiled, x)}
-                for f, img in shared.items():
-                    out[name][f"shared/{f}"]["vs_original_db"] = psnr_db(img, x)
+                for key, img in shared.items():
+                    out[name][key]["vs_original_db"] = psnr_db(img, x)
             r = out[name]
             log(f"runtime {name} {tuple(ref.shape[2:])}: {r['tiles']} tiles of {r['tile_shape']} (work ×"
                 f"{r['work_ratio']:.2f}): {r['psnr_db']:.1f} dB, border ×{r['border_ratio']:.2f}"
-                + "".join(f"; shared statistics /{f}: {r[f'shared/{f}']['psnr_db']:.1f} dB, border ×"
-                          f"{r[f'shared/{f}']['border_ratio']:.2f}" for f in factors)
+                + "".join(f"; {key}: {r[key]['psnr_db']:.1f} dB, border ×{r[key]['border_ratio']:.2f}"
+                          + (f" ({r[key]['vs_original_db']:.2f} dB vs the original)" if originals is not None else "")
+                          for key in shared)
                 + (f"; vs the original: untiled {r['untiled_vs_original_db']:.2f} dB, tiled "
                    f"{r['tiled_vs_original_db']:.2f} dB" if originals is not None else ""))
     return out

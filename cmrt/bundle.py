@@ -499,17 +499,20 @@ class NormStatsRecord:
             FP32 graph's weight file).
         shared_graph: the sampler graph whose norms take their statistics from an input (it reads
             the FP32 graph's weight file).
+        means_graph: the sampler graph whose norms take only their means from that input, each
+            keeping its own variance (it reads the FP32 graph's weight file).
         tensor: the statistics' name in both graphs, shape (N, 2, S): [:, 0] per-group means,
             [:, 1] per-group (biased) variances, norm after norm in evaluation order.
         groups: every norm's group count, in that order (S is their sum).
         factor: the default downscale factor of the statistics pass (``Decoder.decode``).
-        parity: "statistics" (the statistics graph's output vs PyTorch's recorded statistics) and
-            "shared" (the shared-statistics graph fed its own inputs' statistics vs PyTorch's
+        parity: "statistics" (the statistics graph's output vs PyTorch's recorded statistics),
+            "shared" and "shared-means" (those graphs fed their own inputs' statistics vs PyTorch's
             images), on the parity inputs at export.
     """
 
     stats_graph: GraphRecord
     shared_graph: GraphRecord
+    means_graph: GraphRecord
     tensor: str
     groups: tuple[int, ...]
     factor: int
@@ -645,7 +648,8 @@ class Manifest:
         """Every file the manifest lists (graphs, parity data, engines and their caches)."""
         out = [f for g in self.graphs.values() for f in g.files] + [self.parity_inputs]
         if self.norm_stats is not None:
-            out += [*self.norm_stats.stats_graph.files, *self.norm_stats.shared_graph.files]
+            ns = self.norm_stats
+            out += [f for g in (ns.stats_graph, ns.shared_graph, ns.means_graph) for f in g.files]
         for e in self.engines.values():
             out += e.files()
         return out

@@ -131,8 +131,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="trace the network anew instead of reusing a cached graph of the same architecture")
     p.add_argument("--tile-stats", action="store_true",
                    help="decoders: also write the statistics and shared-statistics graphs (model.stats.onnx, "
-                        "model.shared.onnx, reading model.onnx's weights) with which a tiled decode shares "
-                        "GroupNorm statistics across its tiles (Decoder.decode(norm='shared'))")
+                        "model.shared.onnx, model.shared-means.onnx, reading model.onnx's weights) with which a "
+                        "tiled decode shares GroupNorm statistics across its tiles "
+                        "(Decoder.decode(norm='shared'|'shared-means'))")
 
 
 def _export_run(a: argparse.Namespace) -> int:
@@ -158,7 +159,7 @@ def _export_run(a: argparse.Namespace) -> int:
     if m.norm_stats is not None:
         ns = m.norm_stats
         print(f"shared GroupNorm statistics: {len(ns.groups)} norms, {sum(ns.groups)} groups "
-              f"({ns.stats_graph.file}, {ns.shared_graph.file}); " + ", ".join(
+              f"({ns.stats_graph.file}, {ns.shared_graph.file}, {ns.means_graph.file}); " + ", ".join(
                   f"{k} max abs {r.outputs[0].max_abs:.3g}" for k, r in ns.parity.items()))
     return 0
 

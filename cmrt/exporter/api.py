@@ -263,19 +263,23 @@ def _add_norm_stats(bundle: Bundle, sampler, graph: Path, feeds: dict[str, torch
         sampler(*feeds.values())
     inputs = {k: v.numpy() for k, v in feeds.items()}
     stats_run = OnnxRuntimeBackend(made.stats, device="cpu", output=STATS_NAME)
-    shared_run = OnnxRuntimeBackend(made.shared, device="cpu")
     try:
         stats = stats_run.run(inputs)
-        images = shared_run.run(inputs | {STATS_NAME: stats})
     finally:
         stats_run.close()
-        shared_run.close()
     reports = {"statistics": compare({STATS_NAME: stats}, {STATS_NAME: NS.pack(recorded).numpy()},
-                                     backend=stats_run.name, precision="fp32-stats"),
-               "shared": compare({OUTPUT_NAME: images}, reference, backend=shared_run.name, precision="fp32")}
+                                     backend=stats_run.name, precision="fp32-stats")}
+    for name, path in (("shared", made.shared), ("shared-means", made.means)):
+        run = OnnxRuntimeBackend(path, device="cpu")
+        try:
+            reports[name] = compare({OUTPUT_NAME: run.run(inputs | {STATS_NAME: stats})}, reference, backend=run.name,
+                                    precision="fp32")
+        finally:
+            run.close()
     record = NormStatsRecord(
         stats_graph=GraphRecord(made.stats.name, (FileRecord.of(made.stats),), OPSET, export_seconds=seconds),
         shared_graph=GraphRecord(made.shared.name, (FileRecord.of(made.shared),), OPSET),
+        means_graph=GraphRecord(made.means.name, (FileRecord.of(made.means),), OPSET),
         tensor=STATS_NAME, groups=made.groups, factor=DEFAULT_STATS_FACTOR,
         parity={k: ParityRecord.of(r) for k, r in reports.items()})
     bundle.update(norm_stats=record)

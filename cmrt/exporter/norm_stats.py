@@ -12,7 +12,9 @@ step after step, which is the order PyTorch calls them):
   ``[:, 0]`` every norm's per-group mean, ``[:, 1]`` its per-group (biased) variance, norm after
   norm (S = the sum of the norms' group counts);
 * the **shared-statistics graph** takes ``norm_stats`` as an input and normalizes every norm's
-  input by it, ``(x − mean) / √(var + ε)`` (then its affine), instead of by its own statistics.
+  input by it, ``(x − mean) / √(var + ε)`` (then its affine), instead of by its own statistics;
+* the **shared-means graph** takes the same input but uses only its means: each norm's input
+  keeps its own variance, ``(x − mean) / √(var_own + ε)``.
 
 Both are standard ONNX (ReduceMean, Sub, Mul, Slice, Unsqueeze, Sqrt, Reciprocal, Concat) and
 read the FP32 graph's weight file, so they add no weights to the bundle.
@@ -31,8 +33,10 @@ from ..errors import ExportError
 
 #: The statistics tensor's name: an output of the statistics graph, an input of the shared one.
 STATS_NAME = "norm_stats"
-#: The two variants' files in a bundle.
-STATS_GRAPH, SHARED_GRAPH = "model.stats.onnx", "model.shared.onnx"
+#: The variants' files in a bundle.
+STATS_GRAPH, SHARED_GRAPH, MEANS_GRAPH = "model.stats.onnx", "model.shared.onnx", "model.shared-means.onnx"
+#: What a shared-statistics graph takes from ``norm_stats``: means and variances, or means only.
+VARIANCES = ("shared", "own")
 _PREFIX = "cmrt_norm"
 
 
@@ -142,8 +146,11 @@ def statistics_graph(model: onnx.ModelProto, norms: list[Norm]) -> onnx.ModelPro
     return out
 
 
-def shared_statistics_graph(model: onnx.ModelProto, norms: list[Norm]) -> onnx.ModelProto:
-    """The sampler with every norm fed from the ``norm_stats`` input, see the module docstring."""
+def shared_statistics_graph(model: onnx.ModelProto, norms: list[Norm], variances: str = "shared") -> onnx.ModelProto:
+    """The sampler with every norm fed from the ``norm_stats`` input, see the module docstring;
+    ``variances`` "own": only the means (the shared-means graph)."""
+    if variances not in VARIANCES:
+        raise ValueError(f"variances must be one of {VARIANCES}, got {variances!r}")
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -155,14 +162,16 @@ def shared_statistics_graph(model: onnx.ModelProto, norms: list[Norm]) -> onnx.M
             g.node.append(node)
             continue
         k, norm = by_node[i]
-        g.node.extend(_shared_norm(g, node, k, norm, offset))
+        g.node.extend(_shared_norm(g, node, k, norm, offset, own_variance=variances == "own"))
         offset += norm.groups
     g.input.append(_stats_value_info(model, offset))
     return out
 
 
-def _shared_norm(g: onnx.GraphProto, node: onnx.NodeProto, k: int, norm: Norm, offset: int) -> list[onnx.NodeProto]:
-    """``(x − mean_k)·(var_k + ε)^(−½)·scale + bias``, mean_k and var_k sliced out of ``norm_stats``."""
+def _shared_norm(g: onnx.GraphProto, node: onnx.NodeProto, k: int, norm: Norm, offset: int, *,
+                 own_variance: bool = False) -> list[onnx.NodeProto]:
+    """``(x − mean_k)·(var_k + ε)^(−½)·scale + bias``, mean_k and var_k sliced out of ``norm_stats``
+    (``own_variance``: var_k is x's own per-group variance)."""
     x, scale, bias = node.input
     p = f"{_PREFIX}{k}_"
     starts = _const(g, p + "starts", [0, offset])
@@ -172,13 +181,20 @@ def _shared_norm(g: onnx.GraphProto, node: onnx.NodeProto, k: int, norm: Norm, o
     spatial = _const(g, p + "spatial", _axes(norm.rank))
     eps = _const(g, p + "eps", norm.epsilon, np.float32)
     per_channel = _const(g, p + "per_channel", [-1] + [1] * (norm.rank - 2))
+    if own_variance:  # x's own per-group variance, as InstanceNormalization computes it
+        variance = [helper.make_node("ReduceMean", [x, spatial], [p + "own_mean"], keepdims=1, name=p + "own_mean"),
+                    helper.make_node("Sub", [x, p + "own_mean"], [p + "own_centred"], name=p + "own_centred"),
+                    helper.make_node("Mul", [p + "own_centred", p + "own_centred"], [p + "own_sq"], name=p + "own_sq"),
+                    helper.make_node("ReduceMean", [p + "own_sq", spatial], [p + "var"], keepdims=1, name=p + "var")]
+    else:
+        variance = [helper.make_node("Squeeze", [p + "var2", p + "one"], [p + "var1"], name=p + "sq_v"),
+                    helper.make_node("Unsqueeze", [p + "var1", spatial], [p + "var"], name=p + "var")]
     return [
         helper.make_node("Slice", [STATS_NAME, starts, ends, axes], [p + "stats"], name=p + "stats"),  # (N, 2, G)
         helper.make_node("Split", [p + "stats", split], [p + "mean2", p + "var2"], axis=1, name=p + "split"),
         helper.make_node("Squeeze", [p + "mean2", _const(g, p + "one", [1])], [p + "mean1"], name=p + "sq_m"),
-        helper.make_node("Squeeze", [p + "var2", p + "one"], [p + "var1"], name=p + "sq_v"),
         helper.make_node("Unsqueeze", [p + "mean1", spatial], [p + "mean"], name=p + "mean"),  # (N, G, 1[, 1])
-        helper.make_node("Unsqueeze", [p + "var1", spatial], [p + "var"], name=p + "var"),
+        *variance,
         helper.make_node("Add", [p + "var", eps], [p + "var_eps"], name=p + "var_eps"),
         helper.make_node("Sqrt", [p + "var_eps"], [p + "std"], name=p + "std"),
         helper.make_node("Reciprocal", [p + "std"], [p + "inv_std"], name=p + "inv_std"),
@@ -193,24 +209,27 @@ def _shared_norm(g: onnx.GraphProto, node: onnx.NodeProto, k: int, norm: Norm, o
 
 @dataclass(frozen=True)
 class NormGraphs:
-    """What ``write_norm_graphs`` wrote: the two graph files and every norm's group count."""
+    """What ``write_norm_graphs`` wrote: the three graph files and every norm's group count."""
 
     stats: Path
     shared: Path
+    means: Path
     groups: tuple[int, ...]
 
 
 def write_norm_graphs(graph: Path) -> NormGraphs:
-    """Write the statistics and shared-statistics variants of the FP32 graph ``graph`` beside it
-    (``STATS_GRAPH``, ``SHARED_GRAPH``); their weights stay in ``graph``'s external-data file."""
+    """Write the statistics, shared-statistics and shared-means variants of the FP32 graph
+    ``graph`` beside it (``STATS_GRAPH``, ``SHARED_GRAPH``, ``MEANS_GRAPH``); their weights stay
+    in ``graph``'s external-data file."""
     model = onnx.load(str(graph), load_external_data=False)
     norms = find_norms(model, graph.parent)
-    paths = (graph.with_name(STATS_GRAPH), graph.with_name(SHARED_GRAPH))
-    for path, variant in zip(paths, (statistics_graph(model, norms), shared_statistics_graph(model, norms))):
-        onnx.save(variant, str(path))
-        onnx.checker.check_model(str(path), full_check=False)
-    return NormGraphs(*paths, tuple(n.groups for n in norms))
+    variants = {STATS_GRAPH: statistics_graph(model, norms), SHARED_GRAPH: shared_statistics_graph(model, norms),
+                MEANS_GRAPH: shared_statistics_graph(model, norms, variances="own")}
+    for name, variant in variants.items():
+        onnx.save(variant, str(graph.with_name(name)))
+        onnx.checker.check_model(str(graph.with_name(name)), full_check=False)
+    return NormGraphs(*(graph.with_name(n) for n in variants), tuple(n.groups for n in norms))
 
 
-__all__ = ["STATS_NAME", "STATS_GRAPH", "SHARED_GRAPH", "Norm", "NormGraphs", "find_norms", "statistics_graph",
+__all__ = ["STATS_NAME", "STATS_GRAPH", "SHARED_GRAPH", "MEANS_GRAPH", "VARIANCES", "Norm", "NormGraphs", "find_norms", "statistics_graph",
            "shared_statistics_graph", "write_norm_graphs"]

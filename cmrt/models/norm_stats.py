@@ -40,10 +40,11 @@ def pack(recorded: list[torch.Tensor]) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def shared(module: nn.Module, stats: torch.Tensor) -> Iterator[None]:
+def shared(module: nn.Module, stats: torch.Tensor, *, variances: str = "shared") -> Iterator[None]:
     """Within the block, every GroupNorm call in ``module`` normalizes by the next norm's
     statistics in ``stats`` (N, 2, S) instead of its input's own: (x − mean)/√(var + ε), then
-    its affine. A pass must make exactly the calls the statistics were recorded from."""
+    its affine; ``variances`` "own": by the given means and its input's own variances. A pass
+    must make exactly the calls the statistics were recorded from."""
     offset = 0
 
     def hook(norm, args, output):
@@ -55,6 +56,8 @@ def shared(module: nn.Module, stats: torch.Tensor) -> Iterator[None]:
         mean, var = (stats[:, i, offset:offset + g, None] for i in (0, 1))
         offset += g
         xg = x.reshape(x.shape[0], g, -1)
+        if variances == "own":
+            var = xg.var(-1, unbiased=False, keepdim=True)
         y = ((xg - mean) / torch.sqrt(var + norm.eps)).reshape_as(x)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return y * norm.weight.view(shape) + norm.bias.view(shape) if norm.affine else y

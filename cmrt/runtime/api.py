@@ -251,14 +251,14 @@ class Decoder(_Runner):
     def __init__(self, engine: str | Path | Bundle, *, backend: str | Backend | None = None,
                  max_batch: int | None = None) -> None:
         super().__init__(engine, backend=backend, max_batch=max_batch)
-        self._norm_backends: tuple[Backend, Backend] | None = None  # statistics, shared: opened on first use
+        self._norm_backends: dict[str, Backend] = {}  # "statistics" and the norm modes' graphs, opened on use
 
     def close(self) -> None:
         """Free the backend's session or engine (and the shared-statistics sessions, if opened);
         later calls raise ``RunnerClosedError``. Idempotent."""
         with self._lock:
-            extra, self._norm_backends = self._norm_backends, None
-        for b in extra or ():
+            extra, self._norm_backends = self._norm_backends, {}
+        for b in extra.values():
             b.close()
         super().close()
 
@@ -283,12 +283,13 @@ class Decoder(_Runner):
             max_pixels: with ``tile`` None, the largest tile output (pixels per image) to allow:
                 picks the largest square tile within it.
             max_batch: the largest batch one backend run gets (None: the runner's).
-            norm: how GroupNorm normalizes a tiled decode: "shared" (every tile by the statistics
-                of one untiled pass over the canvas downscaled by ``stats_factor``; needs a bundle
-                exported with ``--tile-stats`` and an FP32 graph on ONNX Runtime), "tile" (each tile
-                by its own), or None: "shared" when the bundle and backend allow it and the call
-                is tiled, else "tile". "shared" on a call that fits in one tile still runs the
-                statistics pass (with ``stats_factor=1`` it equals the plain call).
+            norm: how GroupNorm normalizes a tiled decode: "shared" (every tile by the means and
+                variances of one untiled pass over the canvas downscaled by ``stats_factor``;
+                needs a bundle exported with ``--tile-stats`` and an FP32 graph on ONNX Runtime),
+                "shared-means" (by those means and its own variances), "tile" (each tile by its
+                own statistics), or None: "shared" when the bundle and backend allow it and the
+                call is tiled, else "tile". A shared mode on a call that fits in one tile still
+                runs the statistics pass (with ``stats_factor=1`` it equals the plain call).
             stats_factor: the statistics pass's downscale factor (default: the bundle's,
                 ``tiling.DEFAULT_STATS_FACTOR``); its canvas has 1/factor² of the pixels.
         """
@@ -303,11 +304,12 @@ class Decoder(_Runner):
                                   limits=self.limits, upscale=up)
         noise_arrays = [feeds[n] for n in names]
         extra, backend = {}, None
-        if self._shares_norms(norm_, plan):
-            stats_backend, backend = self._open_norm_backends()
-            factor = factor_ or self.bundle.manifest.norm_stats.factor
-            extra = {self.bundle.manifest.norm_stats.tensor: self._norm_stats(z, noise_arrays, factor, max_batch,
-                                                                              stats_backend)}
+        mode = self._norm_mode(norm_, plan)
+        if mode != "tile":
+            record = self.bundle.manifest.norm_stats
+            backend = self._norm_backend(mode)
+            stats = self._norm_stats(z, noise_arrays, factor_ or record.factor, max_batch)
+            extra = {record.tensor: stats}
 
         def run(z_part, noise_parts):
             return self._run_chunked({"latents": z_part} | dict(zip(names, noise_parts)) | extra, max_batch, backend)
@@ -315,42 +317,45 @@ class Decoder(_Runner):
         out = run(z, noise_arrays) if plan.single else tiling.run_tiled(run, z, noise_arrays, plan, up)
         return _return_like(out, like)
 
-    def _shares_norms(self, norm: str | None, plan: tiling.TileLayout) -> bool:
-        """Whether this decode runs the shared-statistics graphs (``norm``, see ``decode``)."""
+    def _norm_mode(self, norm: str | None, plan: tiling.TileLayout) -> str:
+        """The ``norm`` this decode runs (see ``decode``), checked against the bundle and backend."""
         if norm == "tile":
-            return False
+            return norm
         record, backend = self.bundle.manifest.norm_stats, self.backend
         usable = isinstance(backend, OnnxRuntimeBackend) and backend.precision == "fp32"
         if norm is None:
-            return record is not None and usable and not plan.single
+            return "shared" if record is not None and usable and not plan.single else "tile"
         if record is None:
-            raise InputError(f"norm='shared' needs the shared-statistics graphs, which {self.bundle.path} lacks: "
+            raise InputError(f"norm={norm!r} needs the shared-statistics graphs, which {self.bundle.path} lacks: "
                              "re-export it with `cmrt export --tile-stats` (or pass norm='tile')")
         if not usable:
-            raise InputError(f"norm='shared' runs the FP32 graphs on ONNX Runtime; this Decoder runs "
+            raise InputError(f"norm={norm!r} runs the FP32 graphs on ONNX Runtime; this Decoder runs "
                              f"{backend.name} [{backend.precision}]: open it with backend='onnxruntime' on the "
                              "bundle folder, or pass norm='tile' (there are no FP16 or TensorRT shared-statistics "
                              "graphs)")
-        return True
+        return norm
 
-    def _open_norm_backends(self) -> tuple[Backend, Backend]:
-        """The statistics and shared-statistics graphs on the runner's ONNX Runtime device, with its threads."""
+    def _norm_backend(self, graph: str) -> Backend:
+        """``graph`` ("statistics", "shared" or "shared-means") of the bundle's ``norm_stats`` on the
+        runner's ONNX Runtime device and threads, opened on first use."""
         with self._lock:
-            if self._norm_backends is None:
+            if graph not in self._norm_backends:
                 record, main = self.bundle.manifest.norm_stats, self.backend
-                options = {"device": main.device, "threads": main.threads}
-                stats = OnnxRuntimeBackend(self.bundle.path / record.stats_graph.file, output=record.tensor, **options)
-                shared = OnnxRuntimeBackend(self.bundle.path / record.shared_graph.file, **options)
-                self._norm_backends = (stats, shared)
-            return self._norm_backends
+                file = {"statistics": record.stats_graph, "shared": record.shared_graph,
+                        "shared-means": record.means_graph}[graph].file
+                output = {"output": record.tensor} if graph == "statistics" else {}
+                self._norm_backends[graph] = OnnxRuntimeBackend(self.bundle.path / file, device=main.device,
+                                                                threads=main.threads, **output)
+            return self._norm_backends[graph]
 
-    def _norm_stats(self, z: Any, noise: list[Any], factor: int, max_batch: int | None, backend: Backend):
+    def _norm_stats(self, z: Any, noise: list[Any], factor: int, max_batch: int | None):
         """Every GroupNorm's statistics from one untiled pass over the canvas downscaled by ``factor``
         (``tiling.stats_canvas``): (B, 2, S)."""
         names = self.bundle.manifest.noise_names
         low, pooled = tiling.stats_canvas(_host(z), [_host(n) for n in noise], factor,
                                           self.bundle.manifest.latent.upscale)
-        return self._run_chunked({"latents": low} | dict(zip(names, pooled)), max_batch, backend)
+        return self._run_chunked({"latents": low} | dict(zip(names, pooled)), max_batch,
+                                 self._norm_backend("statistics"))
 
     def feeds(self, latents: Any, *, seed: int | None = None, noise: Sequence[Any] | None = None) -> dict[str, Any]:
         """The checked graph inputs of ``decode`` with the same arguments, noise drawn (for the

@@ -16,10 +16,12 @@ drifts from the untiled decode's. With a bundle exported with ``--tile-stats``, 
 can share statistics instead (``norm="shared"``): one untiled pass of the statistics graph over
 the canvas downscaled by ``stats_factor`` (``stats_canvas``: block means of the latents, the
 canvas's own noise pooled to unit variance) records every GroupNorm's per-group mean and variance,
-and every tile runs the shared-statistics graph with them (``cmrt.exporter.norm_stats``). Measured
-in ``benchmarks/tiling.py`` (``benchmarks/RESULTS.md``, issue 12): ×2 lifts the photos with large
-smooth regions by 8–13 dB (astronaut 28.6 → 36.6 dB against the untiled decode) and costs a fine
-regular texture 12 dB (brick 44.1 → 32.0); ×4 is worse on all of them.
+and every tile runs the shared-statistics graph with them (``cmrt.exporter.norm_stats``);
+``norm="shared-means"`` shares only the means. Measured in ``benchmarks/tiling.py``
+(``benchmarks/RESULTS.md``, issue 12): "shared" at ×2 lifts the photos with large smooth regions
+by 8–13 dB (astronaut 28.6 → 36.6 dB against the untiled decode) and costs a fine regular texture
+12 dB (brick 44.1 → 32.0); "shared-means" gains less (+4–7 dB) and loses 2 dB on the brick; ×4 is
+nowhere better than ×2.
 
 The weights are separable (a row ramp times a column ramp) and each axis's ramps already sum to
 one, so no canvas-sized weight accumulator is needed: peak memory is the output canvas, the
@@ -40,9 +42,10 @@ from ..errors import InputError, InputTypeError
 DEFAULT_OVERLAP = 4
 #: The smallest tile: the decoder UNet halves the latent three times at the official depth.
 MIN_TILE = 4
-#: How a tiled decode normalizes: "tile" (each tile by its own GroupNorm statistics) or "shared"
-#: (every tile by statistics measured once on the canvas downscaled by ``stats_factor``).
-NORM_MODES = ("tile", "shared")
+#: How a tiled decode normalizes: "tile" (each tile by its own GroupNorm statistics), "shared"
+#: (every tile by means and variances measured once on the canvas downscaled by ``stats_factor``)
+#: or "shared-means" (those means, each tile's own variances).
+NORM_MODES = ("tile", "shared", "shared-means")
 #: The default downscale factor of the shared-statistics pass (chosen by ``benchmarks/tiling.py``:
 #: 2 met the 35 dB target on every held-out photo, 4 on none of the failing ones).
 DEFAULT_STATS_FACTOR = 2
@@ -325,7 +328,8 @@ def check_norm(norm: Any, stats_factor: Any) -> tuple[str | None, int | None]:
     if stats_factor < 1:
         raise InputError(f"stats_factor must be ≥ 1, got {stats_factor}")
     if norm == "tile":
-        raise InputError("stats_factor applies to norm='shared' only (norm='tile' measures no statistics)")
+        raise InputError("stats_factor applies to norm='shared' or 'shared-means' only (norm='tile' measures no "
+                         "statistics)")
     return norm, int(stats_factor)
 
 

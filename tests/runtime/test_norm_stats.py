@@ -60,9 +60,9 @@ def test_export_records_the_graphs_and_their_parity(stats_bundle):
     record = stats_bundle.manifest.norm_stats
     assert record is not None and record.tensor == STATS_NAME and record.factor == T.DEFAULT_STATS_FACTOR
     assert len(record.groups) > 0 and all(p.passed for p in record.parity.values())
-    assert set(record.parity) == {"statistics", "shared"}
+    assert set(record.parity) == {"statistics", "shared", "shared-means"}
     files = {f.file for f in stats_bundle.manifest.files()}
-    assert {record.stats_graph.file, record.shared_graph.file} <= files
+    assert {record.stats_graph.file, record.shared_graph.file, record.means_graph.file} <= files
     assert stats_bundle.verify().passed
 
 
@@ -76,18 +76,20 @@ def test_statistics_graph_outputs_pytorchs_recorded_statistics(stats_bundle, sam
     assert compare({STATS_NAME: stats}, {STATS_NAME: expected}, backend="ort", precision="fp32-stats").passed
 
 
-def test_shared_graph_fed_its_own_statistics_equals_the_untiled_decode(stats_bundle):
+@pytest.mark.parametrize("graph, used", [("shared_graph", (0, 1)), ("means_graph", (0,))])
+def test_shared_graphs_fed_their_own_statistics_equal_the_untiled_decode(stats_bundle, graph, used):
     record = stats_bundle.manifest.norm_stats
     feeds = _feeds(_latents(1, 7, 6), seed=4)
     stats = _session(stats_bundle.path / record.stats_graph.file).run([STATS_NAME], feeds)[0]
-    shared = _session(stats_bundle.path / record.shared_graph.file).run(["images"], feeds | {STATS_NAME: stats})[0]
+    session = _session(stats_bundle.path / getattr(record, graph).file)
     with cmrt.Decoder(stats_bundle.path, backend="onnxruntime-cpu") as dec:
         plain = dec.decode(feeds["latents"], noise=[feeds["noise_0"], feeds["noise_1"]])
-    np.testing.assert_allclose(shared, plain, atol=1e-5)
-    other = stats.copy()
-    other[:, 1] *= 4  # other statistics give another image: the input is used
-    changed = _session(stats_bundle.path / record.shared_graph.file).run(["images"], feeds | {STATS_NAME: other})[0]
-    assert np.abs(changed - plain).max() > 1e-2
+    np.testing.assert_allclose(session.run(["images"], feeds | {STATS_NAME: stats})[0], plain, atol=1e-5)
+    for i in (0, 1):  # other means (and, for the shared graph, variances) give another image
+        other = stats.copy()
+        other[:, i] = other[:, i] * 4 + 0.5
+        changed = session.run(["images"], feeds | {STATS_NAME: other})[0]
+        assert (np.abs(changed - plain).max() > 1e-2) == (i in used)
 
 
 def test_grouped_norm_with_several_channels_per_group():
@@ -118,8 +120,9 @@ def test_grouped_norm_with_several_channels_per_group():
     images, stats = _session_of(statistics_graph(model, norms)).run(["images", STATS_NAME], {"x": x})
     np.testing.assert_allclose(stats, NS.pack(recorded).numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(images, expected, atol=1e-5)
-    shared = _session_of(shared_statistics_graph(model, norms))
-    np.testing.assert_allclose(shared.run(["images"], {"x": x, STATS_NAME: stats})[0], expected, atol=1e-5)
+    for variances in ("shared", "own"):
+        shared = _session_of(shared_statistics_graph(model, norms, variances))
+        np.testing.assert_allclose(shared.run(["images"], {"x": x, STATS_NAME: stats})[0], expected, atol=1e-5)
 
 
 def _session_of(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -134,11 +137,13 @@ def test_single_tile_shared_decode_at_factor_1_equals_untiled(stats_bundle):
     with cmrt.Decoder(stats_bundle.path) as dec:
         ref = dec.decode(z, seed=7)
         np.testing.assert_array_equal(dec.decode(z, seed=7, tile=6), ref)  # default: one tile runs the plain graph
-        np.testing.assert_allclose(dec.decode(z, seed=7, norm="shared", stats_factor=1), ref, atol=1e-5)
-        assert np.abs(dec.decode(z, seed=7, norm="shared", stats_factor=2) - ref).max() > 1e-4
+        for norm in ("shared", "shared-means"):
+            np.testing.assert_allclose(dec.decode(z, seed=7, norm=norm, stats_factor=1), ref, atol=1e-5)
+            assert np.abs(dec.decode(z, seed=7, norm=norm, stats_factor=2) - ref).max() > 1e-4
 
 
-def test_shared_tiled_decode_is_the_pytorch_computation(stats_bundle, sampler):
+@pytest.mark.parametrize("norm, variances", [("shared", "shared"), ("shared-means", "own")])
+def test_shared_tiled_decode_is_the_pytorch_computation(stats_bundle, sampler, norm, variances):
     """Odd sizes: statistics of the untiled sampler on the canvas downscaled by 2 (its noise the
     pooled canvas noise), every tile normalized by them, blended: as computed in PyTorch."""
     h, w, tile, overlap = 13, 11, 6, 1
@@ -146,10 +151,11 @@ def test_shared_tiled_decode_is_the_pytorch_computation(stats_bundle, sampler):
     feeds = _feeds(z, seed=5)
     noise = [feeds["noise_0"], feeds["noise_1"]]
     with cmrt.Decoder(stats_bundle.path) as dec:
-        out = dec.decode(z, seed=5, tile=tile, overlap=overlap)
-        np.testing.assert_array_equal(dec.decode(z, seed=5, tile=tile, overlap=overlap, norm="shared"), out)
-        np.testing.assert_array_equal(dec.decode(z, seed=5, tile=tile, overlap=overlap), out)  # deterministic
-        assert not np.array_equal(dec.decode(z, seed=6, tile=tile, overlap=overlap), out)
+        out = dec.decode(z, seed=5, tile=tile, overlap=overlap, norm=norm)
+        np.testing.assert_array_equal(dec.decode(z, seed=5, tile=tile, overlap=overlap, norm=norm), out)  # deterministic
+        assert not np.array_equal(dec.decode(z, seed=6, tile=tile, overlap=overlap, norm=norm), out)
+        if norm == "shared":  # the default of a bundle with the graphs
+            np.testing.assert_array_equal(dec.decode(z, seed=5, tile=tile, overlap=overlap), out)
         own = dec.decode(z, seed=5, tile=tile, overlap=overlap, norm="tile")
     low, pooled = T.stats_canvas(z, noise, 2, UP)
     with torch.no_grad():
@@ -158,7 +164,7 @@ def test_shared_tiled_decode_is_the_pytorch_computation(stats_bundle, sampler):
         stats = NS.pack(recorded)
         expected = np.zeros_like(out)
         for t, wt in T.blend_weights(T.layout(h, w, tile, overlap), UP).items():
-            with NS.shared(sampler, stats):
+            with NS.shared(sampler, stats, variances=variances):
                 part = sampler(torch.from_numpy(T.crop(z, t)), *(torch.from_numpy(T.crop(n, t, UP)) for n in noise))
             r, c = t.image_index(UP)
             expected[:, :, r, c] += part.numpy() * wt
@@ -185,9 +191,10 @@ def test_bad_norm_options_name_the_argument(stats_bundle, kwargs, error, name):
         dec.decode(_latents(1, 6, 6), seed=0, tile=4, overlap=1, **kwargs)
 
 
-def test_shared_norm_needs_the_graphs(decoder_bundle):
+@pytest.mark.parametrize("norm", ["shared", "shared-means"])
+def test_shared_norm_needs_the_graphs(decoder_bundle, norm):
     with cmrt.Decoder(decoder_bundle.path) as dec, pytest.raises(InputError, match="--tile-stats"):
-        dec.decode(_latents(1, 6, 6), seed=0, tile=4, overlap=1, norm="shared")
+        dec.decode(_latents(1, 6, 6), seed=0, tile=4, overlap=1, norm=norm)
 
 
 @pytest.mark.parametrize("options, match", [({"tile_stats": True}, "decoders"), ({"tile_stats": "yes"}, "tile_stats")])
