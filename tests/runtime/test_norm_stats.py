@@ -218,3 +218,14 @@ def test_stats_canvas_is_an_area_downscale_with_unit_variance_noise():
     np.testing.assert_allclose(pooled[0][0, :, 0, 0], noise[0][0, :, :2, :2].sum(axis=(1, 2)) / 2, atol=1e-5)
     big = [rng.normal(size=(2, 3, 8 * 33, 8 * 31)).astype(np.float32)]
     assert abs(T.stats_canvas(np.zeros((2, 4, 33, 31), np.float32), big, 4, UP)[1][0].std() - 1) < 0.02
+
+
+def test_close_frees_the_shared_statistics_sessions(stats_bundle):
+    dec = cmrt.Decoder(stats_bundle.path)
+    dec.decode(_latents(1, 8, 8), seed=0, tile=4, overlap=1)
+    opened = dict(dec._norm_backends)
+    assert set(opened) == {"statistics", "shared"}  # opened on first use, only what the call ran
+    dec.close()
+    assert all(b.session is None for b in opened.values())
+    with pytest.raises(cmrt.RunnerClosedError):
+        dec.decode(_latents(1, 8, 8), seed=0, tile=4, overlap=1)
