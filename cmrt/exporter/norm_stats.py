@@ -16,8 +16,10 @@ step after step, which is the order PyTorch calls them):
 * the **shared-means graph** takes the same input but uses only its means: each norm's input
   keeps its own variance, ``(x − mean) / √(var_own + ε)``.
 
-Both are standard ONNX (ReduceMean, Sub, Mul, Slice, Unsqueeze, Sqrt, Reciprocal, Concat) and
-read the FP32 graph's weight file, so they add no weights to the bundle.
+All three are standard ONNX (ReduceMean, Sub, Mul, Add, Slice, Split, Squeeze, Unsqueeze,
+Reshape, Sqrt, Reciprocal, Concat) and read the FP32 graph's weight file, so they add no weights
+to the bundle. Only ONNX Runtime runs them (``cmrt.Decoder``): there are no FP16 variants and no
+TensorRT engines of them.
 """
 
 from __future__ import annotations
@@ -123,25 +125,33 @@ def statistics_graph(model: onnx.ModelProto, norms: list[Norm]) -> onnx.ModelPro
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    means, variances, nodes = [], [], []
-    for k, norm in enumerate(norms):
-        src = model.graph.node[norm.node]
-        x, p = src.input[0], f"{_PREFIX}{k}_"
+    del g.node[:]
+    by_node = {n.node: (k, n) for k, n in enumerate(norms)}
+    means, variances = [], []
+    for i, node in enumerate(model.graph.node):
+        g.node.append(node)
+        if i not in by_node:
+            continue
+        # each norm's statistics right beside it (its input's per-group mean and biased variance)
+        k, norm = by_node[i]
+        x, p = node.input[0], f"{_PREFIX}{k}_"
         axes = _const(g, p + "axes", _axes(norm.rank))
-        nodes += [helper.make_node("ReduceMean", [x, axes], [p + "mean_k"], keepdims=1, name=p + "mean_k"),
-                  helper.make_node("Sub", [x, p + "mean_k"], [p + "centred"], name=p + "centred"),
-                  helper.make_node("Mul", [p + "centred", p + "centred"], [p + "sq"], name=p + "sq"),
-                  helper.make_node("ReduceMean", [p + "sq", axes], [p + "var"], keepdims=0, name=p + "var"),
-                  helper.make_node("ReduceMean", [x, axes], [p + "mean"], keepdims=0, name=p + "mean")]
+        g.node.extend([
+            helper.make_node("ReduceMean", [x, axes], [p + "mean_k"], keepdims=1, name=p + "mean_k"),
+            helper.make_node("Sub", [x, p + "mean_k"], [p + "centred"], name=p + "centred"),
+            helper.make_node("Mul", [p + "centred", p + "centred"], [p + "sq"], name=p + "sq"),
+            helper.make_node("ReduceMean", [p + "sq", axes], [p + "var"], keepdims=0, name=p + "var"),
+            helper.make_node("Squeeze", [p + "mean_k", _const(g, p + "spatial", _axes(norm.rank))], [p + "mean"],
+                             name=p + "mean")])
         means.append(p + "mean")
         variances.append(p + "var")
     one = _const(g, f"{_PREFIX}_axis1", [1])
-    nodes += [helper.make_node("Concat", means, [f"{_PREFIX}_means"], axis=1, name=f"{_PREFIX}_means"),
-              helper.make_node("Concat", variances, [f"{_PREFIX}_vars"], axis=1, name=f"{_PREFIX}_vars"),
-              helper.make_node("Unsqueeze", [f"{_PREFIX}_means", one], [f"{_PREFIX}_m"], name=f"{_PREFIX}_m"),
-              helper.make_node("Unsqueeze", [f"{_PREFIX}_vars", one], [f"{_PREFIX}_v"], name=f"{_PREFIX}_v"),
-              helper.make_node("Concat", [f"{_PREFIX}_m", f"{_PREFIX}_v"], [STATS_NAME], axis=1, name=STATS_NAME)]
-    g.node.extend(nodes)  # after every node that computes a norm's input: still topologically sorted
+    g.node.extend([
+        helper.make_node("Concat", means, [f"{_PREFIX}_means"], axis=1, name=f"{_PREFIX}_means"),
+        helper.make_node("Concat", variances, [f"{_PREFIX}_vars"], axis=1, name=f"{_PREFIX}_vars"),
+        helper.make_node("Unsqueeze", [f"{_PREFIX}_means", one], [f"{_PREFIX}_m"], name=f"{_PREFIX}_m"),
+        helper.make_node("Unsqueeze", [f"{_PREFIX}_vars", one], [f"{_PREFIX}_v"], name=f"{_PREFIX}_v"),
+        helper.make_node("Concat", [f"{_PREFIX}_m", f"{_PREFIX}_v"], [STATS_NAME], axis=1, name=STATS_NAME)])
     g.output.append(_stats_value_info(model, sum(n.groups for n in norms)))
     return out
 

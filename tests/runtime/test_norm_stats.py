@@ -229,3 +229,19 @@ def test_close_frees_the_shared_statistics_sessions(stats_bundle):
     assert all(b.session is None for b in opened.values())
     with pytest.raises(cmrt.RunnerClosedError):
         dec.decode(_latents(1, 8, 8), seed=0, tile=4, overlap=1)
+
+
+def test_shared_norm_refused_off_fp32_onnx_runtime(stats_bundle):
+    """There are no FP16 or TensorRT shared-statistics graphs: asking is refused, the default
+    falls back to per-tile statistics (a backend labelled fp16 stands in for an FP16 graph)."""
+    from cmrt.runtime.backends import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(stats_bundle.graph_path(), device="cpu", precision="fp16")
+    z = _latents(1, 8, 8)
+    with cmrt.Decoder(stats_bundle.path, backend=backend) as dec:
+        with pytest.raises(InputError, match="norm='shared-means' runs the FP32 graphs"):
+            dec.decode(z, seed=0, tile=4, overlap=1, norm="shared-means")
+        default = dec.decode(z, seed=0, tile=4, overlap=1)
+        assert dec._norm_backends == {}
+    with cmrt.Decoder(stats_bundle.path) as fp32:
+        np.testing.assert_array_equal(default, fp32.decode(z, seed=0, tile=4, overlap=1, norm="tile"))
