@@ -10,6 +10,12 @@ The three techniques issue 12 names, in PyTorch on the same weights, latents and
 * ``+groupnorm``: either of the above with every GroupNorm using the statistics of the whole
   canvas (an oracle: the statistics are recorded from the untiled decode, the best any
   shared-statistics scheme, layer-synchronous or from a downscaled pass, can do).
+* realisable shared statistics, with whole-sampler tiles: ``+stats/F`` (every GroupNorm's
+  statistics from the untiled sampler on the canvas downscaled by F, what
+  ``Decoder.decode(norm="shared")`` runs; ``-fresh``: its noise drawn anew instead of pooled),
+  ``+mean/F+var/own`` (only their means, ``norm="shared-means"``), ``+tilestats`` (statistics
+  pooled over the tiles of a first tiled pass; ``/2``: two rounds) and ``+mean/2+var/tiles``
+  (and the reverse: means from one scheme, variances from the other).
 
 For each held-out photo (and the face photo upscaled ×2 to 1024²) and each overlap: PSNR of the
 tiled decode against the untiled one with the same noise, and the RMS error within 8 px of an
