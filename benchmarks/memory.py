@@ -12,6 +12,11 @@ paired rounds.
     python -m benchmarks.memory [--resolutions 256,512,1024,2048] [--tile 32] [--json J] [--plot P]
     python -m benchmarks.memory --plot-only --json benchmarks/memory.json --plot benchmarks/memory.png
     python -m benchmarks.memory --merge a.json b.json --json benchmarks/memory.json --plot benchmarks/memory.png
+    python -m benchmarks.memory --bundle B --norms tile,shared,shared-means/4 --untiled-max 256 [--threads 1]
+
+``--bundle``: measure that decoder bundle instead (no diffusers rows); ``--norms``: the tiled rows'
+``Decoder.decode(norm=...)``, each optionally with ``/F`` for ``stats_factor=F`` (a bundle exported
+with ``--tile-stats``).
 """
 
 from __future__ import annotations
@@ -67,9 +72,11 @@ def _cmrt(case: dict, z):
 
     bundle = Bundle.open(case["bundle"])
     arena, pattern = ARENAS[case["arena"]]
-    backend = OnnxRuntimeBackend(bundle.graph_path(), device="cpu", cpu_arena=arena, mem_pattern=pattern)
+    backend = OnnxRuntimeBackend(bundle.graph_path(), device="cpu", cpu_arena=arena, mem_pattern=pattern,
+                                 threads=case.get("threads") or None)
     decoder = cmrt.Decoder(bundle, backend=backend)
-    return lambda: decoder.decode(z, seed=SEED, tile=case.get("tile"), overlap=case.get("overlap"))
+    return lambda: decoder.decode(z, seed=SEED, tile=case.get("tile"), overlap=case.get("overlap"),
+                                  norm=case.get("norm"), stats_factor=case.get("stats_factor"))
 
 
 def _diffusers(case: dict, z):
@@ -131,16 +138,27 @@ def run_case(case: dict, max_gib: float) -> dict:
 
 
 def cases(resolutions: list[int], tile: int, overlap: int | None, arenas: list[str], diffusers_max: int, bundle: Path,
-          folder: Path) -> list[dict]:
+          folder: Path | None, norms: list[str] = (), untiled_max: int | None = None, threads: int = 0) -> list[dict]:
     out = []
     for r in resolutions:
         for arena in arenas:
-            out.append({"backend": "cmrt", "mode": "untiled", "resolution": r, "arena": arena, "bundle": str(bundle)})
-            out.append({"backend": "cmrt", "mode": "tiled", "resolution": r, "arena": arena, "tile": tile,
-                        "overlap": overlap, "bundle": str(bundle)})
+            common = {"backend": "cmrt", "resolution": r, "arena": arena, "bundle": str(bundle)}
+            common |= {"threads": threads} if threads else {}
+            if untiled_max is None or r <= untiled_max:
+                out.append(common | {"mode": "untiled"})
+            for norm in norms or [None]:
+                out.append(common | {"mode": "tiled", "tile": tile, "overlap": overlap} | _norm_case(norm))
         if r <= diffusers_max:
             out.append({"backend": "diffusers", "mode": "untiled", "resolution": r, "diffusers": str(folder)})
     return out
+
+
+def _norm_case(norm: str | None) -> dict:
+    """"shared/4" → {"norm": "shared", "stats_factor": 4}; None → {} (the decoder's default)."""
+    if norm is None:
+        return {}
+    name, _, factor = norm.partition("/")
+    return {"norm": name} | ({"stats_factor": int(factor)} if factor else {})
 
 
 def arena_times(bundle: Path, resolution: int, rounds: int) -> dict:
@@ -218,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot-only", action="store_true", help="redraw --plot from --json without running")
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="merge the rows of earlier --json results into --json (and --plot) without running")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="measure this decoder bundle instead of the reduced decoder (no diffusers rows)")
+    p.add_argument("--norms", default="", help="tiled rows: Decoder.decode(norm=...) values, each optionally /F "
+                   "for stats_factor=F, e.g. tile,shared,shared-means/4 (default: one row, the decoder's default)")
+    p.add_argument("--untiled-max", type=int, default=None, help="largest side with an untiled row (default: all)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
@@ -236,14 +260,16 @@ def main(argv: list[str] | None = None) -> int:
 
     a.cache.mkdir(parents=True, exist_ok=True)
     env = measure.environment()
-    bundle, folder = prepare(a.cache)
+    bundle, folder = (a.bundle, None) if a.bundle else prepare(a.cache)
     rows = []
-    for case in cases([int(r) for r in a.resolutions.split(",")], a.tile, a.overlap, a.arenas.split(","), a.diffusers_max,
-                      bundle, folder):
+    for case in cases([int(r) for r in a.resolutions.split(",")], a.tile, a.overlap, a.arenas.split(","),
+                      a.diffusers_max if folder else 0, bundle, folder, [n for n in a.norms.split(",") if n],
+                      a.untiled_max, a.threads):
         row = run_case(case, a.max_gib)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k not in ("bundle", "diffusers")}), flush=True)
-    result = {"environment": env | {"load_1m_end": measure.load_average()}, "model": MODEL, "steps": STEPS,
+    result = {"environment": env | {"load_1m_end": measure.load_average()},
+              "model": str(a.bundle) if a.bundle else MODEL, "steps": STEPS,
               "tile": a.tile, "rows": [{k: v for k, v in r.items() if k not in ("bundle", "diffusers")} for r in rows]}
     if a.arena_time:
         result["arena_time"] = {"resolution": a.arena_time, "rounds": a.rounds,

@@ -45,6 +45,8 @@ VALUE_RANGE = (-1.0, 1.0)
 KINDS = ("sampler", "decoder", "editor")
 #: What each kind of bundle computes by default; editing bundles name their task (``Task``).
 DEFAULT_TASKS = {"sampler": "sample", "decoder": "decode"}
+#: Manifest sections added within format 2, left out of ``cmrt.json`` when null.
+OPTIONAL_SECTIONS = ("norm_stats",)
 Kind = Literal["sampler", "decoder", "editor"]
 Precision = Literal["fp32", "fp16"]
 
@@ -488,6 +490,36 @@ class EngineRecord:
 
 
 @dataclass(frozen=True)
+class NormStatsRecord:
+    """Graphs for tiled decoding with shared GroupNorm statistics (``cmrt export --tile-stats``,
+    ``cmrt.exporter.norm_stats``).
+
+    Attributes:
+        stats_graph: the sampler graph that also outputs every norm's statistics (it reads the
+            FP32 graph's weight file).
+        shared_graph: the sampler graph whose norms take their statistics from an input (it reads
+            the FP32 graph's weight file).
+        means_graph: the sampler graph whose norms take only their means from that input, each
+            keeping its own variance (it reads the FP32 graph's weight file).
+        tensor: the statistics' name in both graphs, shape (N, 2, S): [:, 0] per-group means,
+            [:, 1] per-group (biased) variances, norm after norm in evaluation order.
+        groups: every norm's group count, in that order (S is their sum).
+        factor: the default downscale factor of the statistics pass (``Decoder.decode``).
+        parity: "statistics" (the statistics graph's output vs PyTorch's recorded statistics),
+            "shared" and "shared-means" (those graphs fed their own inputs' statistics vs PyTorch's
+            images), on the parity inputs at export.
+    """
+
+    stats_graph: GraphRecord
+    shared_graph: GraphRecord
+    means_graph: GraphRecord
+    tensor: str
+    groups: tuple[int, ...]
+    factor: int
+    parity: dict[str, ParityRecord] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """The model the bundle was exported from.
 
@@ -561,6 +593,8 @@ class Manifest:
         parity: "backend/precision" → comparison with PyTorch at export (and later checks).
         precision: "fp16" → how the FP16 graph's precision was decided.
         engines: target → engine.
+        norm_stats: the shared-statistics graphs for tiled decoding, when exported (decoders,
+            ``--tile-stats``), else null.
         digest: SHA-256 of this manifest's canonical JSON without this field.
     """
 
@@ -581,6 +615,7 @@ class Manifest:
     parity: dict[str, ParityRecord] = field(default_factory=dict)
     precision: dict[str, PrecisionRecord] = field(default_factory=dict)
     engines: dict[str, EngineRecord] = field(default_factory=dict)
+    norm_stats: NormStatsRecord | None = None
     format_version: int = FORMAT_VERSION
     digest: str = ""
 
@@ -612,6 +647,9 @@ class Manifest:
     def files(self) -> list[FileRecord]:
         """Every file the manifest lists (graphs, parity data, engines and their caches)."""
         out = [f for g in self.graphs.values() for f in g.files] + [self.parity_inputs]
+        if self.norm_stats is not None:
+            ns = self.norm_stats
+            out += [f for g in (ns.stats_graph, ns.shared_graph, ns.means_graph) for f in g.files]
         for e in self.engines.values():
             out += e.files()
         return out
@@ -619,8 +657,17 @@ class Manifest:
     # --- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """The manifest as JSON-ready values, with ``digest`` filled in."""
-        d = to_json(self)
+        d = self._json()
         d["digest"] = manifest_digest(d)
+        return d
+
+    def _json(self) -> dict:
+        """``to_json``, less the sections added within format 2 when they are empty, so the digest
+        of a manifest written before they existed still matches."""
+        d = to_json(self)
+        for key in OPTIONAL_SECTIONS:
+            if d.get(key) is None:
+                d.pop(key, None)
         return d
 
     @classmethod
@@ -746,7 +793,7 @@ class Bundle:
     def verify(self) -> IntegrityReport:
         """Re-hash every listed file and check the manifest's digest."""
         problems, checked = [], []
-        if self._raw_digest is not None and self._raw_digest != manifest_digest(to_json(self.manifest)):
+        if self._raw_digest is not None and self._raw_digest != manifest_digest(self.manifest._json()):
             problems.append(f"{MANIFEST}: its contents do not match its digest (edited after export)")
         for rec in self.manifest.files():
             path = self.path / rec.file

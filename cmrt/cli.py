@@ -129,6 +129,11 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="embedding.safetensors with the decoder's time-embedding table (OpenAI decoder.pt lacks it)")
     p.add_argument("--no-cache", dest="cache", action="store_false",
                    help="trace the network anew instead of reusing a cached graph of the same architecture")
+    p.add_argument("--tile-stats", action="store_true",
+                   help="decoders: also write the statistics and shared-statistics graphs (model.stats.onnx, "
+                        "model.shared.onnx, model.shared-means.onnx, reading model.onnx's weights) with which a "
+                        "tiled decode shares GroupNorm statistics across its tiles "
+                        "(Decoder.decode(norm='shared'|'shared-means'))")
 
 
 def _export_run(a: argparse.Namespace) -> int:
@@ -137,7 +142,7 @@ def _export_run(a: argparse.Namespace) -> int:
     bundle = export(a.model, out=a.out, steps=a.steps, sigmas=a.sigmas, timesteps=a.timesteps, grid=a.grid,
                     clip=a.clip, overwrite=a.overwrite, precision=a.precision, io=a.io, arch=a.arch,
                     image_size=a.image_size, trust=a.trust, embedding=a.embedding, cache=a.cache, task=a.task,
-                    factor=a.factor)
+                    factor=a.factor, tile_stats=a.tile_stats)
     m = bundle.manifest
     s = m.schedule
     sched = f"σ {[round(x, 4) for x in s.sigmas]}" if s.sigmas else f"timesteps {list(s.timesteps)}"
@@ -151,6 +156,11 @@ def _export_run(a: argparse.Namespace) -> int:
     for report in m.parity.values():
         print(f"parity {report.backend} [{report.precision}]: " + ", ".join(
             f"{o.name} max abs {o.max_abs:.3g}" for o in report.outputs))
+    if m.norm_stats is not None:
+        ns = m.norm_stats
+        print(f"shared GroupNorm statistics: {len(ns.groups)} norms, {sum(ns.groups)} groups "
+              f"({ns.stats_graph.file}, {ns.shared_graph.file}, {ns.means_graph.file}); " + ", ".join(
+                  f"{k} max abs {r.outputs[0].max_abs:.3g}" for k, r in ns.parity.items()))
     return 0
 
 

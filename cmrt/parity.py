@@ -14,10 +14,13 @@ IMAGE_PEAK_TO_PEAK = 2.0  # images live in [-1, 1]
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Pass criteria for one precision: max abs error, and a PSNR floor (dB) when set."""
+    """Pass criteria for one precision: max abs error, and a PSNR floor (dB) when set. With
+    ``relative``, each error is divided by max(1, |expected|) first (for values not bounded like
+    images, e.g. GroupNorm statistics): an absolute bound up to 1, a relative one above."""
 
     max_abs: float
     min_psnr: float | None = None
+    relative: bool = False
 
 
 #: The one place the tolerances live. fp32: exported graph vs PyTorch; fp16: FP16 graph or
@@ -25,6 +28,8 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-4),
     "fp16": Tolerance(max_abs=2e-2, min_psnr=40.0),
+    # FP32 GroupNorm statistics (``cmrt.exporter.norm_stats``): means and variances of activations
+    "fp32-stats": Tolerance(max_abs=1e-4, relative=True),
 }
 
 
@@ -107,6 +112,8 @@ def compare_output(name: str, actual: np.ndarray, expected: np.ndarray, tol: Tol
         raise ParityError(f"output {name!r} has shape {actual.shape}, expected {expected.shape}")
     finite = bool(np.isfinite(actual).all())
     diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    if tol.relative:
+        diff = diff / np.maximum(1.0, np.abs(expected.astype(np.float64)))
     max_abs = float(diff.max()) if finite else math.inf
     mean_abs = float(diff.mean()) if finite else math.inf
     p = psnr(actual, expected) if finite else -math.inf

@@ -33,6 +33,7 @@ CASES = [
     (["export", "--image-size", "32", "--out", "{tmp}/x"], "--image-size"),
     (["export", "--io", "fp16", "--out", "{tmp}/x"], "--io fp16"),
     (["export", "--precision", "fp8", "--out", "{tmp}/x"], "--precision"),
+    (["export", "--tile-stats", "--out", "{tmp}/x"], "--tile-stats"),  # the default model is no decoder
     # export: editing tasks (issue 11; the bundled default model is a 1-channel digits model)
     (["export", "--task", "colorize", "--out", "{tmp}/x"], "--task colorize"),
     (["export", "--task", "paint", "--out", "{tmp}/x"], "--task"),

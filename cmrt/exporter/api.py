@@ -14,8 +14,8 @@ from .. import __version__
 from .. import schedules as S
 from .._io import staged_dir
 from ..bundle import (DEFAULT_TASKS, GRAPH_FILES, OUTPUT_NAME, PARITY, VALUE_RANGE, Bundle, FileRecord, GraphRecord,
-                      ImageSpec, LatentSpec, Manifest, ModelInfo, ParityRecord, Schedule, SourceInfo, Task, Versions,
-                      save_parity)
+                      ImageSpec, LatentSpec, Manifest, ModelInfo, NormStatsRecord, ParityRecord, Schedule, SourceInfo,
+                      Task, Versions, save_parity)
 from ..errors import ConfigError
 from ..models.denoisers import build_denoiser
 from ..models.load import LoadedModel
@@ -23,6 +23,7 @@ from ..models.sources import load_model, refuse_options
 from ..models.spec import ModelSpec
 from ..models.unet import count_parameters
 from ..parity import compare
+from ..runtime.tiling import DEFAULT_STATS_FACTOR
 from ..editing import EDIT_TASKS, RGB
 from ..samplers import UnrolledConsistencySampler, UnrolledDecoderSampler, UnrolledEditor
 from .inputs import parity_inputs
@@ -173,7 +174,7 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
            clip: bool | None = None, precision: str = "fp32", io: str = "fp32", overwrite: bool = False,
            arch: str | None = None, image_size: int | None = None, trust: bool = False,
            embedding: str | Path | None = None, model: LoadedModel | None = None, cache: bool = True,
-           task: str = SAMPLE_TASK, factor: int | None = None) -> Bundle:
+           task: str = SAMPLE_TASK, factor: int | None = None, tile_stats: bool = False) -> Bundle:
     """Export a model's fixed-step sampler (or editor) to a bundle, and check it against PyTorch.
 
     Args:
@@ -197,6 +198,9 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
             a consistency model: "inpaint", "colorize", "superres", "stroke", "denoise"
             (``cmrt.editing``): an ``editor`` bundle for ``cmrt.Editor``.
         factor: superres only: the upsampling factor p (the image input is H/p × W/p).
+        tile_stats: decoders only: also write the statistics and shared-statistics graphs that let
+            a tiled decode share GroupNorm statistics across its tiles (``cmrt.exporter.norm_stats``;
+            ``Decoder.decode(norm=...)``), each checked against PyTorch.
 
     Returns:
         The opened bundle. On a parity failure a ``ParityError`` is raised and ``out`` is untouched.
@@ -204,6 +208,7 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
     _check_precision(precision, io)
     model = _model(source, model, arch=arch, image_size=image_size, trust=trust, embedding=embedding)
     job = resolve_task(model.spec, task, factor)
+    _check_tile_stats(tile_stats, model.spec)
     schedule = resolve_schedule(model.spec, steps, sigmas, timesteps, grid, task=task)
     schedule = _with_clip(schedule, model.spec.clip if clip is None else bool(clip))
     sampler = build_unrolled(model, schedule, job)
@@ -222,6 +227,8 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
         bundle = Bundle(tmp, manifest)
         bundle.save_manifest()
         report.raise_if_failed()
+        if tile_stats:
+            _add_norm_stats(bundle, sampler, graph, feeds, reference)
         if precision == "fp16":
             _add_fp16(bundle, sampler, graph, model, feeds, io, job)
     return Bundle.open(out)
@@ -232,6 +239,52 @@ def _check_precision(precision: str, io: str) -> None:
         raise ConfigError(f"--precision must be fp32 or fp16, got {precision!r}")
     if io not in PRECISIONS or (io == "fp16" and precision != "fp16"):
         raise ConfigError(f"--io {io} needs --precision fp16 (choose --io fp32, or add --precision fp16)")
+
+
+def _check_tile_stats(tile_stats: bool, spec: ModelSpec) -> None:
+    if not isinstance(tile_stats, bool):
+        raise ConfigError(f"tile_stats must be True or False, got {tile_stats!r}")
+    if tile_stats and spec.kind != "decoder":
+        raise ConfigError(f"--tile-stats applies to decoders (tiled decoding); this source is a {spec.kind}")
+
+
+def _add_norm_stats(bundle: Bundle, sampler, graph: Path, feeds: dict[str, torch.Tensor],
+                    reference: dict) -> None:
+    """The statistics and shared-statistics graphs (``norm_stats``) inside the staged bundle,
+    recorded with their parity; raises ``ParityError`` when either misses its tolerance."""
+    from ..models import norm_stats as NS
+    from ..runtime.backends import OnnxRuntimeBackend
+    from .norm_stats import STATS_NAME, write_norm_graphs
+
+    t0 = time.perf_counter()
+    made = write_norm_graphs(graph)
+    seconds = round(time.perf_counter() - t0, 2)
+    with torch.no_grad(), NS.recording(sampler) as recorded:
+        sampler(*feeds.values())
+    inputs = {k: v.numpy() for k, v in feeds.items()}
+    stats_run = OnnxRuntimeBackend(made.stats, device="cpu", output=STATS_NAME)
+    try:
+        stats = stats_run.run(inputs)
+    finally:
+        stats_run.close()
+    reports = {"statistics": compare({STATS_NAME: stats}, {STATS_NAME: NS.pack(recorded).numpy()},
+                                     backend=stats_run.name, precision="fp32-stats")}
+    for name, path in (("shared", made.shared), ("shared-means", made.means)):
+        run = OnnxRuntimeBackend(path, device="cpu")
+        try:
+            reports[name] = compare({OUTPUT_NAME: run.run(inputs | {STATS_NAME: stats})}, reference, backend=run.name,
+                                    precision="fp32")
+        finally:
+            run.close()
+    record = NormStatsRecord(
+        stats_graph=GraphRecord(made.stats.name, (FileRecord.of(made.stats),), OPSET, export_seconds=seconds),
+        shared_graph=GraphRecord(made.shared.name, (FileRecord.of(made.shared),), OPSET),
+        means_graph=GraphRecord(made.means.name, (FileRecord.of(made.means),), OPSET),
+        tensor=STATS_NAME, groups=made.groups, factor=DEFAULT_STATS_FACTOR,
+        parity={k: ParityRecord.of(r) for k, r in reports.items()})
+    bundle.update(norm_stats=record)
+    for r in reports.values():
+        r.raise_if_failed()
 
 
 def _model(source, model: LoadedModel | None, **options) -> LoadedModel:

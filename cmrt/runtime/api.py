@@ -12,7 +12,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import BundleError, InputError, InputTypeError, RunnerClosedError
 from . import tiling
-from .backends import Backend, open_backend
+from .backends import Backend, OnnxRuntimeBackend, open_backend
 from .tiling import ShapeLimits
 
 _FLOAT_KINDS = "fiu"  # numpy dtype kinds that cast to float32 (float, signed, unsigned int)
@@ -197,30 +197,31 @@ class _Runner:
             raise InputError("pass either seed or noise, not both")
         return generator(seed)
 
-    def _run_chunked(self, feeds: dict[str, Any], max_batch: int | None):
+    def _run_chunked(self, feeds: dict[str, Any], max_batch: int | None, backend: Backend | None = None):
         """Run the batch in chunks of at most the smallest of ``max_batch``, the runner's
         ``max_batch`` and the backend's largest batch, and join the results: every input is
-        already drawn for the whole batch, so the result equals one call's."""
+        already drawn for the whole batch, so the result equals one call's. ``backend``: another
+        backend of this runner (default: its own)."""
         size = tiling.chunk_size(max_batch, self.max_batch, limits=self.limits)
         batch = next(iter(feeds.values())).shape[0]
         parts = tiling.chunks(batch, size)
         if len(parts) == 1:
-            return self._run(feeds)
-        outs = [self._run({k: v[part] for k, v in feeds.items()}) for part in parts]
+            return self._run(feeds, backend)
+        outs = [self._run({k: v[part] for k, v in feeds.items()}, backend) for part in parts]
         if _is_torch(outs[0]):
             import torch
 
             return torch.cat(outs)
         return np.concatenate(outs)
 
-    def _run(self, feeds: dict[str, Any]):
+    def _run(self, feeds: dict[str, Any], backend: Backend | None = None):
         """CUDA tensors go to a device backend's ``run_torch`` without host copies (seeded noise,
         drawn on the CPU generator for parity with PyTorch/diffusers, is copied up); else numpy."""
-        backend = self.backend
+        backend = backend or self.backend
         if backend.thread_safe:
             return self._call(backend, feeds)
         with self._lock:
-            return self._call(self.backend, feeds)
+            return self._call(backend, feeds)
 
     @staticmethod
     def _call(backend: Backend, feeds: dict[str, Any]):
@@ -247,9 +248,23 @@ class Decoder(_Runner):
 
     kind = "decoder"
 
+    def __init__(self, engine: str | Path | Bundle, *, backend: str | Backend | None = None,
+                 max_batch: int | None = None) -> None:
+        super().__init__(engine, backend=backend, max_batch=max_batch)
+        self._norm_backends: dict[str, Backend] = {}  # "statistics" and the norm modes' graphs, opened on use
+
+    def close(self) -> None:
+        """Free the backend's session or engine (and the shared-statistics sessions, if opened);
+        later calls raise ``RunnerClosedError``. Idempotent."""
+        with self._lock:
+            extra, self._norm_backends = self._norm_backends, {}
+        for b in extra.values():
+            b.close()
+        super().close()
+
     def decode(self, latents: Any, *, seed: int | None = None, noise: Sequence[Any] | None = None,
                tile: int | None = None, overlap: int | None = None, max_pixels: int | None = None,
-               max_batch: int | None = None):
+               max_batch: int | None = None, norm: str | None = None, stats_factor: int | None = None):
         """Decode unscaled SD-VAE latents (B, 4, h, w) into images (B, 3, 8h, 8w) in [-1, 1].
 
         The noise of every step is drawn for the whole batch and canvas first; tiles and batch
@@ -268,22 +283,79 @@ class Decoder(_Runner):
             max_pixels: with ``tile`` None, the largest tile output (pixels per image) to allow:
                 picks the largest square tile within it.
             max_batch: the largest batch one backend run gets (None: the runner's).
+            norm: how GroupNorm normalizes a tiled decode: "shared" (every tile by the means and
+                variances of one untiled pass over the canvas downscaled by ``stats_factor``;
+                needs a bundle exported with ``--tile-stats`` and an FP32 graph on ONNX Runtime),
+                "shared-means" (by those means and its own variances), "tile" (each tile by its
+                own statistics), or None: "shared" when the bundle and backend allow it and the
+                call is tiled, else "tile". A shared mode on a call that fits in one tile still
+                runs the statistics pass (with ``stats_factor=1`` it equals the plain call).
+            stats_factor: the statistics pass's downscale factor (default: the bundle's,
+                ``tiling.DEFAULT_STATS_FACTOR``); its canvas has 1/factor² of the pixels.
         """
         like = latents if _is_torch(latents) else None
         tile_, overlap_ = tiling.check_tiling(tile, overlap)
+        norm_, factor_ = tiling.check_norm(norm, stats_factor)
         max_batch = tiling.check_max_batch(max_batch)
         feeds = self.feeds(latents, seed=seed, noise=noise)
         z, names = feeds["latents"], self.bundle.manifest.noise_names
         up = self.bundle.manifest.latent.upscale
         plan = tiling.choose_tile(z.shape[2], z.shape[3], tile=tile_, overlap=overlap_, max_pixels=max_pixels,
                                   limits=self.limits, upscale=up)
+        noise_arrays = [feeds[n] for n in names]
+        extra, backend = {}, None
+        mode = self._norm_mode(norm_, plan)
+        if mode != "tile":
+            record = self.bundle.manifest.norm_stats
+            backend = self._norm_backend(mode)
+            stats = self._norm_stats(z, noise_arrays, factor_ or record.factor, max_batch)
+            extra = {record.tensor: stats}
 
         def run(z_part, noise_parts):
-            return self._run_chunked({"latents": z_part} | dict(zip(names, noise_parts)), max_batch)
+            return self._run_chunked({"latents": z_part} | dict(zip(names, noise_parts)) | extra, max_batch, backend)
 
-        noise_arrays = [feeds[n] for n in names]
         out = run(z, noise_arrays) if plan.single else tiling.run_tiled(run, z, noise_arrays, plan, up)
         return _return_like(out, like)
+
+    def _norm_mode(self, norm: str | None, plan: tiling.TileLayout) -> str:
+        """The ``norm`` this decode runs (see ``decode``), checked against the bundle and backend."""
+        if norm == "tile":
+            return norm
+        record, backend = self.bundle.manifest.norm_stats, self.backend
+        usable = isinstance(backend, OnnxRuntimeBackend) and backend.precision == "fp32"
+        if norm is None:
+            return "shared" if record is not None and usable and not plan.single else "tile"
+        if record is None:
+            raise InputError(f"norm={norm!r} needs the shared-statistics graphs, which {self.bundle.path} lacks: "
+                             "re-export it with `cmrt export --tile-stats` (or pass norm='tile')")
+        if not usable:
+            raise InputError(f"norm={norm!r} runs the FP32 graphs on ONNX Runtime; this Decoder runs "
+                             f"{backend.name} [{backend.precision}]: open it with backend='onnxruntime' on the "
+                             "bundle folder, or pass norm='tile' (there are no FP16 or TensorRT shared-statistics "
+                             "graphs)")
+        return norm
+
+    def _norm_backend(self, graph: str) -> Backend:
+        """``graph`` ("statistics", "shared" or "shared-means") of the bundle's ``norm_stats`` on the
+        runner's ONNX Runtime device and threads, opened on first use."""
+        with self._lock:
+            if graph not in self._norm_backends:
+                record, main = self.bundle.manifest.norm_stats, self.backend
+                file = {"statistics": record.stats_graph, "shared": record.shared_graph,
+                        "shared-means": record.means_graph}[graph].file
+                output = {"output": record.tensor} if graph == "statistics" else {}
+                self._norm_backends[graph] = OnnxRuntimeBackend(self.bundle.path / file, device=main.device,
+                                                                threads=main.threads, **output)
+            return self._norm_backends[graph]
+
+    def _norm_stats(self, z: Any, noise: list[Any], factor: int, max_batch: int | None):
+        """Every GroupNorm's statistics from one untiled pass over the canvas downscaled by ``factor``
+        (``tiling.stats_canvas``): (B, 2, S)."""
+        names = self.bundle.manifest.noise_names
+        low, pooled = tiling.stats_canvas(_host(z), [_host(n) for n in noise], factor,
+                                          self.bundle.manifest.latent.upscale)
+        return self._run_chunked({"latents": low} | dict(zip(names, pooled)), max_batch,
+                                 self._norm_backend("statistics"))
 
     def feeds(self, latents: Any, *, seed: int | None = None, noise: Sequence[Any] | None = None) -> dict[str, Any]:
         """The checked graph inputs of ``decode`` with the same arguments, noise drawn (for the

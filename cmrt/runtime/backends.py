@@ -61,7 +61,8 @@ def session_options(threads: int | None = None, *, cpu_arena: bool = CPU_ARENA, 
 
 
 class OnnxRuntimeBackend:
-    """A graph on ONNX Runtime. ``device``: "cpu", "cuda", or "auto" (CUDA when its provider is present).
+    """A graph on ONNX Runtime. ``device``: "cpu", "cuda", or "auto" (CUDA when its provider is
+    present); ``output``: the graph output ``run`` returns (default ``images``).
 
     ``InferenceSession.run`` is thread-safe, so one backend serves concurrent calls.
     """
@@ -70,7 +71,8 @@ class OnnxRuntimeBackend:
     limits = ShapeLimits()  # the graph's batch and latent axes are dynamic
 
     def __init__(self, graph: str | Path, *, device: str = "auto", threads: int | None = None,
-                 precision: str = "fp32", cpu_arena: bool = CPU_ARENA, mem_pattern: bool = MEM_PATTERN) -> None:
+                 precision: str = "fp32", cpu_arena: bool = CPU_ARENA, mem_pattern: bool = MEM_PATTERN,
+                 output: str = OUTPUT_NAME) -> None:
         ort = require("onnxruntime", "onnxruntime", "running a graph")
         available = ort.get_available_providers()
         if device == "auto":
@@ -86,6 +88,7 @@ class OnnxRuntimeBackend:
             raise BundleError(f"{graph} could not be loaded by ONNX Runtime ({str(exc).splitlines()[0]}): "
                               "re-export the bundle") from None
         self.name, self.precision, self.graph = f"onnxruntime-{device}", precision, Path(graph)
+        self.device, self.output, self.threads = device, output, threads
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._input_types = {i.name: i.type for i in self.session.get_inputs()}
@@ -95,7 +98,7 @@ class OnnxRuntimeBackend:
         if session is None:
             raise RunnerClosedError(f"the ONNX Runtime session of {self.graph} was closed")
         feeds = {k: _as_graph_dtype(v, self._input_types.get(k)) for k, v in feeds.items()}
-        return np.asarray(session.run([OUTPUT_NAME], feeds)[0], dtype=np.float32)
+        return np.asarray(session.run([self.output], feeds)[0], dtype=np.float32)
 
     def close(self) -> None:
         """Free the session (its weights and arenas)."""

@@ -8,8 +8,20 @@ the bundle's whole fixed-step sampler on its crop of the latents and on its crop
 noise (drawn once for the whole output canvas, exactly as an untiled call draws it), and the
 outputs are blended with weights that ramp linearly across each overlap and sum to one
 everywhere; a canvas that fits in one tile is one tile whose weight is one, so that call *is*
-the untiled call. Why whole-sampler tiles rather than per-evaluation fusion or shared GroupNorm
-statistics: measured in ``benchmarks/tiling.py`` and recorded in ``benchmarks/RESULTS.md``.
+the untiled call. Whole-sampler tiles rather than per-evaluation fusion: the two gave the same
+images within 0.1 dB, and whole-sampler tiles need one graph on any backend.
+
+What tiling does not preserve is GroupNorm: a tile normalizes by its own statistics, and its tone
+drifts from the untiled decode's. With a bundle exported with ``--tile-stats``, a tiled decode
+can share statistics instead (``norm="shared"``): one untiled pass of the statistics graph over
+the canvas downscaled by ``stats_factor`` (``stats_canvas``: block means of the latents, the
+canvas's own noise pooled to unit variance) records every GroupNorm's per-group mean and variance,
+and every tile runs the shared-statistics graph with them (``cmrt.exporter.norm_stats``);
+``norm="shared-means"`` shares only the means. Measured in ``benchmarks/tiling.py``
+(``benchmarks/RESULTS.md``, issue 12): "shared" at ×2 lifts the photos with large smooth regions
+by 8–13 dB (astronaut 28.6 → 36.6 dB against the untiled decode) and costs a fine regular texture
+12 dB (brick 44.1 → 32.0); "shared-means" gains less (+4–7 dB) and loses 2 dB on the brick; ×4 is
+nowhere better than ×2.
 
 The weights are separable (a row ramp times a column ramp) and each axis's ramps already sum to
 one, so no canvas-sized weight accumulator is needed: peak memory is the output canvas, the
@@ -30,6 +42,13 @@ from ..errors import InputError, InputTypeError
 DEFAULT_OVERLAP = 4
 #: The smallest tile: the decoder UNet halves the latent three times at the official depth.
 MIN_TILE = 4
+#: How a tiled decode normalizes: "tile" (each tile by its own GroupNorm statistics), "shared"
+#: (every tile by means and variances measured once on the canvas downscaled by ``stats_factor``)
+#: or "shared-means" (those means, each tile's own variances).
+NORM_MODES = ("tile", "shared", "shared-means")
+#: The default downscale factor of the shared-statistics pass (chosen by ``benchmarks/tiling.py``:
+#: 2 met the 35 dB target on every held-out photo, 4 on none of the failing ones).
+DEFAULT_STATS_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -205,6 +224,47 @@ def run_tiled(run: Callable[[Any, list[Any]], Any], latents: Any, noise: list[An
     return canvas
 
 
+def _stats_windows(length: int, factor: int, upscale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Along one axis of ``length`` latent pixels: the starts and sizes of the latent blocks of
+    ``factor`` pixels (the last one shorter where ``factor`` does not divide ``length``), and of
+    the image windows that make ``upscale`` image pixels out of each block (each window as long
+    as its block)."""
+    starts = np.arange(0, length, factor)
+    sizes = np.minimum(starts + factor, length) - starts
+    image_starts = (upscale * starts[:, None] + np.arange(upscale)[None, :] * sizes[:, None]).ravel()
+    return starts, sizes, image_starts, np.repeat(sizes, upscale)
+
+
+def _block_sums(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    return np.add.reduceat(np.add.reduceat(x, rows, axis=2), cols, axis=3)
+
+
+def stats_canvas(latents: np.ndarray, noise: list[np.ndarray], factor: int,
+                 upscale: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The downscaled canvas a shared-statistics decode measures its GroupNorm statistics on.
+
+    The latents are area-downscaled by ``factor`` (each latent block's mean; a canvas side that
+    ``factor`` does not divide ends in a shorter block), to ⌈h/f⌉×⌈w/f⌉. Each step's noise is the
+    full canvas's noise pooled over the same areas, each window's sum divided by the square root
+    of its size: still exactly standard normal per pixel, and a function of the call's own noise
+    (no second draw, so a seeded call and a call given ``noise`` agree). ``factor`` 1 returns
+    the inputs' values.
+
+    Args:
+        latents: (B, 4, h, w) latents.
+        noise: per step, (B, C, upscale·h, upscale·w) standard-normal noise.
+        factor: the downscale factor (≥ 1).
+        upscale: image pixels per latent pixel.
+    """
+    h, w = latents.shape[2:]
+    r0, rn, ri, rin = _stats_windows(h, factor, upscale)
+    c0, cn, ci, cin = _stats_windows(w, factor, upscale)
+    low = _block_sums(latents.astype(np.float64), r0, c0) / np.outer(rn, cn)
+    scale = np.sqrt(np.outer(rin, cin))
+    pooled = [_block_sums(n.astype(np.float64), ri, ci) / scale for n in noise]
+    return low.astype(np.float32), [n.astype(np.float32) for n in pooled]
+
+
 def chunks(batch: int, size: int | None) -> list[slice]:
     """Slices of [0, batch) of at most ``size`` items each (None: one slice)."""
     if size is None or batch <= size:
@@ -252,6 +312,25 @@ def check_tiling(tile: Any, overlap: Any) -> tuple[int | None, int | None]:
         raise InputError(f"overlap ({overlap_}) must be less than half of tile ({tile_}): pass a smaller overlap "
                          "or a larger tile")
     return tile_, overlap_
+
+
+def check_norm(norm: Any, stats_factor: Any) -> tuple[str | None, int | None]:
+    """Validate the user's ``norm`` (None or one of ``NORM_MODES``) and ``stats_factor`` (None or
+    an int ≥ 1); ``InputTypeError``/``InputError`` name the argument."""
+    if norm is not None and norm not in NORM_MODES:
+        raise InputError(f"norm must be one of {', '.join(map(repr, NORM_MODES))} (or None: shared when the bundle "
+                         f"has the graphs), got {norm!r}")
+    if stats_factor is None:
+        return norm, None
+    if isinstance(stats_factor, bool) or not isinstance(stats_factor, (int, np.integer)):
+        raise InputTypeError(f"stats_factor must be an int (the statistics pass's downscale factor), "
+                             f"got {type(stats_factor).__name__}")
+    if stats_factor < 1:
+        raise InputError(f"stats_factor must be ≥ 1, got {stats_factor}")
+    if norm == "tile":
+        raise InputError("stats_factor applies to norm='shared' or 'shared-means' only (norm='tile' measures no "
+                         "statistics)")
+    return norm, int(stats_factor)
 
 
 def default_overlap(tile: int) -> int:

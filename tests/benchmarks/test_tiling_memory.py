@@ -64,3 +64,11 @@ def test_the_memory_child_reports_its_high_water_mark(decoder_bundle, side):
     out = M.child({"backend": "cmrt", "mode": "tiled", "resolution": side, "arena": "arena", "tile": 4,
                    "overlap": 1, "bundle": str(decoder_bundle.path)})
     assert out["peak_rss_mib"] >= out["rss_before_decode_mib"] > 0 and np.isfinite(out["decode_s"])
+
+
+def test_memory_cases_with_norms_and_a_given_bundle(tmp_path):
+    rows = M.cases([256, 2048], 32, None, ["arena"], 0, tmp_path / "b", None, ["tile", "shared-means/4"], 256, 1)
+    assert [(r["mode"], r["resolution"], r.get("norm"), r.get("stats_factor")) for r in rows] == [
+        ("untiled", 256, None, None), ("tiled", 256, "tile", None), ("tiled", 256, "shared-means", 4),
+        ("tiled", 2048, "tile", None), ("tiled", 2048, "shared-means", 4)]
+    assert all(r["threads"] == 1 and r["backend"] == "cmrt" for r in rows)
