@@ -57,7 +57,10 @@ COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 #: The FP16 pass refuses to write a graph in which fewer of the convolutions/matmuls run in FP16.
 MIN_FP16_COMPUTE_SHARE = 0.5
 NORM_TARGETS = ("aten.group_norm", "aten.native_group_norm", "aten.layer_norm", "aten.native_layer_norm")
-NORM_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization", "BatchNormalization")
+#: Ops that compute statistics over feature maps. Not ``BatchNormalization``: in inference mode it
+#: is a per-channel affine with fixed statistics (cmrt writes a GroupNorm's affine as one, see
+#: ``optimize.GroupNormAffineAsBatchNorm``), O(1) values that FP16 holds like any scale/shift.
+NORM_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization")
 NORM_STAT_OPS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "Pow", "Sqrt", "Reciprocal", "Sub", "Div")
 IO_PRECISIONS = ("fp32", "fp16")
 CONVERTER = "onnxconverter-common"

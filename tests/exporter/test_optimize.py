@@ -157,3 +157,14 @@ def test_per_sample_scale_shift_folds_onto_vectors(extra_use):
         full = [n for n in new.graph.node if n.op_type in ("Mul", "Add") and "x" in n.input]
         assert len(full) == 1 and _ops(new)["Mul"] == 3 and _ops(new)["Add"] == 4
     np.testing.assert_allclose(run(new), run(model), rtol=1e-5, atol=1e-5)
+
+
+def test_class_conditional_cm_graph_carries_both_new_rewrites(cm16):
+    """The tiny class-conditional CM (64-channel level: two channels per group; scale-shift from the
+    class embedding): BatchNorm affines and folded scale-shifts in the fp32 graph, parity held; its
+    FP16 graph is the one the TensorRT-RTX build test parses."""
+    rewrites = cm16.manifest.graphs["fp32"].rewrites
+    assert rewrites["batchnorm_affines"] > 0 and rewrites["folded_scale_shifts"] > 0
+    assert cm16.manifest.parity["onnxruntime-cpu/fp32"].passed
+    ops = _ops(onnx.load(str(cm16.graph_path("fp16")), load_external_data=False))
+    assert ops["BatchNormalization"] == rewrites["batchnorm_affines"]
