@@ -137,8 +137,8 @@ def cm_suite(cache: Path, log=print, *, models: dict[str, tuple[int, int]] | Non
     round), as rows in the suites' format, one per case and backend."""
     t0 = time.perf_counter()
     rows, results = [], {}
+    cache.mkdir(parents=True, exist_ok=True)
     for key, (res, rounds) in (models or CM_CASES).items():
-        cache.mkdir(parents=True, exist_ok=True)
         r = run(key, [res], rounds, cache, steps=list(steps), batches=list(batches), backends=CM_BACKENDS,
                 long_calls=True, log=log)
         results[key] = r

@@ -185,28 +185,26 @@ def _per_sample_channel(value: ir.Value, channels: int) -> bool:
     return shape[1] == channels and shape[2] == 1 and shape[3] == 1
 
 
-class FoldDynamicScaleShift(RewriteRuleClassBase):
-    """``(x·a + b)·s + t`` with per-channel constants a, b and per-sample (N, C, 1, 1) values s, t
-    → ``x·(a·s) + (b·s + t)``: the products of a and b with s are on (N, C, 1, 1) vectors."""
+class FoldDynamicScaleShift(FoldAffineChain):
+    """``(x·a + b)·c + d`` (``FoldAffineChain``'s pattern) with per-channel constants a, b and
+    per-sample (N, C, 1, 1) values c, d (a scale-shift from the embedding) → ``x·(a·c) + (b·c + d)``:
+    the products of a and b with c are on (N, C, 1, 1) vectors."""
 
-    def pattern(self, op, x, a, b, s, t):
-        return op.Add(op.Mul(op.Add(op.Mul(x, a, _outputs=["m1"]), b, _outputs=["a1"]), s, _outputs=["m2"]), t)
-
-    def check(self, context, x, a, b, s, t, m1, a1, m2) -> MatchResult:
+    def check(self, context, x, a, b, c, d, m1, a1, m2) -> MatchResult:
         result = MatchResult()
         av, bv = _const(a), _const(b)
         if not (_per_channel(av) and _per_channel(bv)) or av.size != bv.size or av.size < 2:
             return result.fail("a and b are not per-channel float32 constants")
-        if not (_per_sample_channel(s, av.size) and _per_sample_channel(t, av.size)):
-            return result.fail("s and t are not computed (N, C, 1, 1) values")
+        if not (_per_sample_channel(c, av.size) and _per_sample_channel(d, av.size)):
+            return result.fail("c and d are not computed (N, C, 1, 1) values")
         if not _single_use(m1, a1, m2):
             return result.fail("an intermediate value has other users")
         return result
 
-    def rewrite(self, op, x, a, b, s, t, m1, a1, m2):
+    def rewrite(self, op, x, a, b, c, d, m1, a1, m2):
         av, bv = (_const(v).reshape(1, -1, 1, 1) for v in (a, b))
-        scale = op.Mul(_initializer(op, av, m1, "scale"), s)
-        shift = op.Add(op.Mul(_initializer(op, bv, m1, "shift"), s), t)
+        scale = op.Mul(_initializer(op, av, m1, "scale"), c)
+        shift = op.Add(op.Mul(_initializer(op, bv, m1, "shift"), c), d)
         out = op.Add(op.Mul(x, scale), shift)
         _keep_scope(out, m1.producer())
         return out
