@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from benchmarks import paired, roofline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+C_TEST = 16  # the test graph's channels
 
 
 def _conv_norm_graph(path, channels=16, side=32):
@@ -74,3 +75,23 @@ def test_summary_ratios_are_medians_of_per_round_ratios():
     assert s["cmrt_speedup"]["diffusers"] == {"median": 2.0, "min": 1.0, "max": 4.0}
     assert np.isclose(s["api_overhead"], 0.0) and np.isclose(s["cmrt_gflop_per_s"], 200.0)
     assert np.isclose(s["cmrt_pct_of_gemm_peak"], 200.0)
+
+
+def test_graph_ab_compares_graphs_and_the_layout_switch(tmp_path):
+    """``benchmarks.graph_ab``: the same graph twice gives identical outputs; without the NCHWc
+    layout the output agrees to float rounding; opset-23 Attention equals the decomposed form."""
+    from benchmarks import graph_ab
+
+    feeds = _conv_norm_graph(tmp_path / "g.onnx")
+    path = tmp_path / "g.onnx"
+    sessions = {"a": graph_ab._session(path, 1), "b": graph_ab._session(path, 1),
+                "no-nchwc": graph_ab._session(path, 1, ["NchwcTransformer"])}
+    result = graph_ab.compare(sessions, feeds, rounds=1)
+    assert result["b"]["max_abs_vs_first"] == 0.0 and result["a"]["speedup_vs_first"] == 1.0
+    assert result["no-nchwc"]["max_abs_vs_first"] < 1e-4 and result["no-nchwc"]["median_ms"] > 0
+    models = graph_ab.attention_graphs(tokens=16, heads=2, head_dim=8)
+    rng = np.random.default_rng(0)
+    qkv = {n: rng.standard_normal((1, 2, 16, 8)).astype(np.float32) for n in "qkv"}
+    outs = [graph_ab._session(m.SerializeToString(), 1).run(None, qkv)[0] for m in models.values()]
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+    assert graph_ab.feeds_for(sessions["a"], side=32, batch=1)["x"].shape == (1, C_TEST, 32, 32)
