@@ -16,7 +16,7 @@ paired rounds.
 
 ``--bundle``: measure that decoder bundle instead (no diffusers rows); ``--norms``: the tiled rows'
 ``Decoder.decode(norm=...)``, each optionally with ``/F`` for ``stats_factor=F`` (a bundle exported
-with ``--tile-stats``).
+with ``--tile-stats``); ``canvas+spill``: ``norm="canvas", spill=True``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def _cmrt(case: dict, z):
                                  threads=case.get("threads") or None)
     decoder = cmrt.Decoder(bundle, backend=backend)
     return lambda: decoder.decode(z, seed=SEED, tile=case.get("tile"), overlap=case.get("overlap"),
-                                  norm=case.get("norm"), stats_factor=case.get("stats_factor"))
+                                  norm=case.get("norm"), stats_factor=case.get("stats_factor"),
+                                  spill=case.get("spill"))
 
 
 def _diffusers(case: dict, z):
@@ -154,11 +155,13 @@ def cases(resolutions: list[int], tile: int, overlap: int | None, arenas: list[s
 
 
 def _norm_case(norm: str | None) -> dict:
-    """"shared/4" → {"norm": "shared", "stats_factor": 4}; None → {} (the decoder's default)."""
+    """"shared/4" → {"norm": "shared", "stats_factor": 4}; "canvas+spill" → {"norm": "canvas",
+    "spill": True}; None → {} (the decoder's default)."""
     if norm is None:
         return {}
     name, _, factor = norm.partition("/")
-    return {"norm": name} | ({"stats_factor": int(factor)} if factor else {})
+    name, plus, _ = name.partition("+spill")
+    return {"norm": name} | ({"stats_factor": int(factor)} if factor else {}) | ({"spill": True} if plus else {})
 
 
 def arena_times(bundle: Path, resolution: int, rounds: int) -> dict:

@@ -316,14 +316,30 @@ def _decoder(bundle: Path, threads: int):
     return cmrt.Decoder(b, backend=OnnxRuntimeBackend(b.graph_path(), device="cpu", threads=threads))
 
 
+#: Tiled decodes beside ``norm="tile"`` on a ``--tile-stats`` bundle: name → ``decode`` options.
+SHARED_MODES = {"shared/2": {"norm": "shared", "stats_factor": 2}, "shared/4": {"norm": "shared", "stats_factor": 4},
+                "shared-means/2": {"norm": "shared-means", "stats_factor": 2},
+                "shared-means/4": {"norm": "shared-means", "stats_factor": 4},
+                "canvas": {"norm": "canvas"}, "canvas+spill": {"norm": "canvas", "spill": True}}
+
+
+def _modes(dec, wanted: list[str] | None) -> dict[str, dict]:
+    """The ``SHARED_MODES`` to run (``wanted``: names; None: all), none on a bundle without the graphs."""
+    if dec.bundle.manifest.norm_stats is None:
+        return {}
+    return {k: v for k, v in SHARED_MODES.items() if (k in wanted if wanted is not None else k != "canvas+spill")}
+
+
 def runtime_quality(bundle: Path, latents: dict[str, torch.Tensor], tile: int, overlap: int | None,
-                    originals: dict[str, torch.Tensor] | None = None, log=print, threads: int = 0) -> dict:
+                    originals: dict[str, torch.Tensor] | None = None, log=print, threads: int = 0,
+                    modes: list[str] | None = None) -> dict:
     """``cmrt.Decoder.decode`` tiled vs untiled, same seed, on the bundle's backend; with
-    ``originals`` (name → image), both also against the original photo."""
+    ``originals`` (name → image), both also against the original photo. ``modes``: which of
+    ``SHARED_MODES`` besides ``norm="tile"`` (None: all but "canvas+spill", the same images as "canvas")."""
 
     out = {}
     with _decoder(bundle, threads) as dec:
-        factors = (dec.bundle.manifest.norm_stats.factor, 4) if dec.bundle.manifest.norm_stats else ()
+        chosen = _modes(dec, modes)
         for name, z in latents.items():
             zn = z.numpy()
             ref = torch.from_numpy(dec.decode(zn, seed=0))
@@ -332,10 +348,9 @@ def runtime_quality(bundle: Path, latents: dict[str, torch.Tensor], tile: int, o
                                 limits=T.ShapeLimits(), upscale=UP)
             out[name] = compare(tiled, ref, lay) | {"shape": list(ref.shape[2:]), "tiles": len(lay.tiles),
                                                      "tile_shape": lay.tile_shape, "work_ratio": lay.work_ratio}
-            shared = {f"{norm}/{f}": torch.from_numpy(dec.decode(zn, seed=0, tile=tile, overlap=overlap, norm=norm,
-                                                                 stats_factor=f))
-                      for norm in ("shared", "shared-means") for f in factors}
-            for key, img in shared.items():  # GroupNorm statistics from the canvas downscaled by f
+            shared = {key: torch.from_numpy(dec.decode(zn, seed=0, tile=tile, overlap=overlap, **options))
+                      for key, options in chosen.items()}
+            for key, img in shared.items():
                 out[name][key] = compare(img, ref, lay)
             if originals is not None:  # is the untiled decode the better one? (the decoder saw 64² crops)
                 x = originals[name][None]
@@ -354,21 +369,23 @@ def runtime_quality(bundle: Path, latents: dict[str, torch.Tensor], tile: int, o
 
 
 def runtime_time(bundle: Path, resolutions: list[int], tile: int, overlap: int | None, rounds: int,
-                 log=print, threads: int = 0) -> dict:
-    """Untiled vs tiled decode time of a (1, 4, R/8, R/8) latent, paired rounds (medians, ms)."""
+                 log=print, threads: int = 0, modes: list[str] | None = None) -> dict:
+    """Untiled vs tiled decode time of a (1, 4, R/8, R/8) latent, paired rounds (medians, ms);
+    ``modes``: which of ``SHARED_MODES`` to time besides ``norm="tile"`` (None: "shared/2" and "canvas")."""
     from benchmarks.paired import paired_rounds
 
     out = {}
     with _decoder(bundle, threads) as dec:
+        chosen = _modes(dec, modes or ["shared/2", "canvas"])
         for r in resolutions:
             z = np.random.default_rng(0).normal(0, 1, (1, 4, r // UP, r // UP)).astype(np.float32)
             calls = {"untiled": lambda: dec.decode(z, seed=0),
                      "tiled": lambda: dec.decode(z, seed=0, tile=tile, overlap=overlap, norm="tile")}
-            if dec.bundle.manifest.norm_stats is not None:
-                calls["tiled_shared"] = lambda: dec.decode(z, seed=0, tile=tile, overlap=overlap, norm="shared")
+            for key, options in chosen.items():
+                calls[f"tiled_{key}"] = lambda o=options: dec.decode(z, seed=0, tile=tile, overlap=overlap, **o)
             samples = paired_rounds(calls, rounds, per_round=1)
             out[r] = {"untiled_ms": float(np.median(samples["untiled"]))}
-            for name in calls.keys() - {"untiled"}:
+            for name in [c for c in calls if c != "untiled"]:
                 ratio = np.asarray(samples[name]) / np.asarray(samples["untiled"])
                 out[r] |= {f"{name}_ms": float(np.median(samples[name])), f"{name}_ratio": float(np.median(ratio)),
                            f"{name}_ratio_range": [float(ratio.min()), float(ratio.max())]}
@@ -399,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--techniques", default=",".join(TECHNIQUES), help="technique: the columns to measure "
                    f"(default: all of {', '.join(TECHNIQUES)})")
     p.add_argument("--resolutions", default="512,1024", help="runtime: sides to time")
+    p.add_argument("--norms", default=None, help="runtime: the tiled modes beside norm='tile' to measure, of "
+                   f"{', '.join(SHARED_MODES)} (default: all for quality; shared/2 and canvas for time)")
     p.add_argument("--photos", default="", help="only these photos (comma-separated; default: all ≥ 512 px)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=0,
@@ -418,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from benchmarks import measure
 
+        norms = None if a.norms is None else [n for n in a.norms.split(",") if n]
+        unknown = sorted(set(norms or ()) - set(SHARED_MODES))
+        if unknown:
+            p.error(f"--norms: unknown {', '.join(unknown)} (known: {', '.join(SHARED_MODES)})")
+
         env = measure.environment()
         result = {"environment": env, "tile": a.tile, "overlap": a.overlap or T.default_overlap(a.tile),
                   "threads": a.threads}
@@ -425,8 +449,9 @@ def main(argv: list[str] | None = None) -> int:
             wanted = [n for n in a.photos.split(",") if n]
             latents = {n: z for n, z in photos(a.encoder).items() if not wanted or n in wanted}
             result["quality"] = runtime_quality(a.bundle, latents, a.tile, a.overlap, photo_images(),
-                                                threads=a.threads)
-        result["time"] = {str(b): runtime_time(b, _ints(a.resolutions), a.tile, a.overlap, a.rounds, threads=a.threads)
+                                                threads=a.threads, modes=norms)
+        result["time"] = {str(b): runtime_time(b, _ints(a.resolutions), a.tile, a.overlap, a.rounds, threads=a.threads,
+                                               modes=norms)
                           for b in (a.time_bundle or [a.bundle])}
         result["environment"]["load_1m_end"] = measure.load_average()
     if a.json:

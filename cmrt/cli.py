@@ -133,7 +133,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="decoders: also write the statistics and shared-statistics graphs (model.stats.onnx, "
                         "model.shared.onnx, model.shared-means.onnx, reading model.onnx's weights) with which a "
                         "tiled decode shares GroupNorm statistics across its tiles "
-                        "(Decoder.decode(norm='shared'|'shared-means'))")
+                        "(Decoder.decode(norm='canvas'|'shared'|'shared-means'))")
 
 
 def _export_run(a: argparse.Namespace) -> int:

@@ -16,6 +16,11 @@ step after step, which is the order PyTorch calls them):
 * the **shared-means graph** takes the same input but uses only its means: each norm's input
   keeps its own variance, ``(x − mean) / √(var_own + ε)``.
 
+``segments`` cuts the shared-statistics graph at its norms into self-contained pieces, which the
+runtime runs layer by layer across all tiles with the full canvas's statistics
+(``cmrt.runtime.layer_sync``, ``norm="canvas"``); they are made when a decode first needs them,
+not stored in the bundle.
+
 All three are standard ONNX (ReduceMean, Sub, Mul, Add, Slice, Split, Squeeze, Unsqueeze,
 Reshape, Sqrt, Reciprocal, Concat) and read the FP32 graph's weight file, so they add no weights
 to the bundle. Only ONNX Runtime runs them (``cmrt.Decoder``): there are no FP16 variants and no
@@ -51,12 +56,15 @@ class Norm:
         groups: its channel count (= the GroupNorm's groups).
         rank: its input's rank (3: grouped (N, G, L); 4: (N, C, H, W), one channel per group).
         epsilon: its ε.
+        identity_affine: its scale is all ones and its bias all zeros (the GroupNorm's affine is
+            applied after it, per channel), so a shared-statistics norm skips them.
     """
 
     node: int
     groups: int
     rank: int
     epsilon: float
+    identity_affine: bool = False
 
 
 def _initializer(graph: onnx.GraphProto, name: str, base: Path) -> np.ndarray | None:
@@ -86,7 +94,9 @@ def find_norms(model: onnx.ModelProto, base: Path) -> list[Norm]:
             raise ExportError(f"norm {node.name!r}: its scale is not a constant or its input's rank is unknown "
                               f"({rank}); cannot share its statistics")
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-        norms.append(Norm(i, int(scale.size), rank, float(eps)))
+        bias = _initializer(g, node.input[2], base)
+        identity = bias is not None and bool(np.all(scale == 1) and np.all(bias == 0))
+        norms.append(Norm(i, int(scale.size), rank, float(eps), identity))
     if not norms:
         raise ExportError("the graph has no GroupNorm (InstanceNormalization) to share statistics of")
     return norms
@@ -181,7 +191,8 @@ def shared_statistics_graph(model: onnx.ModelProto, norms: list[Norm], variances
 def _shared_norm(g: onnx.GraphProto, node: onnx.NodeProto, k: int, norm: Norm, offset: int, *,
                  own_variance: bool = False) -> list[onnx.NodeProto]:
     """``(x − mean_k)·(var_k + ε)^(−½)·scale + bias``, mean_k and var_k sliced out of ``norm_stats``
-    (``own_variance``: var_k is x's own per-group variance)."""
+    (``own_variance``: var_k is x's own per-group variance). Its node on x is named
+    ``{prefix}{k}_centred`` (``segments`` finds the norm's input there)."""
     x, scale, bias = node.input
     p = f"{_PREFIX}{k}_"
     starts = _const(g, p + "starts", [0, offset])
@@ -209,12 +220,21 @@ def _shared_norm(g: onnx.GraphProto, node: onnx.NodeProto, k: int, norm: Norm, o
         helper.make_node("Sqrt", [p + "var_eps"], [p + "std"], name=p + "std"),
         helper.make_node("Reciprocal", [p + "std"], [p + "inv_std"], name=p + "inv_std"),
         helper.make_node("Sub", [x, p + "mean"], [p + "centred"], name=p + "centred"),
-        helper.make_node("Mul", [p + "centred", p + "inv_std"], [p + "normed"], name=p + "normed"),
-        helper.make_node("Reshape", [scale, per_channel], [p + "scale"], name=p + "scale"),
-        helper.make_node("Reshape", [bias, per_channel], [p + "bias"], name=p + "bias"),
-        helper.make_node("Mul", [p + "normed", p + "scale"], [p + "scaled"], name=p + "scaled"),
-        helper.make_node("Add", [p + "scaled", p + "bias"], [node.output[0]], name=node.name or p + "out"),
+        *_normalized(p, scale, bias, per_channel, node, norm.identity_affine),
     ]
+
+
+def _normalized(p: str, scale: str, bias: str, per_channel: str, node: onnx.NodeProto,
+                identity: bool) -> list[onnx.NodeProto]:
+    """centred · inv_std (· scale + bias, unless they are ones and zeros) → the norm's output."""
+    out = node.name or p + "out"
+    if identity:  # two passes over the activation fewer
+        return [helper.make_node("Mul", [p + "centred", p + "inv_std"], [node.output[0]], name=out)]
+    return [helper.make_node("Mul", [p + "centred", p + "inv_std"], [p + "normed"], name=p + "normed"),
+            helper.make_node("Reshape", [scale, per_channel], [p + "scale"], name=p + "scale"),
+            helper.make_node("Reshape", [bias, per_channel], [p + "bias"], name=p + "bias"),
+            helper.make_node("Mul", [p + "normed", p + "scale"], [p + "scaled"], name=p + "scaled"),
+            helper.make_node("Add", [p + "scaled", p + "bias"], [node.output[0]], name=out)]
 
 
 @dataclass(frozen=True)
@@ -243,3 +263,211 @@ def write_norm_graphs(graph: Path) -> NormGraphs:
 
 __all__ = ["STATS_NAME", "STATS_GRAPH", "SHARED_GRAPH", "MEANS_GRAPH", "VARIANCES", "Norm", "NormGraphs", "find_norms", "statistics_graph",
            "shared_statistics_graph", "write_norm_graphs"]
+
+
+# --- layer-synchronous segments -------------------------------------------------------------
+@dataclass(frozen=True)
+class Segment:
+    """One piece of the shared-statistics graph between two GroupNorms (``segments``).
+
+    Attributes:
+        model: the piece as a self-contained ONNX model (its weights inside): inputs ``inputs``,
+            outputs ``outputs``.
+        inputs: what it reads: the sampler's inputs (``latents``, ``noise_i``, ``norm_stats``) and
+            tensors earlier segments output.
+        outputs: what later segments (or the caller) read of what it computes.
+        norm: the norm whose statistics can be measured once every tile has run this segment
+            (its input is computed by now), or None for the last segment.
+        spatial: that norm's input as an (N, C, H, W) tensor (before the grouping Reshape), one of
+            the tensors this or an earlier segment outputs.
+        last_use: tensor name → the index of the last segment that reads it (or after which its
+            norm's statistics are measured): a runner frees it after that segment.
+        measures: the segment also takes an owned window (``OWNED_STARTS``, ``OWNED_ENDS``) and
+            outputs its norm's input's per-group statistics over it (``OWNED_MEAN``, ``OWNED_M2``);
+            false where that input was made by an earlier segment.
+    """
+
+    model: onnx.ModelProto
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    norm: int | None
+    spatial: str | None
+    last_use: dict[str, int]
+    measures: bool = False
+
+
+def segments(shared: onnx.ModelProto, norms: list[Norm], base: Path) -> list[Segment]:
+    """Cut a shared-statistics graph (``shared_statistics_graph``, means and variances shared) at
+    its norms: segment k computes everything that needs the statistics of norms before k and no
+    later ones, so a runner can run segment k on every tile, measure norm k's statistics over all
+    tiles, and go on (a layer-synchronous tiled decode, ``cmrt.runtime.layer_sync``).
+
+    Every node goes to the earliest segment its inputs allow (norm k's statistics enter at segment
+    k + 1), except each norm's grouping Reshape, which goes with the norm (its input, the
+    spatial tensor, is what the runner measures). Nodes computing only from weights are copied into
+    every segment that reads them. ``base``: the folder of ``shared``'s external weight file.
+
+    Raises:
+        ExportError: the graph's norms are not the shared-statistics graph's.
+    """
+    g = shared.graph
+    static = {t.name for t in g.initializer}
+    producer: dict[str, int] = {}
+    for i, node in enumerate(g.node):
+        for o in node.output:
+            producer[o] = i
+    slice_of = {f"{_PREFIX}{k}_stats": k for k in range(len(norms))}
+    centred = {f"{_PREFIX}{k}_centred": k for k in range(len(norms))}
+    norm_input: dict[int, str] = {}
+    for node in g.node:
+        if node.name in centred:
+            norm_input[centred[node.name]] = node.input[0]
+    if sorted(norm_input) != list(range(len(norms))) or sorted(slice_of) != sorted(
+            n.name for n in g.node if n.name in slice_of):
+        raise ExportError("not a shared-statistics graph (its norms' Slice/Sub nodes are missing)")
+    # each norm's spatial tensor: the grouping Reshape's input (rank 3), or the norm input itself
+    spatial: dict[int, str] = {}
+    grouping: dict[int, int] = {}  # norm → its grouping Reshape node
+    for k, norm in enumerate(norms):
+        x = norm_input[k]
+        if norm.rank == 3:
+            r = g.node[producer[x]]
+            if r.op_type != "Reshape":
+                raise ExportError(f"norm {k}: its grouped input is not a Reshape's output")
+            spatial[k], grouping[k] = r.input[0], producer[x]
+        else:
+            spatial[k] = x
+    level: dict[str, int] = {}  # tensor → segment that computes it
+    node_level: dict[int, int] = {}
+    is_static = set(static)
+    deferred = {i: k + 1 for k, i in grouping.items()}
+    for i, node in enumerate(g.node):
+        ins = [x for x in node.input if x]
+        if all(x in is_static for x in ins) and node.name not in slice_of:
+            is_static.update(node.output)
+            continue
+        lvl = max((level.get(x, 0) for x in ins if x not in is_static), default=0)
+        if node.name in slice_of:
+            lvl = max(lvl, slice_of[node.name] + 1)
+        lvl = max(lvl, deferred.get(i, 0))
+        node_level[i] = lvl
+        for o in node.output:
+            level[o] = lvl
+    count = len(norms) + 1
+    readers: dict[str, set[int]] = {}
+    for i, lvl in node_level.items():
+        for x in g.node[i].input:
+            if x and x not in is_static:
+                readers.setdefault(x, set()).add(lvl)
+    last_use = {x: max(r) for x, r in readers.items()}
+    for k, x in spatial.items():
+        last_use[x] = max(last_use.get(x, 0), k)
+    graph_outputs = {o.name for o in g.output}
+    for o in graph_outputs:
+        last_use[o] = count - 1
+    known = onnx.shape_inference.infer_shapes(shared).graph  # every tensor's type, for the segments' inputs
+    types = {v.name: v for v in (*known.value_info, *g.value_info, *g.input, *g.output)}
+    weights = _static_closure(g, is_static, base)
+    out = []
+    for j in range(count):
+        nodes = [i for i, lvl in node_level.items() if lvl == j]
+        made = {o for i in nodes for o in g.node[i].output}
+        reads = [x for i in nodes for x in g.node[i].input if x and x not in is_static and x not in made]
+        inputs = tuple(dict.fromkeys(reads))
+        wanted = {x for x in made if last_use.get(x, -1) > j or x in graph_outputs}
+        if j < len(norms) and level.get(spatial[j], 0) == j:
+            wanted.add(spatial[j])
+        outputs = tuple(o for i in nodes for o in g.node[i].output if o in wanted)
+        model = _segment_model(shared, g, nodes, inputs, outputs, weights, types, f"segment{j}")
+        measured = j < len(norms) and spatial[j] in made
+        if measured:  # the norm's input is made here: measure its owned part while it is hot
+            _add_owned_stats(model, spatial[j], norms[j].groups)
+        out.append(Segment(model, inputs, outputs, j if j < len(norms) else None,
+                           spatial.get(j), {x: u for x, u in last_use.items()}, measured))
+    return out
+
+
+#: Inputs and outputs a segment gets when it measures its norm's input: the owned window's
+#: (row, col) starts and ends, and that window's per-group mean and sum of squared deviations.
+OWNED_STARTS, OWNED_ENDS, OWNED_MEAN, OWNED_M2 = "cmrt_owned_starts", "cmrt_owned_ends", "cmrt_owned_mean", "cmrt_owned_m2"
+
+
+def _add_owned_stats(model: onnx.ModelProto, x: str, groups: int) -> None:
+    """Append to a segment: x[:, :, starts[0]:ends[0], starts[1]:ends[1]]'s per-group mean and sum
+    of squared deviations from it, both (N, G) outputs (``OWNED_MEAN``, ``OWNED_M2``)."""
+    g, p = model.graph, f"{_PREFIX}_owned_"
+    axes = _const(g, p + "axes", [2, 3])
+    shape = _const(g, p + "shape", [0, groups, -1])
+    last = _const(g, p + "last", [2])
+    g.node.extend([
+        helper.make_node("Slice", [x, OWNED_STARTS, OWNED_ENDS, axes], [p + "part"], name=p + "part"),
+        helper.make_node("Reshape", [p + "part", shape], [p + "grouped"], name=p + "grouped"),
+        helper.make_node("ReduceMean", [p + "grouped", last], [p + "mean_k"], keepdims=1, name=p + "mean_k"),
+        helper.make_node("Sub", [p + "grouped", p + "mean_k"], [p + "centred"], name=p + "centred"),
+        helper.make_node("Mul", [p + "centred", p + "centred"], [p + "squared"], name=p + "squared"),
+        helper.make_node("ReduceSum", [p + "squared", last], [OWNED_M2], keepdims=0, name=OWNED_M2),
+        helper.make_node("Squeeze", [p + "mean_k", last], [OWNED_MEAN], name=OWNED_MEAN)])
+    g.input.extend([helper.make_tensor_value_info(n, onnx.TensorProto.INT64, [2]) for n in (OWNED_STARTS, OWNED_ENDS)])
+    g.output.extend([helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in (OWNED_MEAN, OWNED_M2)])
+
+
+def _static_closure(g: onnx.GraphProto, is_static: set[str], base: Path) -> dict[str, list]:
+    """Static tensor → the initializers (loaded) and nodes that make it, for copying into segments."""
+    inits = {t.name: t for t in g.initializer}
+    made_by = {o: n for n in g.node for o in n.output if o in is_static}
+    found: dict[str, list] = {}
+
+    def close(name: str, acc_nodes: list, acc_inits: dict) -> None:
+        if name in inits:
+            if name not in acc_inits:
+                t = onnx.TensorProto()
+                t.CopyFrom(inits[name])
+                if t.data_location == onnx.TensorProto.EXTERNAL:
+                    t = numpy_helper.from_array(numpy_helper.to_array(t, str(base)), name)
+                acc_inits[name] = t
+            return
+        node = made_by[name]
+        if any(node is n for n in acc_nodes):
+            return
+        for x in node.input:
+            if x:
+                close(x, acc_nodes, acc_inits)
+        acc_nodes.append(node)
+
+    class _Lazy(dict):
+        def __missing__(self, name):
+            nodes, ins = [], {}
+            close(name, nodes, ins)
+            self[name] = [nodes, ins]
+            return self[name]
+
+    return _Lazy(found)
+
+
+def _segment_model(shared: onnx.ModelProto, g: onnx.GraphProto, nodes: list[int], inputs: tuple[str, ...],
+                   outputs: tuple[str, ...], weights: dict, types: dict, name: str) -> onnx.ModelProto:
+    """Segment ``nodes`` as a model: the weights and weight-only nodes they read copied in."""
+    made = {o for i in nodes for o in g.node[i].output}
+    static_nodes: list[onnx.NodeProto] = []
+    inits: dict[str, onnx.TensorProto] = {}
+    seen: set[int] = set()
+    for i in nodes:
+        for x in g.node[i].input:
+            if not x or x in inputs or x in made:
+                continue
+            closure, loaded = weights[x]
+            for n in closure:
+                if id(n) not in seen:
+                    seen.add(id(n))
+                    static_nodes.append(n)
+            inits.update(loaded)
+    graph = helper.make_graph(static_nodes + [g.node[i] for i in nodes], name,
+                              [_value_info(types, x) for x in inputs], [_value_info(types, x) for x in outputs],
+                              initializer=list(inits.values()))
+    return helper.make_model(graph, opset_imports=shared.opset_import, ir_version=shared.ir_version)
+
+
+def _value_info(types: dict, name: str) -> onnx.ValueInfoProto:
+    if name not in types:
+        raise ExportError(f"the type of {name!r} is unknown (shape inference found none): cannot cut the graph there")
+    return types[name]

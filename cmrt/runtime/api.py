@@ -3,13 +3,14 @@ around a backend. numpy in → numpy out; torch in → torch out (on the input's
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..bundle import Bundle
+from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import BundleError, InputError, InputTypeError, RunnerClosedError
 from . import tiling
 from .backends import Backend, OnnxRuntimeBackend, open_backend
@@ -252,19 +253,24 @@ class Decoder(_Runner):
                  max_batch: int | None = None) -> None:
         super().__init__(engine, backend=backend, max_batch=max_batch)
         self._norm_backends: dict[str, Backend] = {}  # "statistics" and the norm modes' graphs, opened on use
+        self._layer_sync = None  # norm="canvas": the shared graph's segments, opened on use
 
     def close(self) -> None:
         """Free the backend's session or engine (and the shared-statistics sessions, if opened);
         later calls raise ``RunnerClosedError``. Idempotent."""
         with self._lock:
             extra, self._norm_backends = self._norm_backends, {}
+            synced, self._layer_sync = self._layer_sync, None
         for b in extra.values():
             b.close()
+        if synced is not None:
+            synced.close()
         super().close()
 
     def decode(self, latents: Any, *, seed: int | None = None, noise: Sequence[Any] | None = None,
                tile: int | None = None, overlap: int | None = None, max_pixels: int | None = None,
-               max_batch: int | None = None, norm: str | None = None, stats_factor: int | None = None):
+               max_batch: int | None = None, norm: str | None = None, stats_factor: int | None = None,
+               spill: bool | str | Path | None = None):
         """Decode unscaled SD-VAE latents (B, 4, h, w) into images (B, 3, 8h, 8w) in [-1, 1].
 
         The noise of every step is drawn for the whole batch and canvas first; tiles and batch
@@ -283,15 +289,26 @@ class Decoder(_Runner):
             max_pixels: with ``tile`` None, the largest tile output (pixels per image) to allow:
                 picks the largest square tile within it.
             max_batch: the largest batch one backend run gets (None: the runner's).
-            norm: how GroupNorm normalizes a tiled decode: "shared" (every tile by the means and
-                variances of one untiled pass over the canvas downscaled by ``stats_factor``;
-                needs a bundle exported with ``--tile-stats`` and an FP32 graph on ONNX Runtime),
-                "shared-means" (by those means and its own variances), "tile" (each tile by its
-                own statistics), or None: "shared" when the bundle and backend allow it and the
-                call is tiled, else "tile". A shared mode on a call that fits in one tile still
-                runs the statistics pass (with ``stats_factor=1`` it equals the plain call).
+            norm: how GroupNorm normalizes a tiled decode: "canvas" (every tile by the whole
+                full-resolution canvas's statistics, measured layer by layer across the tiles,
+                ``cmrt.runtime.layer_sync``: the untiled decode to rounding; overlap ≥
+                ``tiling.CANVAS_OVERLAP``, its default), "shared" (by the means and variances of
+                one untiled pass over the canvas downscaled by ``stats_factor``), "shared-means"
+                (by those means and its own variances), "tile" (each tile by its own
+                statistics), or None: "canvas" when the bundle and backend allow it and the call is
+                tiled ("shared" if ``overlap`` is under ``CANVAS_OVERLAP`` or ``stats_factor`` is
+                given), else "tile". All but
+                "tile" need a bundle exported with ``--tile-stats`` and its FP32 graph on ONNX
+                Runtime. A shared mode on a call that fits in one tile still runs the statistics
+                pass (with ``stats_factor=1`` it equals the plain call); "canvas" there is the
+                plain call.
             stats_factor: the statistics pass's downscale factor (default: the bundle's,
                 ``tiling.DEFAULT_STATS_FACTOR``); its canvas has 1/factor² of the pixels.
+            spill: ``norm="canvas"`` only: keep the tiles' activations between layers in files
+                rather than in memory (True: a temporary folder; a path: a temporary folder inside
+                that existing folder), removed when the call returns. Memory then holds one
+                tile's run and the output; time grows by the file traffic. A call that fits in
+                one tile runs the plain graph and has nothing to spill.
         """
         like = latents if _is_torch(latents) else None
         tile_, overlap_ = tiling.check_tiling(tile, overlap)
@@ -304,8 +321,13 @@ class Decoder(_Runner):
                                   limits=self.limits, upscale=up)
         noise_arrays = [feeds[n] for n in names]
         extra, backend = {}, None
-        mode = self._norm_mode(norm_, plan)
-        if mode != "tile":
+        mode = self._norm_mode(norm_, plan, overlap_, factor_)
+        spill_ = tiling.check_spill(spill, mode)
+        if mode == "canvas" and not plan.single:
+            plan = tiling.canvas_layout(plan, overlap_, tile_, max_pixels, self.limits, up)
+            out = self._decode_layer_sync({"latents": z} | dict(zip(names, noise_arrays)), plan, max_batch, spill_)
+            return _return_like(out, like)
+        if mode in ("shared", "shared-means"):
             record = self.bundle.manifest.norm_stats
             backend = self._norm_backend(mode)
             stats = self._norm_stats(z, noise_arrays, factor_ or record.factor, max_batch)
@@ -317,14 +339,43 @@ class Decoder(_Runner):
         out = run(z, noise_arrays) if plan.single else tiling.run_tiled(run, z, noise_arrays, plan, up)
         return _return_like(out, like)
 
-    def _norm_mode(self, norm: str | None, plan: tiling.TileLayout) -> str:
+    def _decode_layer_sync(self, feeds: dict[str, Any], plan: tiling.TileLayout, max_batch: int | None,
+                           spill: Path | None):
+        """``norm="canvas"``: the layer-synchronous tiled decode (``cmrt.runtime.layer_sync``), batch
+        chunk by batch chunk (the statistics are per image, so chunks change nothing)."""
+        with self._lock:
+            if self._layer_sync is None:
+                from .layer_sync import LayerSyncGraphs
+
+                record, main = self.bundle.manifest.norm_stats, self.backend
+                self._layer_sync = LayerSyncGraphs.open(self.bundle.path / record.shared_graph.file, main.graph,
+                                                        upscale=self.bundle.manifest.latent.upscale,
+                                                        device=main.device, threads=main.threads)
+            graphs = self._layer_sync
+        host = {k: _host(v) for k, v in feeds.items()}
+        size = tiling.chunk_size(max_batch, self.max_batch, limits=self.limits)
+        parts = tiling.chunks(host["latents"].shape[0], size)
+        outs = []
+        for part in parts:
+            if spill is None:
+                outs.append(graphs.run({k: v[part] for k, v in host.items()}, plan, OUTPUT_NAME))
+                continue
+            with tempfile.TemporaryDirectory(prefix="cmrt-spill-", dir=spill if spill.name else None) as folder:
+                outs.append(graphs.run({k: v[part] for k, v in host.items()}, plan, OUTPUT_NAME, spill=Path(folder)))
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def _norm_mode(self, norm: str | None, plan: tiling.TileLayout, overlap: int | None,
+                   stats_factor: int | None) -> str:
         """The ``norm`` this decode runs (see ``decode``), checked against the bundle and backend."""
         if norm == "tile":
             return norm
         record, backend = self.bundle.manifest.norm_stats, self.backend
         usable = isinstance(backend, OnnxRuntimeBackend) and backend.precision == "fp32"
         if norm is None:
-            return "shared" if record is not None and usable and not plan.single else "tile"
+            if record is None or not usable or plan.single:
+                return "tile"
+            small = overlap is not None and overlap < tiling.CANVAS_OVERLAP
+            return "shared" if small or stats_factor is not None else "canvas"
         if record is None:
             raise InputError(f"norm={norm!r} needs the shared-statistics graphs, which {self.bundle.path} lacks: "
                              "re-export it with `cmrt export --tile-stats` (or pass norm='tile')")

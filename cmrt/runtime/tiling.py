@@ -17,7 +17,10 @@ can share statistics instead (``norm="shared"``): one untiled pass of the statis
 the canvas downscaled by ``stats_factor`` (``stats_canvas``: block means of the latents, the
 canvas's own noise pooled to unit variance) records every GroupNorm's per-group mean and variance,
 and every tile runs the shared-statistics graph with them (``cmrt.exporter.norm_stats``);
-``norm="shared-means"`` shares only the means. Measured in ``benchmarks/tiling.py``
+``norm="shared-means"`` shares only the means. ``norm="canvas"`` (the default for such a bundle)
+runs the shared-statistics graph cut at its norms, layer by layer across all tiles, with the
+statistics of the full-resolution canvas and a halo exchange between the tiles' overlaps: the
+untiled decode to rounding (``cmrt.runtime.layer_sync``). Measured in ``benchmarks/tiling.py``
 (``benchmarks/RESULTS.md``, issue 12): "shared" at ×2 lifts the photos with large smooth regions
 by 8–13 dB (astronaut 28.6 → 36.6 dB against the untiled decode) and costs a fine regular texture
 12 dB (brick 44.1 → 32.0); "shared-means" gains less (+4–7 dB) and loses 2 dB on the brick; ×4 is
@@ -44,8 +47,10 @@ DEFAULT_OVERLAP = 4
 MIN_TILE = 4
 #: How a tiled decode normalizes: "tile" (each tile by its own GroupNorm statistics), "shared"
 #: (every tile by means and variances measured once on the canvas downscaled by ``stats_factor``)
-#: or "shared-means" (those means, each tile's own variances).
-NORM_MODES = ("tile", "shared", "shared-means")
+#: "shared-means" (those means, each tile's own variances) or "canvas" (every tile by the whole
+#: full-resolution canvas's statistics, measured layer by layer across the tiles:
+#: ``cmrt.runtime.layer_sync``).
+NORM_MODES = ("tile", "shared", "shared-means", "canvas")
 #: The default downscale factor of the shared-statistics pass (chosen by ``benchmarks/tiling.py``:
 #: 2 met the 35 dB target on every held-out photo, 4 on none of the failing ones).
 DEFAULT_STATS_FACTOR = 2
@@ -318,7 +323,7 @@ def check_norm(norm: Any, stats_factor: Any) -> tuple[str | None, int | None]:
     """Validate the user's ``norm`` (None or one of ``NORM_MODES``) and ``stats_factor`` (None or
     an int ≥ 1); ``InputTypeError``/``InputError`` name the argument."""
     if norm is not None and norm not in NORM_MODES:
-        raise InputError(f"norm must be one of {', '.join(map(repr, NORM_MODES))} (or None: shared when the bundle "
+        raise InputError(f"norm must be one of {', '.join(map(repr, NORM_MODES))} (or None: canvas when the bundle "
                          f"has the graphs), got {norm!r}")
     if stats_factor is None:
         return norm, None
@@ -327,10 +332,56 @@ def check_norm(norm: Any, stats_factor: Any) -> tuple[str | None, int | None]:
                              f"got {type(stats_factor).__name__}")
     if stats_factor < 1:
         raise InputError(f"stats_factor must be ≥ 1, got {stats_factor}")
-    if norm == "tile":
-        raise InputError("stats_factor applies to norm='shared' or 'shared-means' only (norm='tile' measures no "
-                         "statistics)")
+    if norm in ("tile", "canvas"):
+        why = "measures no statistics" if norm == "tile" else "measures them on the full-resolution canvas"
+        raise InputError(f"stats_factor applies to norm='shared' or 'shared-means' only (norm={norm!r} {why})")
     return norm, int(stats_factor)
+
+
+#: The overlap ``norm="canvas"`` needs and uses by default: half of it (1 latent pixel, 1 pixel at
+#: the decoder UNet's coarsest layer) must cover the reach of the graph between two GroupNorms
+#: (one 3×3 convolution), so that the halo exchange keeps every tile exact
+#: (``cmrt.runtime.layer_sync``; with 1 the tiled decode is 53 dB from the untiled one, with 2
+#: it is equal to rounding).
+CANVAS_OVERLAP = 2
+
+
+def canvas_layout(plan: TileLayout, overlap: int | None, tile: int | None, max_pixels: int | None,
+                  limits: ShapeLimits, upscale: int) -> TileLayout:
+    """The layout of a ``norm="canvas"`` decode: ``plan``'s tiles with ``CANVAS_OVERLAP`` where the
+    user gave no overlap.
+
+    Raises:
+        InputError: the user's overlap is under ``CANVAS_OVERLAP``.
+    """
+    if overlap is None:
+        return choose_tile(plan.height, plan.width, tile=tile, overlap=CANVAS_OVERLAP, max_pixels=max_pixels,
+                           limits=limits, upscale=upscale) if tile or max_pixels else plan
+    if overlap < CANVAS_OVERLAP:
+        raise InputError(f"norm='canvas' needs overlap ≥ {CANVAS_OVERLAP} latent pixels (its tiles exchange their "
+                         f"edges), got overlap={overlap}: pass a larger overlap or leave it out")
+    return plan
+
+
+def check_spill(spill: Any, mode: str) -> "Path | None":
+    """Validate the user's ``spill`` (None/False, True, or an existing folder) for a decode whose
+    norm is ``mode``: a folder to make the spill folder in (``Path("")``: the system's temporary
+    folder), or None. ``InputTypeError``/``InputError`` name the argument."""
+    from pathlib import Path
+
+    if spill is None or spill is False:
+        return None
+    if mode != "canvas":
+        raise InputError(f"spill applies to norm='canvas' only (this decode runs norm={mode!r}): pass norm='canvas' "
+                         "or leave spill out")
+    if spill is True:
+        return Path("")
+    if not isinstance(spill, (str, Path)) or isinstance(spill, bool):
+        raise InputTypeError(f"spill must be True or a folder path, got {type(spill).__name__}")
+    folder = Path(spill)
+    if not folder.is_dir():
+        raise InputError(f"spill={str(spill)!r} is not an existing folder: create it or pass spill=True")
+    return folder
 
 
 def default_overlap(tile: int) -> int:

@@ -154,7 +154,7 @@ def test_shared_tiled_decode_is_the_pytorch_computation(stats_bundle, sampler, n
         out = dec.decode(z, seed=5, tile=tile, overlap=overlap, norm=norm)
         np.testing.assert_array_equal(dec.decode(z, seed=5, tile=tile, overlap=overlap, norm=norm), out)  # deterministic
         assert not np.array_equal(dec.decode(z, seed=6, tile=tile, overlap=overlap, norm=norm), out)
-        if norm == "shared":  # the default of a bundle with the graphs
+        if norm == "shared":  # the default of a bundle with the graphs when the overlap is too small for "canvas"
             np.testing.assert_array_equal(dec.decode(z, seed=5, tile=tile, overlap=overlap), out)
         own = dec.decode(z, seed=5, tile=tile, overlap=overlap, norm="tile")
     low, pooled = T.stats_canvas(z, noise, 2, UP)
@@ -179,6 +179,9 @@ def test_tile_norm_is_the_plain_tiled_decode(stats_bundle, decoder_bundle):
                                       plain.decode(z, seed=2, tile=6, overlap=1))
         chunked = dec.decode(z, seed=2, tile=6, overlap=1, max_batch=1)  # shared, in batch chunks
         np.testing.assert_allclose(chunked, dec.decode(z, seed=2, tile=6, overlap=1), atol=1e-6)
+        canvas = dec.decode(z, seed=2, tile=6)  # the default with room for the overlap: canvas
+        np.testing.assert_array_equal(canvas, dec.decode(z, seed=2, tile=6, norm="canvas"))
+        np.testing.assert_allclose(canvas, dec.decode(z, seed=2), atol=2e-6)
 
 
 @pytest.mark.parametrize("kwargs, error, name", [
@@ -222,7 +225,7 @@ def test_stats_canvas_is_an_area_downscale_with_unit_variance_noise():
 
 def test_close_frees_the_shared_statistics_sessions(stats_bundle):
     dec = cmrt.Decoder(stats_bundle.path)
-    dec.decode(_latents(1, 8, 8), seed=0, tile=4, overlap=1)
+    dec.decode(_latents(1, 8, 8), seed=0, tile=4, overlap=1, norm="shared")
     opened = dict(dec._norm_backends)
     assert set(opened) == {"statistics", "shared"}  # opened on first use, only what the call ran
     dec.close()
