@@ -31,7 +31,7 @@ def _latents(b: int, h: int, w: int, seed: int = 1) -> np.ndarray:
 
 
 # --- the runtime --------------------------------------------------------------------------
-@pytest.mark.parametrize("h, w, tile, overlap", [(13, 11, 6, 2), (13, 11, 5, 2), (12, 17, 8, 3), (9, 14, 6, None)])
+@pytest.mark.parametrize("h, w, tile, overlap", [(13, 11, 5, 2), (12, 17, 8, 3)])
 def test_canvas_tiled_decode_equals_the_untiled_decode(stats_bundle, h, w, tile, overlap):
     """Odd canvases, tiles that do not divide them, a batch of two: the tiled decode is the
     untiled one to rounding (per-tile statistics are far from it), and deterministic."""
