@@ -280,11 +280,11 @@ class Segment:
             (its input is computed by now), or None for the last segment.
         spatial: that norm's input as an (N, C, H, W) tensor (before the grouping Reshape), one of
             the tensors this or an earlier segment outputs.
-        last_use: tensor name → the index of the last segment that reads it (or after which its
-            norm's statistics are measured): a runner frees it after that segment.
-        measures: the segment also takes an owned window (``OWNED_STARTS``, ``OWNED_ENDS``) and
-            outputs its norm's input's per-group statistics over it (``OWNED_MEAN``, ``OWNED_M2``);
-            false where that input was made by an earlier segment.
+        last_use: tensor name → the index of the last segment that reads it: a runner frees it
+            after that segment (shared by all segments).
+
+    A segment with a ``norm`` also takes an owned window (``OWNED_STARTS``, ``OWNED_ENDS``) and
+    outputs its norm's input's per-group statistics over it (``OWNED_MEAN``, ``OWNED_M2``).
     """
 
     model: onnx.ModelProto
@@ -293,7 +293,6 @@ class Segment:
     norm: int | None
     spatial: str | None
     last_use: dict[str, int]
-    measures: bool = False
 
 
 def segments(shared: onnx.ModelProto, norms: list[Norm], base: Path) -> list[Segment]:
@@ -360,7 +359,7 @@ def segments(shared: onnx.ModelProto, norms: list[Norm], base: Path) -> list[Seg
             if x and x not in is_static:
                 readers.setdefault(x, set()).add(lvl)
     last_use = {x: max(r) for x, r in readers.items()}
-    for k, x in spatial.items():
+    for k, x in spatial.items():  # read by segment k, which measures it
         last_use[x] = max(last_use.get(x, 0), k)
     graph_outputs = {o.name for o in g.output}
     for o in graph_outputs:
@@ -373,17 +372,17 @@ def segments(shared: onnx.ModelProto, norms: list[Norm], base: Path) -> list[Seg
         nodes = [i for i, lvl in node_level.items() if lvl == j]
         made = {o for i in nodes for o in g.node[i].output}
         reads = [x for i in nodes for x in g.node[i].input if x and x not in is_static and x not in made]
+        if j < len(norms) and spatial[j] not in made:  # the norm's input was made earlier: measure it here
+            reads.append(spatial[j])
         inputs = tuple(dict.fromkeys(reads))
         wanted = {x for x in made if last_use.get(x, -1) > j or x in graph_outputs}
         if j < len(norms) and level.get(spatial[j], 0) == j:
             wanted.add(spatial[j])
         outputs = tuple(o for i in nodes for o in g.node[i].output if o in wanted)
         model = _segment_model(shared, g, nodes, inputs, outputs, weights, types, f"segment{j}")
-        measured = j < len(norms) and spatial[j] in made
-        if measured:  # the norm's input is made here: measure its owned part while it is hot
+        if j < len(norms):  # measure the owned part of the norm's input (while it is hot, if made here)
             _add_owned_stats(model, spatial[j], norms[j].groups)
-        out.append(Segment(model, inputs, outputs, j if j < len(norms) else None,
-                           spatial.get(j), {x: u for x, u in last_use.items()}, measured))
+        out.append(Segment(model, inputs, outputs, j if j < len(norms) else None, spatial.get(j), last_use))
     return out
 
 

@@ -73,31 +73,6 @@ def combine(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
     return np.stack([mean, m2 / count], axis=1).astype(np.float32)
 
 
-def _stats_model(onnx):
-    """(x (N, C, H, W), starts, ends (2,) int64, shape [0, G, −1]) → per-group mean and sum of
-    squared deviations of x[:, :, starts[0]:ends[0], starts[1]:ends[1]], both (N, G)."""
-    from onnx import TensorProto, helper
-
-    nodes = [helper.make_node("Constant", [], ["axes"], value=helper.make_tensor("a", TensorProto.INT64, [2], [2, 3])),
-             helper.make_node("Constant", [], ["last"], value=helper.make_tensor("l", TensorProto.INT64, [1], [2])),
-             helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["part"]),
-             helper.make_node("Reshape", ["part", "shape"], ["grouped"]),
-             helper.make_node("ReduceMean", ["grouped", "last"], ["mean_k"], keepdims=1),
-             helper.make_node("Sub", ["grouped", "mean_k"], ["centred"]),
-             helper.make_node("Mul", ["centred", "centred"], ["squared"]),
-             helper.make_node("ReduceSum", ["squared", "last"], ["m2"], keepdims=0),
-             helper.make_node("Squeeze", ["mean_k", "last"], ["mean"])]
-    f, i = TensorProto.FLOAT, TensorProto.INT64
-    graph = helper.make_graph(nodes, "owned_group_stats",
-                              [helper.make_tensor_value_info("x", f, ["n", "c", "h", "w"]),
-                               helper.make_tensor_value_info("starts", i, [2]),
-                               helper.make_tensor_value_info("ends", i, [2]),
-                               helper.make_tensor_value_info("shape", i, [3])],
-                              [helper.make_tensor_value_info("mean", f, ["n", "g"]),
-                               helper.make_tensor_value_info("m2", f, ["n", "g"])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-
-
 @dataclass(frozen=True)
 class _Exchange:
     """What a tile takes from its neighbours at one scale: (from tile, rows, cols) in the tile's
@@ -150,7 +125,6 @@ class LayerSyncGraphs:
 
     segments: list
     sessions: list = field(default_factory=list)
-    stats_session: object = None
     norm_inputs: tuple[tuple[Fraction, int], ...] = ()  # per norm: its input's scale and channels (``probe``)
     groups: tuple[int, ...] = ()
     offsets: tuple[int, ...] = ()
@@ -174,9 +148,8 @@ class LayerSyncGraphs:
         sessions = [ort.InferenceSession(p.model.SerializeToString(), options, providers=providers) for p in parts]
         for p in parts:  # the weights now live in the sessions
             p.model.Clear()
-        stats = ort.InferenceSession(_stats_model(onnx).SerializeToString(), options, providers=["CPUExecutionProvider"])
         groups = tuple(n.groups for n in norms)
-        graphs = cls(parts, sessions, stats_session=stats, groups=groups,
+        graphs = cls(parts, sessions, groups=groups,
                      offsets=tuple(np.cumsum((0,) + groups[:-1]).tolist()))
         graphs.norm_inputs = graphs.probe(upscale)
         return graphs
@@ -194,7 +167,7 @@ class LayerSyncGraphs:
                 if x.startswith("noise_") and x not in held:
                     held[x] = np.zeros((1, 3, upscale * side, upscale * side), np.float32)
             feeds = {x: (stats if x == "norm_stats" else held[x]) for x in part.inputs}
-            if part.measures:
+            if part.norm is not None:
                 feeds |= {NS.OWNED_STARTS: full[0], NS.OWNED_ENDS: full[1]}
             held.update(zip(part.outputs, session.run(list(part.outputs), feeds)))
             if part.norm is not None:
@@ -203,7 +176,7 @@ class LayerSyncGraphs:
         return tuple(found[k] for k in range(len(self.groups)))
 
     def close(self) -> None:
-        self.sessions, self.stats_session = [], None
+        self.sessions = []
 
     def run(self, inputs: dict[str, np.ndarray], layout: tiling.TileLayout, output: str,
             spill: Path | None = None) -> np.ndarray:
@@ -235,7 +208,7 @@ class LayerSyncGraphs:
                 store.put(i, k, tiling.crop(v, t, v.shape[2] // layout.height))
         for j, (part, session) in enumerate(zip(self.segments, self.sessions)):
             found = []
-            window = self._window(part, layout, exchanges) if part.measures else None
+            window = self._window(part, layout, exchanges) if part.norm is not None else None
             for i, own in enumerate(window or [None] * len(tiles)):
                 feeds = {x: (stats if x == "norm_stats" else store.get(i, x)) for x in part.inputs}
                 names = list(part.outputs)
@@ -254,8 +227,6 @@ class LayerSyncGraphs:
                     store.exchange(name, self._exchange(layout, store.scale[name], exchanges))
             if part.norm is not None:
                 k = part.norm
-                if not part.measures:  # its input came from an earlier segment
-                    found = self._measure(store, part, self._window(part, layout, exchanges), k)
                 stats[:, :, self.offsets[k]:self.offsets[k] + self.groups[k]] = combine(found)
             store.drop(lambda x: x != output and part.last_use.get(x, j) <= j)
         canvas = _assemble([store.get(i, output) for i in range(len(tiles))], layout, exchanges)
@@ -274,15 +245,6 @@ class LayerSyncGraphs:
         per_group = channels // self.groups[part.norm]
         return [(np.array([r0, c0], np.int64), np.array([r1, c1], np.int64), (r1 - r0) * (c1 - c0) * per_group)
                 for r0, r1, c0, c1 in self._exchange(layout, scale, cache).owned]
-
-    def _measure(self, store: "_Store", part, window: list, k: int) -> list:
-        shape = np.array([0, self.groups[k], -1], np.int64)
-        found = []
-        for i, (starts, ends, n) in enumerate(window):
-            mean, m2 = self.stats_session.run(None, {"x": store.get(i, part.spatial), "starts": starts, "ends": ends,
-                                                     "shape": shape})
-            found.append((mean, m2, n))
-        return found
 
 
 class _Store:
