@@ -29,6 +29,7 @@ TensorRT engines of them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,7 +304,7 @@ def segments(shared: onnx.ModelProto, norms: list[Norm], base: Path) -> list[Seg
 
     Every node goes to the earliest segment its inputs allow (norm k's statistics enter at segment
     k + 1), except each norm's grouping Reshape, which goes with the norm (its input, the
-    spatial tensor, is what the runner measures). Nodes computing only from weights are copied into
+    spatial tensor, is what the segment measures). Nodes computing only from weights are copied into
     every segment that reads them. ``base``: the folder of ``shared``'s external weight file.
 
     Raises:
@@ -359,14 +360,12 @@ def segments(shared: onnx.ModelProto, norms: list[Norm], base: Path) -> list[Seg
             if x and x not in is_static:
                 readers.setdefault(x, set()).add(lvl)
     last_use = {x: max(r) for x, r in readers.items()}
-    for k, x in spatial.items():  # read by segment k, which measures it
-        last_use[x] = max(last_use.get(x, 0), k)
     graph_outputs = {o.name for o in g.output}
     for o in graph_outputs:
         last_use[o] = count - 1
     known = onnx.shape_inference.infer_shapes(shared).graph  # every tensor's type, for the segments' inputs
     types = {v.name: v for v in (*known.value_info, *g.value_info, *g.input, *g.output)}
-    weights = _static_closure(g, is_static, base)
+    weights = _static_closure(g, is_static, base)  # static tensor → (nodes, initializers) that make it
     out = []
     for j in range(count):
         nodes = [i for i, lvl in node_level.items() if lvl == j]
@@ -376,8 +375,6 @@ def segments(shared: onnx.ModelProto, norms: list[Norm], base: Path) -> list[Seg
             reads.append(spatial[j])
         inputs = tuple(dict.fromkeys(reads))
         wanted = {x for x in made if last_use.get(x, -1) > j or x in graph_outputs}
-        if j < len(norms) and level.get(spatial[j], 0) == j:
-            wanted.add(spatial[j])
         outputs = tuple(o for i in nodes for o in g.node[i].output if o in wanted)
         model = _segment_model(shared, g, nodes, inputs, outputs, weights, types, f"segment{j}")
         if j < len(norms):  # measure the owned part of the norm's input (while it is hot, if made here)
@@ -410,41 +407,33 @@ def _add_owned_stats(model: onnx.ModelProto, x: str, groups: int) -> None:
     g.output.extend([helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in (OWNED_MEAN, OWNED_M2)])
 
 
-def _static_closure(g: onnx.GraphProto, is_static: set[str], base: Path) -> dict[str, list]:
-    """Static tensor → the initializers (loaded) and nodes that make it, for copying into segments."""
+def _static_closure(g: onnx.GraphProto, is_static: set[str], base: Path):
+    """A memoized function: static tensor → the nodes and (loaded) initializers that make it, for
+    copying into the segments that read it."""
     inits = {t.name: t for t in g.initializer}
     made_by = {o: n for n in g.node for o in n.output if o in is_static}
-    found: dict[str, list] = {}
 
-    def close(name: str, acc_nodes: list, acc_inits: dict) -> None:
+    @functools.cache
+    def closure(name: str) -> tuple[tuple[onnx.NodeProto, ...], tuple[tuple[str, onnx.TensorProto], ...]]:
         if name in inits:
-            if name not in acc_inits:
-                t = onnx.TensorProto()
-                t.CopyFrom(inits[name])
-                if t.data_location == onnx.TensorProto.EXTERNAL:
-                    t = numpy_helper.from_array(numpy_helper.to_array(t, str(base)), name)
-                acc_inits[name] = t
-            return
+            t = inits[name]
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                t = numpy_helper.from_array(numpy_helper.to_array(t, str(base)), name)
+            return (), ((name, t),)
         node = made_by[name]
-        if any(node is n for n in acc_nodes):
-            return
-        for x in node.input:
-            if x:
-                close(x, acc_nodes, acc_inits)
-        acc_nodes.append(node)
+        nodes: list[onnx.NodeProto] = []
+        loaded: dict[str, onnx.TensorProto] = {}
+        for x in filter(None, node.input):
+            n, i = closure(x)
+            nodes += [m for m in n if all(m is not k for k in nodes)]
+            loaded.update(i)
+        return (*nodes, node), tuple(loaded.items())
 
-    class _Lazy(dict):
-        def __missing__(self, name):
-            nodes, ins = [], {}
-            close(name, nodes, ins)
-            self[name] = [nodes, ins]
-            return self[name]
-
-    return _Lazy(found)
+    return closure
 
 
 def _segment_model(shared: onnx.ModelProto, g: onnx.GraphProto, nodes: list[int], inputs: tuple[str, ...],
-                   outputs: tuple[str, ...], weights: dict, types: dict, name: str) -> onnx.ModelProto:
+                   outputs: tuple[str, ...], weights, types: dict, name: str) -> onnx.ModelProto:
     """Segment ``nodes`` as a model: the weights and weight-only nodes they read copied in."""
     made = {o for i in nodes for o in g.node[i].output}
     static_nodes: list[onnx.NodeProto] = []
@@ -454,8 +443,8 @@ def _segment_model(shared: onnx.ModelProto, g: onnx.GraphProto, nodes: list[int]
         for x in g.node[i].input:
             if not x or x in inputs or x in made:
                 continue
-            closure, loaded = weights[x]
-            for n in closure:
+            made_here, loaded = weights(x)
+            for n in made_here:
                 if id(n) not in seen:
                     seen.add(id(n))
                     static_nodes.append(n)

@@ -360,7 +360,7 @@ class Decoder(_Runner):
             if spill is None:
                 outs.append(graphs.run({k: v[part] for k, v in host.items()}, plan, OUTPUT_NAME))
                 continue
-            with tempfile.TemporaryDirectory(prefix="cmrt-spill-", dir=spill if spill.name else None) as folder:
+            with tempfile.TemporaryDirectory(prefix="cmrt-spill-", dir=spill) as folder:
                 outs.append(graphs.run({k: v[part] for k, v in host.items()}, plan, OUTPUT_NAME, spill=Path(folder)))
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 

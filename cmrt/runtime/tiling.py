@@ -365,8 +365,9 @@ def canvas_layout(plan: TileLayout, overlap: int | None, tile: int | None, max_p
 
 def check_spill(spill: Any, mode: str) -> "Path | None":
     """Validate the user's ``spill`` (None/False, True, or an existing folder) for a decode whose
-    norm is ``mode``: a folder to make the spill folder in (``Path("")``: the system's temporary
+    norm is ``mode``: the folder to make the spill folder in (True: the system's temporary
     folder), or None. ``InputTypeError``/``InputError`` name the argument."""
+    import tempfile
     from pathlib import Path
 
     if spill is None or spill is False:
@@ -375,7 +376,7 @@ def check_spill(spill: Any, mode: str) -> "Path | None":
         raise InputError(f"spill applies to norm='canvas' only (this decode runs norm={mode!r}): pass norm='canvas' "
                          "or leave spill out")
     if spill is True:
-        return Path("")
+        return Path(tempfile.gettempdir())
     if not isinstance(spill, (str, Path)) or isinstance(spill, bool):
         raise InputTypeError(f"spill must be True or a folder path, got {type(spill).__name__}")
     folder = Path(spill)
