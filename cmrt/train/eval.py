@@ -27,7 +27,7 @@ from ..errors import InputError, SourceError, require
 from ..parity import psnr_per_image
 from ..samplers import consistency_sample, decoder_sample, heun_sample
 from .data import DIGITS_CLASSES, DIGITS_LEVELS, DIGITS_SIDE, digits_8x8, load_toy, pool_to_8x8
-from .methods import method
+from .methods import configure
 from .sharpness import sharpness
 
 PCA_COMPONENTS = 20
@@ -211,9 +211,10 @@ def sample_source(source: str, steps: int, labels: torch.Tensor, shape: tuple[in
     from .runs import load_run
 
     run = load_run(source)
-    den = method(run.config.method).denoiser(run.ema, run.spec)
+    trained = configure(run.config)
+    den = trained.denoiser(run.ema, run.spec)
     with torch.no_grad():
-        if not method(run.config.method).one_step:
+        if not trained.one_step:
             images = edm_heun_sample(den, torch.randn(shape, generator=gen), labels).numpy()
             return images, f"EDM Heun {HEUN_STEPS} steps", 2 * HEUN_STEPS - 1
         sigmas = sigmas or S.default_cm_sigmas(steps, run.spec.grid_size, run.spec.sigma_min, run.spec.sigma_max)
@@ -351,11 +352,12 @@ def evaluate_points(source: str, data: str, steps: list[int], seed: int) -> Eval
     ref = load_toy(data, TOY_SAMPLES, seed=seed + 1).x.numpy()
     other = load_toy(data, TOY_SAMPLES, seed=seed + 2).x.numpy()
     report = EvalReport(source, f"2-D {data}", reference={"data_vs_data_swd": sliced_wasserstein(other, ref)})
-    den = method(run.config.method).denoiser(run.ema, None)
+    trained = configure(run.config)
+    den = trained.denoiser(run.ema, None)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for k in ([HEUN_STEPS] if run.config.method == "edm" else steps):
-            if not method(run.config.method).one_step:
+            if not trained.one_step:
                 pts = edm_heun_sample(den, torch.randn(TOY_SAMPLES, 2, generator=gen), None, k).numpy()
             else:
                 noise = [torch.randn(TOY_SAMPLES, 2, generator=gen) for _ in range(k)]
@@ -381,7 +383,7 @@ def evaluate_decoder(source: str, steps: list[int], seed: int, grid: Path | None
         return evaluate_photo_decoder(run, steps, seed, grid)
     test = load_digits_color("test", copies=1).x
     latents = encode(load_encoder(_encoder_path(run)), test)
-    den = method("decoder").denoiser(run.ema, run.spec)
+    den = configure(run.config).denoiser(run.ema, run.spec)
     ref_sharp = float(sharpness(test).mean())
     report = EvalReport(source, "decoder", reference={"held_out_images": len(test), "original_sharpness": ref_sharp})
     gen = torch.Generator().manual_seed(seed)
@@ -405,7 +407,7 @@ def evaluate_photo_decoder(run, steps: list[int], seed: int, grid: Path | None =
     ``<grid stem>_<region>.png``."""
     from . import photo_eval as P
 
-    den = method("decoder").denoiser(run.ema, run.spec)
+    den = configure(run.config).denoiser(run.ema, run.spec)
     images = P.reconstructions(den, _encoder_path(run), steps, seed)
     report = EvalReport(str(run.path), "photo decoder", reference={"seed": seed, "steps": ",".join(map(str, steps))})
     report.rows = P.score(images)
