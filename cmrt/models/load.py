@@ -29,6 +29,7 @@ SPEC_KEY = "cmrt.spec"
 FORMAT_KEY = "cmrt.format"
 CHECKPOINT_FORMAT = "cmrt-checkpoint-v1"
 EMA_PREFIX = "ema/"
+TRAIN_CONFIG_KEY = "cmrt.train_config"  # the run's TrainConfig as JSON (``cmrt.train.runs``)
 
 
 @dataclass
@@ -126,6 +127,22 @@ def is_cmrt_file(p: Path) -> bool:
 def is_run_folder(p: Path) -> bool:
     ckpt = run_checkpoint(p) if p.is_dir() else None
     return ckpt is not None and is_cmrt_file(ckpt)
+
+
+def is_toy_run(p: Path) -> bool:
+    """A run folder or checkpoint of ``cmrt train`` on a 2-D toy set: a training config but no image spec."""
+    ckpt = run_checkpoint(p) if p.is_dir() else p
+    if ckpt is None or not ckpt.is_file() or ckpt.suffix != ".safetensors":
+        return False
+    meta = read_checkpoint_metadata(ckpt)
+    return TRAIN_CONFIG_KEY in meta and SPEC_KEY not in meta
+
+
+def reject_toy_run(p: Path) -> LoadedModel:
+    ckpt = run_checkpoint(p) if p.is_dir() else p
+    data = json.loads(read_checkpoint_metadata(ckpt)[TRAIN_CONFIG_KEY]).get("data", "?")
+    raise SourceError(f"{p} is a 2-D toy run (--data {data}): its MLP samples points, not images, so it cannot be "
+                      f"exported; score it with `cmrt eval {p}`, or train on an image data set to export")
 
 
 def load_run(folder: Path) -> LoadedModel:

@@ -45,14 +45,36 @@ EDM_SIGMA_MAX = 80.0
 
 
 # --- distances ---------------------------------------------------------------------------------
+def psd_eigh(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and eigenvectors of a symmetric positive semi-definite matrix, with the eigenvalues
+    that are zero up to round-off (below D·ε·λ_max, and the negative ones) set to 0."""
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    w[w < max(w.max(), 0.0) * len(w) * np.finfo(w.dtype).eps] = 0.0
+    return w, v
+
+
+def trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
+    """tr((Σ_a Σ_b)^½) of two covariance matrices.
+
+    Σ_a Σ_b is similar to the symmetric Σ_a^½ Σ_b Σ_a^½, so the trace is the sum of the square roots of
+    that matrix's eigenvalues (torchmetrics' FID takes the eigenvalues of Σ_a Σ_b). Exact also when the
+    covariances are singular (fewer samples than features, dead features), where the square root of the
+    product (scipy's ``sqrtm``, as pytorch-fid) warns that the matrix is singular and may be inaccurate,
+    and pytorch-fid's remedy, ε·I added to both covariances, changes the figure.
+    """
+    w, v = psd_eigh(cov_a)
+    root_a = (v * np.sqrt(w)) @ v.T
+    lam, _ = psd_eigh(root_a @ cov_b @ root_a)
+    return float(np.sqrt(lam).sum())
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½) of two sample sets (N, D)."""
-    linalg = require("scipy.linalg", "train", "the Fréchet distance")
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    covmean = np.real(covmean)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * covmean))
+    covmean_trace = trace_sqrt_product(cov_a, cov_b)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * covmean_trace)
 
 
 def sliced_wasserstein(a: np.ndarray, b: np.ndarray, projections: int = SWD_PROJECTIONS, seed: int = 0) -> float:

@@ -181,22 +181,37 @@ class Trainer:
 
 
 def _log(out: Path, record: dict) -> None:
-    with open(out / "metrics.jsonl", "a") as f:
+    with open(out / R.METRICS, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, data: Dataset | None = None, progress: bool = True) -> Path:
-    """Train ``cfg`` to ``cfg.max_steps``; returns the run folder. Runs under torchrun use DDP."""
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, data: Dataset | None = None,
+          progress: bool = True) -> Path:
+    """Train ``cfg`` to ``cfg.max_steps``; returns the run folder. Runs under torchrun use DDP.
+
+    Args:
+        cfg: the run's configuration; ``cfg.out`` is the run folder.
+        resume: continue the run in ``cfg.out`` from its latest checkpoint, at its exact step.
+        overwrite: replace a run in ``cfg.out`` (its files are removed once the new run is set up).
+            Without ``resume`` or ``overwrite``, a folder that holds a run is refused (``OutputExistsError``).
+        data: the data set (default: ``cfg.data``).
+        progress: show a progress bar.
+    """
     from tqdm import tqdm
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     env = init_distributed()
+    R.check_out(Path(cfg.out), resume=resume, overwrite=overwrite)
+    if env.world > 1:
+        dist.barrier()  # every rank has looked at the run folder before rank 0 changes it
     trainer = Trainer(cfg, data, env)
     out = trainer.out
     if env.main:
+        if overwrite:
+            R.remove_run(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", {"config": cfg.to_dict(), "versions": R.versions(), "world": env.world})
+        write_json_atomic(out / R.CONFIG, {"config": cfg.to_dict(), "versions": R.versions(), "world": env.world})
     if env.world > 1:
         dist.barrier()  # the run folder exists before any rank writes to it
     if resume:

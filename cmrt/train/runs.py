@@ -3,7 +3,8 @@
     run/
       config.json                         the resolved TrainConfig
       metrics.jsonl                       one line per logged step
-      model.safetensors                   the final checkpoint (what ``load_model(run)`` reads)
+      model.safetensors (+ model.json)    the final checkpoint (what ``load_model(run)`` reads)
+      rank_<r>.sha256                     each DDP rank's final weights digest
       checkpoints/step_0001000.safetensors   weights + ``ema/`` weights + spec/config metadata
       checkpoints/step_0001000.json          the resolved config, step and versions
       checkpoints/step_0001000.state.pt      optimizer, target network and RNG states (tensors only:
@@ -13,7 +14,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,16 +24,20 @@ import torch
 from torch import nn
 
 from .._io import write_json_atomic
-from ..errors import SourceError
-from ..models.load import EMA_PREFIX, SPEC_KEY, load_state, read_checkpoint_metadata, save_checkpoint
+from ..errors import ConfigError, OutputExistsError, SourceError
+from ..models.load import (EMA_PREFIX, SPEC_KEY, TRAIN_CONFIG_KEY, load_state, read_checkpoint_metadata,
+                           save_checkpoint)
 from ..models.spec import ModelSpec
 from .models import TrainConfig, ToyMLP, build_backbone
 
 STEP_KEY = "cmrt.step"
 METHOD_KEY = "cmrt.method"
-CONFIG_KEY = "cmrt.train_config"
+CONFIG_KEY = TRAIN_CONFIG_KEY
 CKPT_DIR = "checkpoints"
 FINAL = "model.safetensors"
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+TRASH_PREFIX = ".cmrt-overwritten-"  # an old run's files on their way out (``remove_run``)
 
 
 def versions() -> dict[str, str]:
@@ -81,6 +88,41 @@ def load_trainer_state(path: Path) -> dict:
 
 def trainer_state_path(ckpt: Path) -> Path:
     return ckpt.with_suffix(".state.pt")
+
+
+def run_files(out: Path) -> list[Path]:
+    """The files and folders of a training run in ``out`` (none: not a run), in removal order: the
+    final model first, the config last, so that a removal cut short still reads as a run."""
+    if not out.is_dir():
+        return []
+    final = out / FINAL
+    named = [final, final.with_suffix(".json"), out / CKPT_DIR, *sorted(out.glob("rank_*.sha256")), out / METRICS,
+             out / CONFIG]
+    return [p for p in named if p.exists()]
+
+
+def check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a folder that holds a run unless told to continue it or replace it."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} exists and is not a folder: choose another --out")
+    if run_files(out) and not (resume or overwrite):
+        raise OutputExistsError(f"{out} already holds a training run: pass --resume to continue it, --overwrite to "
+                                "replace it, or choose another --out")
+
+
+def remove_run(out: Path) -> None:
+    """Remove the run in ``out`` (only what ``cmrt train`` wrote; other files stay): each of its files
+    is first moved into one hidden folder, then that folder is deleted."""
+    trash = out / f"{TRASH_PREFIX}{os.getpid()}"
+    files = run_files(out)
+    if files:
+        trash.mkdir()
+        for p in files:
+            os.replace(p, trash / p.name)
+    for old in out.glob(f"{TRASH_PREFIX}*"):  # this one, and any an interrupted overwrite left
+        shutil.rmtree(old)
 
 
 @dataclass
