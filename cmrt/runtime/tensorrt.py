@@ -13,7 +13,7 @@ buffers (torch CUDA tensors) are allocated once and bound (a few shapes are kept
 ``execute_async_v3`` runs on the backend's stream, ordered after the caller's current stream;
 ``run_torch`` takes and returns CUDA tensors without host copies. ``cuda_graph=True``: TensorRT-RTX
 captures graphs itself; with TensorRT cmrt captures one per shape after a warm-up run. The
-contract is written out in ``docs/precision-and-tensorrt.md``.
+contract is written out in ``docs/tensorrt.md``.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class TensorRTBackend:
     The GPU is the one current when the backend is opened; the stream, the engine, the context
     and every buffer live on it, and every run happens under it, whatever device is current then.
     Runs are ordered after the caller's current stream and outputs are handed back recorded on it
-    (see ``docs/precision-and-tensorrt.md``).
+    (see ``docs/tensorrt.md``).
 
     Args:
         bundle: an opened bundle with an engine (``cmrt build``).
