@@ -223,7 +223,7 @@ def diffusers_own(p: Prepared) -> Call:
 
 # --- ONNX Runtime ----------------------------------------------------------------------
 def _runner(p: Prepared, backend: str):
-    from cmrt.runtime.api import Decoder, Sampler
+    from cmrt.runtime.runner import Decoder, Sampler
 
     return (Decoder if p.kind == "decoder" else Sampler)(p.bundle.path, backend=backend)
 

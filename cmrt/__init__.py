@@ -23,13 +23,13 @@ if TYPE_CHECKING:
     from .exporter.api import export
     from .parity import ParityReport
     from .editing import slerp
-    from .runtime.api import Decoder, Editor, Sampler
+    from .runtime.runner import Decoder, Editor, Sampler
     from .runtime.check import CheckReport, check
 
 _LAZY = {
-    "Decoder": ("cmrt.runtime.api", "Decoder"),
-    "Sampler": ("cmrt.runtime.api", "Sampler"),
-    "Editor": ("cmrt.runtime.api", "Editor"),
+    "Decoder": ("cmrt.runtime.runner", "Decoder"),
+    "Sampler": ("cmrt.runtime.runner", "Sampler"),
+    "Editor": ("cmrt.runtime.runner", "Editor"),
     "slerp": ("cmrt.editing", "slerp"),
     "export": ("cmrt.exporter.api", "export"),
     "check": ("cmrt.runtime.check", "check"),

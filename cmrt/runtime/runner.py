@@ -12,9 +12,9 @@ import numpy as np
 
 from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import BundleError, InputError, InputTypeError, RunnerClosedError
-from . import tiling
+from .tiled import layout as tiling
 from .backends import Backend, OnnxRuntimeBackend, open_backend
-from .tiling import ShapeLimits
+from .tiled.layout import ShapeLimits
 
 _FLOAT_KINDS = "fiu"  # numpy dtype kinds that cast to float32 (float, signed, unsigned int)
 
@@ -345,7 +345,7 @@ class Decoder(_Runner):
         chunk by batch chunk (the statistics are per image, so chunks change nothing)."""
         with self._lock:
             if self._layer_sync is None:
-                from .layer_sync import LayerSyncGraphs
+                from .tiled.layer_sync import LayerSyncGraphs
 
                 record, main = self.bundle.manifest.norm_stats, self.backend
                 self._layer_sync = LayerSyncGraphs.open(self.bundle.path / record.shared_graph.file, main.graph,

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import InputError, InputTypeError
+from ...errors import InputError, InputTypeError
 
 #: Default overlap between neighbouring tiles, latent pixels (chosen by ``benchmarks/tiling.py``).
 DEFAULT_OVERLAP = 4

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError, RunnerClosedError, require
-from ..exporter import norm_stats as NS
-from . import tiling
-from .backends import session_options
+from ...errors import BundleError, RunnerClosedError, require
+from ...exporter import norm_stats as NS
+from . import layout as tiling
+from ..backends import session_options
 
 
 def owned(spans: tuple[tiling.Span, ...], scale: Fraction) -> list[tuple[int, int]]:
