@@ -17,7 +17,7 @@ import cmrt
 from cmrt import InputError, InputTypeError
 from cmrt.exporter import norm_stats as NS
 from cmrt.runtime.tiled import layer_sync as L
-from cmrt.runtime.tiled import layout as T
+from cmrt.runtime import tiled as T
 from tests.conftest import _export, shared_bundle
 
 

@@ -8,8 +8,8 @@ import pytest
 
 import cmrt
 from cmrt import InputError, InputTypeError
-from cmrt.runtime.tiled import layout as T
-from cmrt.runtime.runner import draw_noise, generator
+from cmrt.runtime import tiled as T
+from cmrt.runtime.inputs import draw_noise, generator
 
 UP = 8
 
