@@ -8,7 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .inputs import as_float32, check_max_batch, check_shape, checked_labels, fmt_shape, is_torch, noise_items, return_like
+from .inputs import (as_float32, check_max_batch, check_shape, checked_labels, fmt_shape, is_torch, noise_items,
+                     return_like)
 from .runner import Runner
 
 #: How far outside [-1, 1] an editing image may lie before it is refused: rounding of resampled or

@@ -56,7 +56,8 @@ class TiledOptions:
             raise InputError(f"overlap must be ≥ 0 latent pixels, got {overlap_}")
         tile_ = None if tile is None else _as_int(tile, "tile", "latent pixels")
         if tile_ is not None and tile_ < MIN_TILE:
-            raise InputError(f"tile must be at least {MIN_TILE} latent pixels ({8 * MIN_TILE} image pixels), got {tile_}")
+            raise InputError(f"tile must be at least {MIN_TILE} latent pixels ({8 * MIN_TILE} image pixels), "
+                             f"got {tile_}")
         if tile_ is not None and overlap_ is not None and 2 * overlap_ >= tile_:
             raise InputError(f"overlap ({overlap_}) must be less than half of tile ({tile_}): pass a smaller overlap "
                              "or a larger tile")
