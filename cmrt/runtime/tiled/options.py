@@ -23,7 +23,7 @@ from .layout import CANVAS_OVERLAP, MIN_TILE
 #: ``cmrt.runtime.tiled.layer_sync``).
 NORM_MODES = ("tile", "shared", "shared-means", "canvas")
 #: The default downscale factor of the shared-statistics pass (chosen by ``benchmarks/tiling.py``:
-#: 2 met the 35 dB target on every held-out photo, 4 on none of the failing ones).
+#: ``benchmarks/RESULTS.md``, "Tiled decoding": "Shared GroupNorm statistics from a downscaled pass").
 DEFAULT_STATS_FACTOR = 2
 
 

@@ -13,9 +13,12 @@
   across all tiles, with the full-resolution canvas's statistics and a halo exchange between the
   tiles' overlaps (``layer_sync``): the untiled decode to rounding.
 
-Whole-sampler tiles rather than per-evaluation fusion: the two gave the same images within
-0.1 dB, and whole-sampler tiles need one graph on any backend. Measured in ``benchmarks/tiling.py``
-(``benchmarks/RESULTS.md``, "Which tiling technique").
+Whole-sampler tiles rather than per-evaluation fusion: the two gave images of equal quality
+(``benchmarks/RESULTS.md``, "Tiled decoding": "Which tiling technique"), and whole-sampler tiles
+need one graph on any backend. What each mode gains and costs against the untiled decode, photo
+by photo, is measured by ``benchmarks/tiling.py`` (``benchmarks/RESULTS.md``, "Tiled decoding":
+"Shared GroupNorm statistics from a downscaled pass"): "shared" lifts the photos with large
+smooth regions and costs a fine regular texture; "shared-means" gains less.
 """
 
 from __future__ import annotations
