@@ -223,7 +223,8 @@ def diffusers_own(p: Prepared) -> Call:
 
 # --- ONNX Runtime ----------------------------------------------------------------------
 def _runner(p: Prepared, backend: str):
-    from cmrt.runtime.api import Decoder, Sampler
+    from cmrt.runtime.decoder import Decoder
+    from cmrt.runtime.sampler import Sampler
 
     return (Decoder if p.kind == "decoder" else Sampler)(p.bundle.path, backend=backend)
 

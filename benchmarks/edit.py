@@ -75,7 +75,7 @@ def calls(model, bundle, batch: int = BATCH) -> dict[str, Callable[[], object]]:
 
     from cmrt.exporter.api import build_unrolled
     from cmrt.exporter.inputs import parity_inputs
-    from cmrt.runtime.api import Editor
+    from cmrt.runtime.editor import Editor
 
     m = bundle.manifest
     feeds = parity_inputs(model.spec, m.steps, task=m.task, sigmas=m.schedule.sigmas, batch=batch, seed=1)

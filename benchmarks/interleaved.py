@@ -36,7 +36,8 @@ def _bundles(cache: Path):
 def _runners(bundles: dict, stop: bool):
     """A Sampler and a Decoder whose sessions stop spinning after a run, or not (ORT's default)."""
     import cmrt.runtime.backends as B
-    from cmrt.runtime.api import Decoder, Sampler
+    from cmrt.runtime.decoder import Decoder
+    from cmrt.runtime.sampler import Sampler
 
     original = B.session_options
 

@@ -48,7 +48,7 @@ from cmrt import schedules as S
 from cmrt.models.denoisers import build_denoiser
 from cmrt.models.sources import load_model
 from cmrt.parity import psnr
-from cmrt.runtime import tiling as T
+from cmrt.runtime import tiled as T
 from cmrt.samplers import decoder_condition, decoder_sample
 
 UP = S.DECODER_UPSCALE

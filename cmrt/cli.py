@@ -193,7 +193,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 def _sample_run(a: argparse.Namespace) -> int:
     from ._io import check_writable
     from .images import save_grid
-    from .runtime.api import Sampler
+    from .runtime.sampler import Sampler
 
     check_writable(a.out, "--out")
     labels = None if a.labels is None else (a.labels[0] if len(a.labels) == 1 else a.labels)

@@ -52,7 +52,7 @@ def latency_table(bundle, batch: int) -> list[tuple[str, float]]:
 
     from .exporter.api import build_unrolled
     from .models.sources import load_model
-    from .runtime.api import Sampler
+    from .runtime.sampler import Sampler
 
     m = bundle.manifest
     model = load_model(m.source.path)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import CmrtError
     from .exporter.api import export
     from .images import save_grid
-    from .runtime.api import Sampler
+    from .runtime.sampler import Sampler
 
     p = argparse.ArgumentParser(prog="cmrt.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder")
@@ -120,7 +120,7 @@ def decoder_demo(out: Path, n: int = 8) -> None:
     from .images import save_grid
     from .models.load import DEFAULT_DECODER
     from .parity import psnr
-    from .runtime.api import Decoder
+    from .runtime.decoder import Decoder
     from .train.autoencoder import encode_file
     from .train.data import load_digits_color
 
@@ -150,7 +150,7 @@ def photo_demo(out: Path) -> None:
     from .images import save_grid
     from .models.load import PHOTOS_DECODER
     from .parity import psnr
-    from .runtime.api import Decoder
+    from .runtime.decoder import Decoder
     from .train.autoencoder import PHOTOS_AUTOENCODER, encode, load_encoder
     from .train.photos import photo
 
@@ -219,7 +219,7 @@ def _edit(out: Path, task: str, image, labels, *, mask=None, factor=None, source
           seeds: tuple[int, ...] = (DEMO_SEED,)) -> list:
     """Export the task's editor bundle into ``out`` and run it once per seed; the edited images."""
     from .exporter.api import export
-    from .runtime.api import Editor
+    from .runtime.editor import Editor
 
     bundle = export(source, out=out / f"{task}-bundle", task=task, factor=factor, steps=EDIT_DEMO_STEPS[task],
                     overwrite=True)

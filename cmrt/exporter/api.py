@@ -23,7 +23,7 @@ from ..models.sources import load_model, refuse_options
 from ..models.spec import ModelSpec
 from ..models.unet import count_parameters
 from ..parity import compare
-from ..runtime.tiling import DEFAULT_STATS_FACTOR
+from ..runtime.tiled.options import DEFAULT_STATS_FACTOR
 from ..editing import EDIT_TASKS, RGB
 from ..samplers import UnrolledConsistencySampler, UnrolledDecoderSampler, UnrolledEditor
 from .inputs import parity_inputs

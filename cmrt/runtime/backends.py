@@ -10,7 +10,7 @@ import numpy as np
 
 from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import BundleError, ConfigError, MissingDependencyError, RunnerClosedError, require
-from .tiling import ShapeLimits
+from .limits import ShapeLimits
 
 
 class Backend(Protocol):

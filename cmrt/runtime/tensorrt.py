@@ -32,7 +32,7 @@ from dataclasses import replace
 from ..bundle import OUTPUT_NAME, Bundle, EngineRecord, Gpu, RuntimeCache
 from ..errors import BundleError, MissingDependencyError, require
 from . import _trt
-from .tiling import ShapeLimits
+from .limits import ShapeLimits
 
 #: Engine targets in the order a bundle's engines are tried (module, pip extra).
 ENGINE_TARGETS = {"tensorrt": ("tensorrt", "trt"), "tensorrt-rtx": ("tensorrt_rtx", "trt-rtx")}

@@ -225,7 +225,7 @@ def sample_source(source: str, steps: int, labels: torch.Tensor, shape: tuple[in
     path = Path(source)
     gen = torch.Generator().manual_seed(seed)
     if (path / "cmrt.json").is_file():
-        from ..runtime.api import Sampler
+        from ..runtime.sampler import Sampler
 
         sampler = Sampler(path)
         images = sampler.sample(len(labels), class_labels=labels.numpy(), seed=seed)

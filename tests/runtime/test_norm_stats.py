@@ -18,8 +18,8 @@ from cmrt.exporter.api import build_unrolled
 from cmrt.exporter.norm_stats import STATS_NAME, find_norms, shared_statistics_graph, statistics_graph
 from cmrt.models import norm_stats as NS
 from cmrt.parity import compare
-from cmrt.runtime import tiling as T
-from cmrt.runtime.api import draw_noise, generator
+from cmrt.runtime import tiled as T
+from cmrt.runtime.inputs import draw_noise, generator
 from tests.conftest import _export, shared_bundle
 
 UP = 8

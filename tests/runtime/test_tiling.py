@@ -8,8 +8,8 @@ import pytest
 
 import cmrt
 from cmrt import InputError, InputTypeError
-from cmrt.runtime import tiling as T
-from cmrt.runtime.api import draw_noise, generator
+from cmrt.runtime import tiled as T
+from cmrt.runtime.inputs import draw_noise, generator
 
 UP = 8
 
