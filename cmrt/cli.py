@@ -24,6 +24,9 @@ EXAMPLES = """examples:
   cmrt export --task superres --factor 4 --steps 4 --out sr
   cmrt check bundle                             verify the files, re-check parity on ONNX Runtime
   cmrt sample bundle --n 16 --seed 0 --out grid.png
+  cmrt decode dec photo.png --out decoded.png     encode a photo (the bundled autoencoder), decode it
+  cmrt decode dec latents.npy --tile 32 --out big.png
+  cmrt edit inpaint --image in.png --mask mask.png --n 4 --out edits.png
 """
 
 #: Every subcommand: name → (module, add-arguments function, run function, help). One literal
@@ -34,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "check": ("cmrt.cli", "_check_args", "_check_run",
               "verify a bundle's files and re-check its parity with the PyTorch outputs stored in it"),
     "sample": ("cmrt.cli", "_sample_args", "_sample_run", "sample images from a sampler bundle into a PNG grid"),
+    "decode": ("cmrt.cli", "_decode_args", "_decode_run",
+               "decode latents (a .npy/.safetensors file, or an image it encodes first) with a decoder bundle into a PNG"),
+    "edit": ("cmrt.cli", "_edit_args", "_edit_run",
+             "edit an image (inpaint with a mask, colorize, superres, stroke, denoise) with an editor bundle into a PNG"),
     "upgrade": ("cmrt.cli", "_upgrade_args", "_upgrade_run",
                 "upgrade a bundle made by an older cmrt to this manifest format, in place"),
     "build": ("cmrt.exporter.cli", "_build_args", "_build_run",
@@ -201,6 +208,146 @@ def _sample_run(a: argparse.Namespace) -> int:
         images = sampler.sample(a.n, class_labels=labels, seed=a.seed)
     save_grid(images, a.out)
     print(f"wrote {a.out} ({a.n} images)")
+    return 0
+
+
+# --- decode ------------------------------------------------------------------------------------
+#: ``--norm`` values (``cmrt.runtime.tiling.NORM_MODES``, written out so that ``--help`` imports nothing heavy).
+NORM_CHOICES = ("tile", "shared", "shared-means", "canvas")
+#: Latent files read as arrays; any other suffix is an image to encode.
+ARRAY_SUFFIXES = (".npy", ".safetensors")
+#: ``--encoder`` names of the bundled autoencoders (``cmrt.train.autoencoder``).
+ENCODERS = {"photos": "PHOTOS_AUTOENCODER", "digits": "DEFAULT_ENCODER"}
+
+
+def image_size(text: str) -> int | tuple[int, int]:
+    """"256" or "256x192" (height x width) → 256 or (256, 192)."""
+    try:
+        parts = [int(x) for x in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size like 256 or 256x192 (height x width), got {text!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _decode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="a decoder bundle")
+    p.add_argument("latents", type=Path, metavar="LATENTS",
+                   help="unscaled SD-convention latents (B, 4, h, w) or (4, h, w): a .npy file, a .safetensors file "
+                        "(its tensor 'latents', or its only tensor), or an image file (PNG, JPEG, ...) that --encoder "
+                        "turns into latents first")
+    p.add_argument("--out", type=Path, default=Path("decoded.png"),
+                   help="PNG grid of the decoded images (a .npy name keeps the raw values)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--encoder", default="photos", metavar="NAME|FILE",
+                   help="image LATENTS: the autoencoder that encodes it: photos (the bundled natural-image one, for "
+                        "photos_decoder bundles), digits (the bundled 32×32 digits one, for digits_decoder "
+                        "bundles) or a file from `cmrt train-autoencoder`")
+    p.add_argument("--size", type=image_size, default=None, metavar="S|HxW",
+                   help="image LATENTS: resize it to S×S or H×W pixels (multiples of 8) before encoding (default: "
+                        "its own size, center-cropped to multiples of 8; 32 for --encoder digits)")
+    p.add_argument("--tile", type=positive_int, default=None,
+                   help="decode in tiles of at most TILE×TILE latent pixels (default: one tile)")
+    p.add_argument("--overlap", type=int, default=None, help="latent pixels shared by neighbouring tiles")
+    p.add_argument("--norm", choices=NORM_CHOICES, default=None,
+                   help="GroupNorm statistics of a tiled decode (default: canvas for --tile-stats bundles, else tile)")
+    p.add_argument("--backend", default=None, help="backend name (default: onnxruntime)")
+
+
+def _read_latents(path: Path, encoder: str, size: int | tuple[int, int] | None):
+    """The ``LATENTS`` argument as an array: a .npy/.safetensors file, or an image encoded."""
+    import numpy as np
+
+    from .errors import BundleNotFoundError, InputError
+
+    if not path.is_file():
+        raise BundleNotFoundError(f"LATENTS {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            a = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise InputError(f"LATENTS {path} is not a plain .npy array ({exc})") from None
+    elif suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error type on a damaged header
+            raise InputError(f"LATENTS {path} is not a safetensors file ({_one_line(exc)})") from None
+        if "latents" not in tensors and len(tensors) != 1:
+            raise InputError(f"LATENTS {path} holds {len(tensors)} tensors and none named 'latents': "
+                             "name the one to decode 'latents'")
+        a = tensors.get("latents", next(iter(tensors.values()), None))
+    else:
+        from .train import autoencoder as AE
+
+        file = getattr(AE, ENCODERS[encoder]) if encoder in ENCODERS else Path(encoder)
+        if size is None and encoder == "digits":
+            size = AE.DEFAULT_IMAGE_SIZE
+        return AE.encode_file(path, encoder=file, size=size)
+    return a[None] if a is not None and a.ndim == 3 else a
+
+
+def _decode_run(a: argparse.Namespace) -> int:
+    from ._io import check_writable
+    from .images import save_images
+    from .runtime.api import Decoder
+
+    check_writable(a.out, "--out")
+    latents = _read_latents(a.latents, a.encoder, a.size)
+    with Decoder(a.bundle, backend=a.backend) as decoder:
+        images = decoder.decode(latents, seed=a.seed, tile=a.tile, overlap=a.overlap, norm=a.norm)
+    save_images(images, a.out)
+    b, _, h, w = images.shape
+    print(f"wrote {a.out} ({b} image(s), {h}x{w}, values in [{float(images.min()):.3g}, {float(images.max()):.3g}])")
+    return 0
+
+
+# --- edit --------------------------------------------------------------------------------------
+def _edit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="an editor bundle (cmrt export --task ...)")
+    p.add_argument("--image", type=Path, required=True,
+                   help="the image to edit (PNG, JPEG, ...), converted to the bundle's channels and resized to its "
+                        "input size (superres: the low-resolution size); colorize reads RGB and keeps its luma")
+    p.add_argument("--mask", type=Path, default=None,
+                   help="inpaint: a mask image, white = generate, black = keep (gray levels in between), resized to "
+                        "the bundle's size")
+    p.add_argument("--n", type=positive_int, default=1, help="edits of the image, each with its own noise")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--class-labels", "--labels", dest="labels", type=int_list, default=None,
+                   help="class labels, one per edit or one for all (default: drawn from the seed)")
+    p.add_argument("--backend", default=None, help="backend name (default: onnxruntime)")
+    p.add_argument("--out", type=Path, default=Path("edited.png"),
+                   help="PNG grid of the edits (a .npy name keeps the raw values)")
+
+
+def _edit_run(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ._io import check_writable
+    from .errors import ConfigError
+    from .images import read_image, read_mask, save_images
+    from .runtime.api import Editor
+
+    check_writable(a.out, "--out")
+    with Editor(a.bundle, backend=a.backend) as editor:
+        m = editor.bundle.manifest
+        shape = {i.name: [int(d) for d in i.shape[1:]] for i in m.inputs if i.name in ("image", "mask")}
+        c, h, w = shape["image"]
+        image = read_image(a.image, channels=3 if editor.task == "colorize" else c, size=(h, w))
+        mask = None
+        if "mask" in shape:
+            if a.mask is None:
+                raise ConfigError("this inpainting bundle needs --mask MASK.png (white = generate, black = keep)")
+            mask = np.repeat(read_mask(a.mask, size=(h, w)), a.n, axis=0)
+        elif a.mask is not None:
+            raise ConfigError(f"--mask applies to inpainting; this bundle's task is {editor.task}: drop --mask")
+        labels = None if a.labels is None else (a.labels[0] if len(a.labels) == 1 else a.labels)
+        images = editor.edit(np.repeat(image, a.n, axis=0), mask=mask, class_labels=labels, seed=a.seed)
+    save_images(images, a.out)
+    print(f"wrote {a.out} ({a.n} edit(s), {editor.task}, {images.shape[2]}x{images.shape[3]})")
     return 0
 
 

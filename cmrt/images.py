@@ -41,3 +41,70 @@ def save_grid(images: Any, path: str | Path, cols: int | None = None, scale: int
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     img.save(tmp)
     tmp.replace(path)
+
+
+def crop_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
+    """Center-crop (B, C, H, W) so that H and W are multiples of ``multiple`` (at most
+    ``multiple - 1`` rows and columns go, split between the two sides, the extra one at the end)."""
+    h, w = images.shape[-2:]
+    dh, dw = h % multiple, w % multiple
+    return images[..., dh // 2: h - (dh - dh // 2), dw // 2: w - (dw - dw // 2)]
+
+
+def read_image(path: str | Path, *, channels: int = 3, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A PNG/JPEG file → (1, C, H, W) float32 in [-1, 1] (x / 127.5 - 1).
+
+    Args:
+        path: the image file.
+        channels: 1 (converted to gray, PIL's ITU-R 601 luma) or 3 (RGB).
+        size: (height, width) to resize to (bicubic); None keeps the file's size.
+    """
+    from PIL import Image
+
+    from .errors import BundleNotFoundError, InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise BundleNotFoundError(f"image {path} does not exist")
+    try:
+        img = Image.open(path)
+        img = img.convert("L" if channels == 1 else "RGB")
+    except OSError as exc:
+        raise InputError(f"{path} is not an image PIL can read ({exc})") from None
+    if size is not None and (img.height, img.width) != tuple(size):
+        img = img.resize((int(size[1]), int(size[0])), Image.BICUBIC)
+    a = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return np.ascontiguousarray(a[None])
+
+
+def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """A gray or RGB mask image → (1, 1, H, W) float32 in [0, 1] (white 1 = generate, black 0 =
+    keep), resized to ``size`` = (height, width) with nearest-neighbour sampling."""
+    from PIL import Image
+
+    from .errors import BundleNotFoundError, InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise BundleNotFoundError(f"mask {path} does not exist")
+    try:
+        img = Image.open(path).convert("L")
+    except OSError as exc:
+        raise InputError(f"{path} is not an image PIL can read ({exc})") from None
+    if (img.height, img.width) != tuple(size):
+        img = img.resize((int(size[1]), int(size[0])), Image.NEAREST)
+    return (np.asarray(img, dtype=np.float32) / 255.0)[None, None]
+
+
+def save_images(images: Any, path: str | Path) -> None:
+    """Results to a file by its suffix: ``.npy`` keeps the raw float values (B, C, H, W); any
+    other suffix is an image grid (``save_grid``, values clipped to [-1, 1] → 0…255)."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        a = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+        tmp = path.with_name(f".{path.stem}.tmp.npy")
+        np.save(tmp, a)
+        tmp.replace(path)
+        return
+    save_grid(images, path)
