@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
@@ -60,11 +61,50 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+#: Options users type from other tools or older cmrt → what to write instead (a hint in the error).
+OPTION_HINTS = {"--fp16": "--precision fp16", "--half": "--precision fp16", "--fp32": "--precision fp32",
+                "--float16": "--precision fp16", "--clamp": "--clip", "--num-steps": "--steps",
+                "--batch-size": "--n", "--num-images": "--n", "--output": "--out", "-o": "--out"}
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (``cmrt export: error: ...``) and exit 2."""
+    """argparse, but a usage error is one line on stderr (``cmrt export: error: ...``) and exit 2;
+    an unrecognized option gets a hint: a known other name (``--fp16`` → ``--precision fp16``) or
+    the closest option of the command."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def unknown(self, extras: Sequence[str]) -> NoReturn:
+        """The error for options no command knows, with a hint where one fits."""
+        import difflib
+
+        known = [o for a in self._actions for o in a.option_strings]
+        hints = []
+        for arg in extras:
+            name = arg.split("=", 1)[0]
+            if not name.startswith("-"):
+                continue
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+            hint = OPTION_HINTS.get(name) or (close[0] if close else None)
+            if hint is not None and hint.split()[0] in known:
+                hints.append(f"did you mean {hint}?" if name not in OPTION_HINTS else f"use {hint} instead of {name}")
+        self.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({'; '.join(hints)})" if hints else ""))
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; "(default: X)" added to an option's help only where the
+    text does not already say its default and the option takes a value; no RST markup."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return super()._fill_text(text.replace("``", ""), width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = (action.help or "").replace("``", "")
+        if ("default" in text or action.nargs == 0 or action.default in (None, False, argparse.SUPPRESS)
+                or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
 
 
 # --- argument types ----------------------------------------------------------------------------
@@ -118,7 +158,10 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="Karras grid points that --steps spaces on (samplers; default: the model's, e.g. 40, "
                         "201 for ct_imagenet64.pt, 151 for the LSUN-256 CT checkpoints)")
     clip = p.add_mutually_exclusive_group()
-    clip.add_argument("--clip", dest="clip", action="store_true", default=None, help="clamp x0 to [-1, 1] after each step")
+    clip.add_argument("--clip", dest="clip", action="store_true", default=None,
+                      help="clamp x0 to [-1, 1] after each step, recorded in the manifest (default: the source's own "
+                           "sampler: on for consistency models and OpenAI's decoder.pt, which clamps; off for "
+                           "diffusers' decoder and cmrt's decoders, whose images then reach about ±1.2)")
     clip.add_argument("--no-clip", dest="clip", action="store_false", help="do not clamp x0 between steps")
     p.add_argument("--out", type=Path, default=Path("bundle"), help="bundle folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -226,8 +269,9 @@ def image_size(text: str) -> int | tuple[int, int]:
         parts = [int(x) for x in text.lower().split("x")]
     except ValueError:
         parts = []
-    if len(parts) not in (1, 2) or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected a size like 256 or 256x192 (height x width), got {text!r}")
+    if len(parts) not in (1, 2) or min(parts) < 8 or any(v % 8 for v in parts):
+        raise argparse.ArgumentTypeError(f"expected a size like 256 or 256x192 (height x width, multiples of 8), "
+                                         f"got {text!r}")
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
@@ -369,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = OneLineParser(prog="cmrt", description=__doc__.splitlines()[0], epilog=EXAMPLES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"cmrt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, add, run, help_) in COMMANDS.items():
@@ -379,26 +423,31 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != module_name:
                 raise
             continue
-        p = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         getattr(module, add)(p)
         p.set_defaults(_run=getattr(module, run))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+        command.unknown(extras)
     try:
         return args._run(args)
+    except KeyboardInterrupt:
+        return _interrupted()
     except ParityError as exc:
         print(f"cmrt: parity failure: {_one_line(exc)}", file=sys.stderr)
         return 1
     except (CmrtError, OSError) as exc:
         print(f"cmrt: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("cmrt: interrupted", file=sys.stderr)
-        return 130
     except Exception as exc:  # a bug: one line, the traceback only on request
+        if _interrupt_inside(exc):  # Ctrl-C that a library (torch.export, onnx) wrapped in its own error
+            return _interrupted()
         if os.environ.get("CMRT_DEBUG"):
             raise
         print(f"cmrt: internal error: {type(exc).__name__}: {_one_line(exc)} (run with CMRT_DEBUG=1 for the "
@@ -406,10 +455,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+def _interrupted() -> int:
+    print("cmrt: interrupted", file=sys.stderr)
+    return 130
+
+
+def _interrupt_inside(exc: BaseException) -> bool:
+    """Whether a ``KeyboardInterrupt`` is in the exception's chain (``__cause__``/``__context__``)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+#: Terminal colour and cursor codes (ESC [ ... letter) that some libraries put in their messages.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, CmrtError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or exc}"
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return " ".join(_ANSI.sub("", str(exc)).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -70,3 +70,143 @@ def test_bad_model_file(tmp_path):
     p = run("export", "--model", bad, "--out", tmp_path / "x")
     assert_one_line_error(p)
     assert str(bad) in p.stderr
+
+
+# --- in-process: help text, option hints, Ctrl-C -----------------------------------------------
+def _help(capsys, *argv):
+    from cmrt.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def _option_blocks(text):
+    """Each option's help (its lines from '  -...' to the next option or section)."""
+    blocks, current = [], None
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            current = [line]
+            blocks.append(current)
+        elif current is not None and line.startswith("    "):
+            current.append(line)
+        else:
+            current = None
+    return [" ".join(b) for b in blocks]
+
+
+def test_help_says_each_default_once_and_no_markup(capsys):
+    from cmrt.cli import COMMANDS
+
+    top = _help(capsys)
+    assert "``" not in top and "cmrt: a thin command line" in top
+    for command in COMMANDS:
+        try:
+            text = _help(capsys, command)
+        except ModuleNotFoundError:  # an install without benchmarks
+            continue
+        assert "``" not in text, command
+        for block in _option_blocks(text):
+            assert block.count("(default:") <= 1, (command, block)
+    export = {b.split()[0]: b for b in _option_blocks(_help(capsys, "export"))}
+    assert "default" not in export["--no-clip"] and "(default: bundle)" in export["--out"]
+    assert "OpenAI" in export["--clip"]
+
+
+@pytest.mark.parametrize("argv,hint", [
+    (["export", "--fp16"], "use --precision fp16 instead of --fp16"),
+    (["export", "--half", "--out", "x"], "use --precision fp16"),
+    (["export", "--stpes", "2"], "did you mean --steps?"),
+    (["sample", "b", "--output", "g.png"], "use --out instead of --output"),
+])
+def test_unknown_option_hint_is_one_line_exit_2(capsys, argv, hint):
+    from cmrt.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and hint in err, err
+    assert err.startswith(f"cmrt {argv[0]}: error: unrecognized arguments: ")
+
+
+def _wrapped_interrupt(how):
+    """A Ctrl-C as a library reports it: torch.onnx's TorchExportError caused by (or raised while
+    handling) the KeyboardInterrupt, its message in terminal colours."""
+    from torch.onnx._internal.exporter._errors import TorchExportError
+
+    def raise_it(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as ki:
+            if how == "cause":
+                raise TorchExportError("\x1b[31mFailed to export the model with torch.export\x1b[0m") from ki
+            raise TorchExportError("\x1b[31mFailed to export the model\x1b[0m")  # __context__ only
+    return raise_it
+
+
+@pytest.mark.parametrize("how", ["cause", "context"])
+def test_ctrl_c_wrapped_by_the_exporter_says_interrupted_and_writes_nothing(monkeypatch, capsys, tmp_path, how):
+    import cmrt.exporter.api as api
+    from cmrt.cli import main
+
+    monkeypatch.setattr(api, "export_graph", _wrapped_interrupt(how))  # inside the staged bundle folder
+    code = main(["export", "--steps", "1", "--no-cache", "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 130 and err == "cmrt: interrupted\n", err
+    assert list(tmp_path.iterdir()) == []  # no bundle, no staged .b.tmp-* folder
+
+
+def test_internal_error_is_one_line_without_colour_codes(monkeypatch, capsys, tmp_path):
+    import cmrt.exporter.api as api
+    from cmrt.cli import main
+    from torch.onnx._internal.exporter._errors import TorchExportError
+
+    def fail(*args, **kwargs):
+        raise TorchExportError("\x1b[31mFailed\x1b[0m to export:\n  \x1b[1mdetails\x1b[0m")
+
+    monkeypatch.setattr(api, "export_graph", fail)
+    monkeypatch.delenv("CMRT_DEBUG", raising=False)
+    code = main(["export", "--steps", "1", "--no-cache", "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 3 and err.count("\n") == 1 and "\x1b" not in err
+    assert "internal error: TorchExportError: Failed to export: details" in err
+
+
+# --- decode ------------------------------------------------------------------------------------
+def test_decode_through_the_entry_point_matches_the_library(decoder_bundle, tmp_path):
+    import cmrt
+    from cmrt.images import grid
+
+    z = np.random.default_rng(0).standard_normal((2, 4, 3, 5)).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    p = run("decode", decoder_bundle.path, tmp_path / "z.npy", "--seed", "3", "--out", tmp_path / "d.png")
+    assert p.returncode == 0, p.stderr
+    assert "2 image(s), 24x40" in p.stdout
+    expected = cmrt.Decoder(decoder_bundle.path).decode(z, seed=3)
+    from PIL import Image
+
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "d.png")), grid(expected))
+
+
+def test_decode_reads_safetensors_and_images_and_tiles(decoder_bundle, tmp_path, capsys):
+    import cmrt
+    from PIL import Image
+    from safetensors.numpy import save_file
+
+    from cmrt.cli import main
+    from cmrt.train.autoencoder import PHOTOS_AUTOENCODER, encode_file
+
+    z = np.random.default_rng(1).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    save_file({"other": z[:, :1], "latents": z}, str(tmp_path / "z.safetensors"))
+    dec = cmrt.Decoder(decoder_bundle.path)
+    assert main(["decode", str(decoder_bundle.path), str(tmp_path / "z.safetensors"), "--tile", "4", "--overlap", "1",
+                 "--out", str(tmp_path / "t.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), dec.decode(z, seed=0, tile=4, overlap=1))
+
+    Image.fromarray((np.random.default_rng(2).random((20, 27, 3)) * 255).astype(np.uint8)).save(tmp_path / "p.png")
+    assert main(["decode", str(decoder_bundle.path), str(tmp_path / "p.png"), "--out", str(tmp_path / "p.npy")]) == 0
+    latents = encode_file(tmp_path / "p.png", encoder=PHOTOS_AUTOENCODER, size=None)  # 16×24 after the crop
+    assert latents.shape == (1, 4, 2, 3)
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), dec.decode(latents, seed=0))
+    assert "1 image(s), 16x24" in capsys.readouterr().out

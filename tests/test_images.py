@@ -1,0 +1,74 @@
+"""Image files in and out (``cmrt.images``) and ``encode_file`` on images of any size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cmrt.errors import InputError
+from cmrt.images import crop_to_multiple, read_image, read_mask, save_images, to_uint8
+from cmrt.train.autoencoder import PHOTOS_AUTOENCODER, encode, encode_file, load_encoder
+
+
+@pytest.fixture
+def photo(tmp_path):
+    """A 50×70 RGB image: neither side a multiple of 8."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray((rng.random((50, 70, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_read_image_values_channels_and_resize(photo):
+    rgb = read_image(photo)
+    pixels = np.asarray(Image.open(photo), dtype=np.float32)
+    assert rgb.shape == (1, 3, 50, 70) and rgb.dtype == np.float32
+    np.testing.assert_allclose(rgb[0].transpose(1, 2, 0), pixels / 127.5 - 1, atol=1e-6)
+    assert read_image(photo, channels=1).shape == (1, 1, 50, 70)
+    assert read_image(photo, size=(16, 24)).shape == (1, 3, 16, 24)
+
+
+def test_crop_to_multiple_keeps_the_center():
+    a = np.arange(50 * 70, dtype=np.float32).reshape(1, 1, 50, 70)
+    c = crop_to_multiple(a, 8)
+    assert c.shape == (1, 1, 48, 64)
+    np.testing.assert_array_equal(c, a[..., 1:49, 3:67])
+    assert crop_to_multiple(c, 8).shape == c.shape
+
+
+def test_read_mask_white_generates(tmp_path):
+    m = np.zeros((8, 8), np.uint8)
+    m[:4] = 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    mask = read_mask(tmp_path / "m.png", size=(16, 16))
+    assert mask.shape == (1, 1, 16, 16) and set(np.unique(mask)) == {0.0, 1.0}
+    assert mask[0, 0, :8].min() == 1.0 and mask[0, 0, 8:].max() == 0.0
+
+
+def test_save_images_png_grid_and_raw_npy(tmp_path):
+    x = np.linspace(-1.3, 1.3, 2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    save_images(x, tmp_path / "x.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), x)  # raw: values beyond [-1, 1] kept
+    save_images(x, tmp_path / "x.png")
+    png = np.asarray(Image.open(tmp_path / "x.png"))
+    np.testing.assert_array_equal(png[2:6, 2:6], to_uint8(x)[0])  # the first tile of the grid
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+def test_encode_file_takes_any_size(photo):
+    enc = load_encoder(PHOTOS_AUTOENCODER)
+    own = encode_file(photo, encoder=PHOTOS_AUTOENCODER, size=None)  # 50×70 → cropped 48×64
+    assert own.shape == (1, 4, 6, 8)
+    cropped = torch.from_numpy(read_image(photo)[..., 1:49, 3:67].copy())
+    np.testing.assert_array_equal(own, encode(enc, cropped).numpy())
+    assert encode_file(photo, encoder=PHOTOS_AUTOENCODER, size=(40, 56)).shape == (1, 4, 5, 7)
+    assert encode_file(photo, encoder=PHOTOS_AUTOENCODER, size=32).shape == (1, 4, 4, 4)
+    assert encode_file(photo).shape == (1, 4, 4, 4)  # the default: the digits encoder at 32×32, as before
+
+
+@pytest.mark.parametrize("size", [30, (48, 60), (48,), 0])
+def test_encode_file_refuses_sizes_off_the_latent_grid(photo, size):
+    with pytest.raises(InputError, match="multiples of 8"):
+        encode_file(photo, encoder=PHOTOS_AUTOENCODER, size=size)
