@@ -210,3 +210,42 @@ def test_decode_reads_safetensors_and_images_and_tiles(decoder_bundle, tmp_path,
     assert latents.shape == (1, 4, 2, 3)
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), dec.decode(latents, seed=0))
     assert "1 image(s), 16x24" in capsys.readouterr().out
+
+
+# --- the original decoder's clamp (--clip) ------------------------------------------------------
+def test_export_clip_on_a_decoder_clamps_as_openais_original(tmp_path, capsys):
+    """OpenAI's consistencydecoder clamps x0 to [-1, 1] after every step (diffusers does not):
+    `--clip` is that option, recorded in the manifest, the graph checked against a PyTorch
+    source that clamps too. A tiny decoder with a loud output layer, so the clamp bites."""
+    import torch
+
+    import cmrt
+    from cmrt.cli import main
+    from cmrt.models.denoisers import build_denoiser
+    from cmrt.models.load import save_checkpoint
+    from cmrt.parity import compare_output, tolerance_for
+    from cmrt.samplers import decoder_sample
+    from tests.conftest import loaded, tiny_decoder_spec
+
+    model = loaded(tiny_decoder_spec())
+    with torch.no_grad():
+        model.unet.conv_out.weight.mul_(20.0)
+        model.unet.conv_out.bias.add_(0.5)
+    save_checkpoint(tmp_path / "dec.safetensors", model.spec, model.unet.state_dict())
+    assert main(["export", "--model", str(tmp_path / "dec.safetensors"), "--clip", "--out", str(tmp_path / "b")]) == 0
+    assert "parity onnxruntime-cpu [fp32]" in capsys.readouterr().out
+    bundle = cmrt.Decoder(tmp_path / "b")
+    assert bundle.bundle.manifest.clip is True and bundle.bundle.manifest.kind == "decoder"
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 4, 3, 4, generator=g)
+    steps = bundle.bundle.manifest.timesteps
+    noise = [torch.randn(2, 3, 24, 32, generator=g) for _ in steps]
+    images = bundle.decode(z.numpy(), noise=[n.numpy() for n in noise])
+    denoiser = build_denoiser(model.spec, model.unet)
+    with torch.no_grad():
+        clamped = decoder_sample(denoiser, z, steps, noise, clip=True).numpy()
+        plain = decoder_sample(denoiser, z, steps, noise, clip=False).numpy()
+    assert np.abs(plain).max() > 1.1  # unclamped, this decoder leaves [-1, 1] ...
+    assert images.min() >= -1.0 and images.max() <= 1.0  # ... the exported one does not
+    assert compare_output("images", images, clamped, tolerance_for("fp32")).passed
