@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import re
 import sys
@@ -31,7 +32,7 @@ EXAMPLES = """examples:
 """
 
 #: Every subcommand: name → (module, add-arguments function, run function, help). One literal
-#: table; modules are imported when the parser is built (each imports cheaply).
+#: table; a command's module is imported only when that command runs (or its --help is asked).
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "export": ("cmrt.cli", "_export_args", "_export_run",
                "export a model's fixed-step sampler to an ONNX bundle, checked against PyTorch"),
@@ -409,28 +410,32 @@ def _upgrade_run(a: argparse.Namespace) -> int:
 
 
 # --- main --------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the module of the command named in ``argv`` is imported (its options added),
+    so that ``cmrt --help``, ``cmrt serve`` etc. never load torch for another command's options.
+    ``argv`` None: every command's options (everything imported)."""
     from . import __version__
 
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     parser = OneLineParser(prog="cmrt", description=__doc__.splitlines()[0], epilog=EXAMPLES,
                            formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"cmrt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, add, run, help_) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # an install without the benchmarks package
-            if exc.name != module_name:
-                raise
+        if importlib.util.find_spec(module_name.split(".")[0]) is None:  # an install without benchmarks
             continue
+        if chosen in (None, name):
+            module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
-        getattr(module, add)(p)
-        p.set_defaults(_run=getattr(module, run))
+        if chosen in (None, name):
+            getattr(module, add)(p)
+            p.set_defaults(_run=getattr(module, run))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args, extras = parser.parse_known_args(argv)
     if extras:
         command = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
