@@ -179,7 +179,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding", type=Path, default=None, metavar="FILE",
                    help="embedding.safetensors with the decoder's time-embedding table (OpenAI decoder.pt lacks it)")
     p.add_argument("--no-cache", dest="cache", action="store_false",
-                   help="trace the network anew instead of reusing a cached graph of the same architecture")
+                   help="trace the network anew instead of reusing a cached graph of the same architecture (the "
+                        "cache: $CMRT_CACHE_DIR/networks, default ~/.cache/cmrt/networks)")
     p.add_argument("--tile-stats", action="store_true",
                    help="decoders: also write the statistics and shared-statistics graphs (model.stats.onnx, "
                         "model.shared.onnx, model.shared-means.onnx, reading model.onnx's weights) with which a "
