@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -29,18 +29,58 @@ def grid(images: Any, cols: int | None = None, pad: int = 2) -> np.ndarray:
     return out
 
 
-def save_grid(images: Any, path: str | Path, cols: int | None = None, scale: int = 1, pad: int = 2) -> None:
-    """Write a PNG grid (written to a temporary name, then renamed)."""
+def save_grid(images: Any, path: str | Path, cols: int | None = None, scale: int = 1, pad: int = 2,
+              labels: Sequence[str] | None = None, row_labels: Sequence[str] | None = None) -> None:
+    """Write a PNG grid (written to a temporary name, then renamed).
+
+    Args:
+        labels: a caption above each image (PIL's default font), in grid order.
+        row_labels: a caption left of each grid row.
+    """
     from PIL import Image
 
     g = grid(images, cols, pad)
     img = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    if labels is not None or row_labels is not None:
+        b, _, h, w = np.shape(images)
+        cols = cols or math.ceil(math.sqrt(b))
+        img = caption(img, (h * scale, w * scale), cols, pad * scale, labels, row_labels)
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     img.save(tmp)
     tmp.replace(path)
+
+
+CAPTION_HEIGHT = 14  # pixels of a caption line (PIL's default bitmap font is about 11 high)
+
+
+def caption(img: Any, cell: tuple[int, int], cols: int, pad: int, labels: Sequence[str] | None = None,
+            row_labels: Sequence[str] | None = None) -> Any:
+    """A grid image (cells of ``cell`` = (h, w) pixels, ``pad`` apart) with a caption strip above
+    every grid row holding each cell's label, and a margin on the left holding each row's label."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    h, w = cell
+    rows = (img.height - pad) // (h + pad)
+    strip = CAPTION_HEIGHT if labels is not None else 0
+    draw = ImageDraw.Draw(img)
+    margin = 0 if row_labels is None else 6 + max(int(draw.textlength(t, font=font)) for t in row_labels)
+    out = Image.new(img.mode, (img.width + margin, img.height + rows * strip), "white" if img.mode == "RGB" else 255)
+    draw, ink = ImageDraw.Draw(out), (0, 0, 0) if img.mode == "RGB" else 0
+    for r in range(rows):
+        top = pad + r * (h + pad)
+        out.paste(img.crop((0, top, img.width, top + h + pad)), (margin, top + (r + 1) * strip))
+        if row_labels is not None and r < len(row_labels):
+            draw.text((3, top + (r + 1) * strip + h // 2), row_labels[r], fill=ink, font=font, anchor="lm")
+        for k in range(cols if labels is not None else 0):
+            i = r * cols + k
+            if i < len(labels):
+                draw.text((margin + pad + k * (w + pad) + 2, top + r * strip + 1), labels[i], fill=ink, font=font)
+    out.paste(img.crop((0, 0, img.width, pad)), (margin, 0))
+    return out
 
 
 def crop_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:

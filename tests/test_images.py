@@ -72,3 +72,34 @@ def test_encode_file_takes_any_size(photo):
 def test_encode_file_refuses_sizes_off_the_latent_grid(photo, size):
     with pytest.raises(InputError, match="multiples of 8"):
         encode_file(photo, encoder=PHOTOS_AUTOENCODER, size=size)
+
+
+def test_save_grid_labels_each_panel_and_row(tmp_path):
+    from cmrt.images import CAPTION_HEIGHT, grid
+
+    x = np.linspace(-1, 1, 4 * 3 * 8 * 8, dtype=np.float32).reshape(4, 3, 8, 8)
+    save_images(x, tmp_path / "plain.png")
+    plain = np.asarray(Image.open(tmp_path / "plain.png"))
+    np.testing.assert_array_equal(plain, grid(x))  # no labels: the grid as before
+    save_grid_args = dict(cols=2, scale=4)
+    from cmrt.images import save_grid
+
+    save_grid(x, tmp_path / "l.png", labels=["a", "b", "c", "d"], **save_grid_args)
+    save_grid(x, tmp_path / "u.png", **save_grid_args)
+    labelled, bare = np.asarray(Image.open(tmp_path / "l.png")), np.asarray(Image.open(tmp_path / "u.png"))
+    cell, pad = 8 * 4, 2 * 4
+    assert labelled.shape == (bare.shape[0] + 2 * CAPTION_HEIGHT, bare.shape[1], 3)
+    for r in range(2):  # every panel intact below its caption strip, and ink in every caption
+        top = pad + r * (cell + pad)
+        shifted = top + (r + 1) * CAPTION_HEIGHT
+        np.testing.assert_array_equal(labelled[shifted:shifted + cell], bare[top:top + cell])
+        for k in range(2):
+            left = pad + k * (cell + pad)
+            strip = labelled[shifted - CAPTION_HEIGHT:shifted, left:left + cell]
+            assert strip.min() < 128, (r, k)
+    save_grid(x, tmp_path / "r.png", row_labels=["first row", "second row"], **save_grid_args)
+    rows = np.asarray(Image.open(tmp_path / "r.png"))
+    margin = rows.shape[1] - bare.shape[1]
+    assert margin > 0 and rows.shape[0] == bare.shape[0]
+    np.testing.assert_array_equal(rows[:, margin:], bare)
+    assert rows[:, :margin].min() < 128  # the row names
