@@ -239,19 +239,20 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-labels", "--labels", dest="labels", type=int_list, default=None,
                    help="class labels, one per image or one for all (default: drawn from the seed)")
     p.add_argument("--backend", default=None, help="backend name (default: onnxruntime)")
-    p.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG grid to write")
+    p.add_argument("--out", type=Path, default=Path("samples.png"),
+                   help="PNG grid to write (a .npy name keeps the raw values)")
 
 
 def _sample_run(a: argparse.Namespace) -> int:
     from ._io import check_writable
-    from .images import save_grid
+    from .images import save_images
     from .runtime.api import Sampler
 
     check_writable(a.out, "--out")
     labels = None if a.labels is None else (a.labels[0] if len(a.labels) == 1 else a.labels)
     with Sampler(a.bundle, backend=a.backend) as sampler:
         images = sampler.sample(a.n, class_labels=labels, seed=a.seed)
-    save_grid(images, a.out)
+    save_images(images, a.out)
     print(f"wrote {a.out} ({a.n} images)")
     return 0
 

@@ -46,7 +46,6 @@ def _options(a: argparse.Namespace, plain: bool) -> RepositoryOptions:
 def triton_args(p: argparse.ArgumentParser) -> None:
     """Options of ``cmrt triton``."""
     p.description = (p.description or "") + "\n\n" + TRITON_EXAMPLES
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     _batching_args(p)
     p.add_argument("--out", type=Path, required=True, metavar="REPO", help="model repository folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -66,7 +65,6 @@ def triton_run(a: argparse.Namespace) -> int:
 def serve_args(p: argparse.ArgumentParser) -> None:
     """Options of ``cmrt serve``."""
     p.description = (p.description or "") + "\n\n" + SERVE_EXAMPLES
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     _batching_args(p)
     p.add_argument("--http-port", type=int, default=None, help="HTTP port (default: a free port)")
     p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: a free port)")
