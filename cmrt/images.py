@@ -53,19 +53,32 @@ def save_grid(images: Any, path: str | Path, cols: int | None = None, scale: int
     tmp.replace(path)
 
 
-CAPTION_HEIGHT = 14  # pixels of a caption line (PIL's default bitmap font is about 11 high)
+def caption_font_size(cell_width: int) -> int:
+    """The captions' font size in pixels for cells ``cell_width`` wide: 11 (PIL's bitmap font
+    size) up to 24 on wide panels."""
+    return max(11, min(24, cell_width // 24))
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # FreeType's scalable default (Pillow ≥ 10.1)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
 
 
 def caption(img: Any, cell: tuple[int, int], cols: int, pad: int, labels: Sequence[str] | None = None,
             row_labels: Sequence[str] | None = None) -> Any:
     """A grid image (cells of ``cell`` = (h, w) pixels, ``pad`` apart) with a caption strip above
     every grid row holding each cell's label, and a margin on the left holding each row's label."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.load_default()
     h, w = cell
+    size = caption_font_size(w)
+    font = _font(size)
     rows = (img.height - pad) // (h + pad)
-    strip = CAPTION_HEIGHT if labels is not None else 0
+    strip = size + 4 if labels is not None else 0
     draw = ImageDraw.Draw(img)
     margin = 0 if row_labels is None else 6 + max(int(draw.textlength(t, font=font)) for t in row_labels)
     out = Image.new(img.mode, (img.width + margin, img.height + rows * strip), "white" if img.mode == "RGB" else 255)

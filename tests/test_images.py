@@ -75,7 +75,7 @@ def test_encode_file_refuses_sizes_off_the_latent_grid(photo, size):
 
 
 def test_save_grid_labels_each_panel_and_row(tmp_path):
-    from cmrt.images import CAPTION_HEIGHT, grid
+    from cmrt.images import caption_font_size, grid
 
     x = np.linspace(-1, 1, 4 * 3 * 8 * 8, dtype=np.float32).reshape(4, 3, 8, 8)
     save_images(x, tmp_path / "plain.png")
@@ -88,6 +88,7 @@ def test_save_grid_labels_each_panel_and_row(tmp_path):
     save_grid(x, tmp_path / "u.png", **save_grid_args)
     labelled, bare = np.asarray(Image.open(tmp_path / "l.png")), np.asarray(Image.open(tmp_path / "u.png"))
     cell, pad = 8 * 4, 2 * 4
+    CAPTION_HEIGHT = caption_font_size(cell) + 4
     assert labelled.shape == (bare.shape[0] + 2 * CAPTION_HEIGHT, bare.shape[1], 3)
     for r in range(2):  # every panel intact below its caption strip, and ink in every caption
         top = pad + r * (cell + pad)
