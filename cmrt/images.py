@@ -49,8 +49,7 @@ def save_grid(images: Any, path: str | Path, cols: int | None = None, scale: int
         img = caption(img, (h * scale, w * scale), cols, pad * scale, labels, row_labels)
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    img.save(tmp)
-    tmp.replace(path)
+    _replace_atomically(tmp, path, img.save)
 
 
 def caption_font_size(cell_width: int) -> int:
@@ -156,8 +155,16 @@ def save_images(images: Any, path: str | Path) -> None:
     path = Path(path)
     if path.suffix.lower() == ".npy":
         a = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
-        tmp = path.with_name(f".{path.stem}.tmp.npy")
-        np.save(tmp, a)
-        tmp.replace(path)
+        _replace_atomically(path.with_name(f".{path.stem}.tmp.npy"), path, lambda tmp: np.save(tmp, a))
         return
     save_grid(images, path)
+
+
+def _replace_atomically(tmp: Path, path: Path, write: Any) -> None:
+    """``write(tmp)``, then rename ``tmp`` to ``path``; on any failure (Ctrl-C included) ``tmp`` goes."""
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

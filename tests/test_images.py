@@ -104,3 +104,16 @@ def test_save_grid_labels_each_panel_and_row(tmp_path):
     assert margin > 0 and rows.shape[0] == bare.shape[0]
     np.testing.assert_array_equal(rows[:, margin:], bare)
     assert rows[:, :margin].min() < 128  # the row names
+
+
+def test_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    def interrupted(self, fp, *args, **kwargs):
+        open(fp, "wb").write(b"half")  # a partial file, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PILImage.Image, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_images(np.zeros((1, 3, 4, 4), np.float32), tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
