@@ -249,3 +249,15 @@ def test_export_clip_on_a_decoder_clamps_as_openais_original(tmp_path, capsys):
     assert np.abs(plain).max() > 1.1  # unclamped, this decoder leaves [-1, 1] ...
     assert images.min() >= -1.0 and images.max() <= 1.0  # ... the exported one does not
     assert compare_output("images", images, clamped, tolerance_for("fp32")).passed
+
+
+def test_a_command_imports_only_its_own_module():
+    """`cmrt --version`, `cmrt serve` etc. build only their own parser: torch (which `bench` and
+    `train` import) never loads for them, so they start and exit in a fraction of a second."""
+    code = ("import sys\nfrom cmrt.cli import build_parser\n"
+            "for argv in ([], ['--version'], ['serve', 'b'], ['triton', 'b'], ['check', 'b'], ['sample', 'b'],\n"
+            "             ['decode', 'b', 'z.npy'], ['edit', 'b'], ['upgrade', 'b']):\n"
+            "    build_parser(argv)\n"
+            "print(sorted(m for m in ('torch', 'benchmarks', 'cmrt.train') if m in sys.modules))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", (p.stdout, p.stderr)
