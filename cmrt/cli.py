@@ -287,10 +287,10 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("decoded.png"),
                    help="PNG grid of the decoded images (a .npy name keeps the raw values)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
-    p.add_argument("--encoder", default="photos", metavar="NAME|FILE",
-                   help="image LATENTS: the autoencoder that encodes it: photos (the bundled natural-image one, for "
-                        "photos_decoder bundles), digits (the bundled 32×32 digits one, for digits_decoder "
-                        "bundles) or a file from `cmrt train-autoencoder`")
+    p.add_argument("--encoder", default=None, metavar="NAME|FILE",
+                   help="image LATENTS: the autoencoder that encodes it: photos (the bundled natural-image one), "
+                        "digits (the bundled 32×32 digits one) or a file from `cmrt train-autoencoder` (default: "
+                        "digits for a bundle of the bundled digits decoder, else photos)")
     p.add_argument("--size", type=image_size, default=None, metavar="S|HxW",
                    help="image LATENTS: resize it to S×S or H×W pixels (multiples of 8) before encoding (default: "
                         "its own size, center-cropped to multiples of 8; 32 for --encoder digits)")
@@ -337,14 +337,21 @@ def _read_latents(path: Path, encoder: str, size: int | tuple[int, int] | None):
     return a[None] if a is not None and a.ndim == 3 else a
 
 
+def _bundled_encoder(manifest) -> str:
+    """The ``--encoder`` name that fits a decoder bundle: digits for the bundled digits decoder."""
+    from .models.load import DEFAULT_DECODER
+
+    return "digits" if Path(manifest.source.path).name == DEFAULT_DECODER.name else "photos"
+
+
 def _decode_run(a: argparse.Namespace) -> int:
     from ._io import check_writable
     from .images import save_images
     from .runtime.api import Decoder
 
     check_writable(a.out, "--out")
-    latents = _read_latents(a.latents, a.encoder, a.size)
     with Decoder(a.bundle, backend=a.backend) as decoder:
+        latents = _read_latents(a.latents, a.encoder or _bundled_encoder(decoder.bundle.manifest), a.size)
         images = decoder.decode(latents, seed=a.seed, tile=a.tile, overlap=a.overlap, norm=a.norm)
     save_images(images, a.out)
     b, _, h, w = images.shape

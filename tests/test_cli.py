@@ -261,3 +261,15 @@ def test_a_command_imports_only_its_own_module():
             "print(sorted(m for m in ('torch', 'benchmarks', 'cmrt.train') if m in sys.modules))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "[]", (p.stdout, p.stderr)
+
+
+def test_decode_picks_the_encoder_of_the_bundled_decoder(decoder_bundle):
+    from dataclasses import replace
+
+    from cmrt.cli import _bundled_encoder
+    from cmrt.models.load import DEFAULT_DECODER, PHOTOS_DECODER
+
+    m = decoder_bundle.manifest
+    assert _bundled_encoder(m) == "photos"  # a decoder of unknown training: the natural-image encoder
+    assert _bundled_encoder(replace(m, source=replace(m.source, path=str(DEFAULT_DECODER)))) == "digits"
+    assert _bundled_encoder(replace(m, source=replace(m.source, path=str(PHOTOS_DECODER)))) == "photos"
