@@ -102,7 +102,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = (action.help or "").replace("``", "")
-        if ("default" in text or action.nargs == 0 or action.default in (None, False, argparse.SUPPRESS)
+        if ("default" in text or action.nargs == 0 or any(action.default is v for v in (None, False, argparse.SUPPRESS))
                 or not action.option_strings):
             return text
         return text + " (default: %(default)s)"
@@ -240,7 +240,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
                    help="class labels, one per image or one for all (default: drawn from the seed)")
     p.add_argument("--backend", default=None, help="backend name (default: onnxruntime)")
     p.add_argument("--out", type=Path, default=Path("samples.png"),
-                   help="PNG grid to write (a .npy name keeps the raw values)")
+                   help="PNG grid to write; a .npy name keeps the raw values")
 
 
 def _sample_run(a: argparse.Namespace) -> int:
@@ -285,7 +285,7 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
                         "(its tensor 'latents', or its only tensor), or an image file (PNG, JPEG, ...) that --encoder "
                         "turns into latents first")
     p.add_argument("--out", type=Path, default=Path("decoded.png"),
-                   help="PNG grid of the decoded images (a .npy name keeps the raw values)")
+                   help="PNG grid of the decoded images; a .npy name keeps the raw values")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--encoder", default=None, metavar="NAME|FILE",
                    help="image LATENTS: the autoencoder that encodes it: photos (the bundled natural-image one), "
@@ -296,7 +296,8 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
                         "its own size, center-cropped to multiples of 8; 32 for --encoder digits)")
     p.add_argument("--tile", type=positive_int, default=None,
                    help="decode in tiles of at most TILE×TILE latent pixels (default: one tile)")
-    p.add_argument("--overlap", type=int, default=None, help="latent pixels shared by neighbouring tiles")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="latent pixels shared by neighbouring tiles (default: the runtime's, wider for --norm canvas)")
     p.add_argument("--norm", choices=NORM_CHOICES, default=None,
                    help="GroupNorm statistics of a tiled decode (default: canvas for --tile-stats bundles, else tile)")
     p.add_argument("--backend", default=None, help="backend name (default: onnxruntime)")
@@ -374,7 +375,7 @@ def _edit_args(p: argparse.ArgumentParser) -> None:
                    help="class labels, one per edit or one for all (default: drawn from the seed)")
     p.add_argument("--backend", default=None, help="backend name (default: onnxruntime)")
     p.add_argument("--out", type=Path, default=Path("edited.png"),
-                   help="PNG grid of the edits (a .npy name keeps the raw values)")
+                   help="PNG grid of the edits; a .npy name keeps the raw values")
 
 
 def _edit_run(a: argparse.Namespace) -> int:
