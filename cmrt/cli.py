@@ -26,9 +26,9 @@ EXAMPLES = """examples:
   cmrt export --task superres --factor 4 --steps 4 --out sr
   cmrt check bundle                             verify the files, re-check parity on ONNX Runtime
   cmrt sample bundle --n 16 --seed 0 --out grid.png
-  cmrt decode dec photo.png --out decoded.png     encode a photo (the bundled autoencoder), decode it
+  cmrt decode dec photo.png --out decoded.png   encode a photo (the bundled autoencoder), decode it
   cmrt decode dec latents.npy --tile 32 --out big.png
-  cmrt edit inpaint --image in.png --mask mask.png --n 4 --out edits.png
+  cmrt edit inpaint --image in.png --mask mask.png --n 4 --out edits.png   white in the mask = generate
 """
 
 #: Every subcommand: name → (module, add-arguments function, run function, help). One literal
