@@ -29,7 +29,6 @@ def _build_args(p: argparse.ArgumentParser) -> None:
 
     d = ProfileSpec()
     p.description = (p.description or "") + "\n\n" + BUILD_EXAMPLES
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("bundle", type=Path, help="bundle folder with an FP16 graph (cmrt export --precision fp16)")
     p.add_argument("--target", choices=sorted(TARGETS), default=None,
                    help="engine library (default: whichever is installed, TensorRT first)")

@@ -289,7 +289,8 @@ def _rescope(graph: ir.Graph, call_scopes: list[str]) -> None:
 
 # --- the cache ------------------------------------------------------------------------------------
 def network_cache_dir() -> Path:
-    """Where traced graphs are kept: ``$CMRT_CACHE_DIR``, else ``~/.cache/cmrt/networks``."""
+    """Where traced graphs are kept: the ``networks`` folder of cmrt's cache, which is
+    ``$CMRT_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/cmrt``, else ``~/.cache/cmrt``."""
     base = os.environ.get(CACHE_ENV)
     root = Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cmrt"
     return root / "networks"
