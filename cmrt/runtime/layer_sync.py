@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, RunnerClosedError, require
-from ..exporter import norm_stats as NS
+from .. import graphs as NS
 from . import tiling
 from .backends import session_options
 
