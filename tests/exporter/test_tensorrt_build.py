@@ -13,7 +13,7 @@ import cmrt
 from cmrt import BundleError, ConfigError, EngineBuildError, MissingDependencyError
 from cmrt.bundle import MANIFEST, Bundle, ProfileRange, RuntimeCache
 from cmrt.cli import main
-from cmrt.exporter import tensorrt as T
+from cmrt import tensorrt as T
 from cmrt.runtime.backends import default_backend_name
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is installed by `make setup` (extra trt-rtx)")

@@ -19,7 +19,7 @@ import cmrt
 from cmrt import BundleError, InputError, MissingDependencyError
 from cmrt._io import sha256_file
 from cmrt.bundle import MANIFEST, Bundle, EngineRecord, EngineValidity, Gpu, ProfileRange, RuntimeCache
-from cmrt.runtime import tensorrt as R
+from cmrt import tensorrt as R
 from cmrt.runtime.backends import default_backend_name
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -28,7 +28,7 @@ A100 = {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
 
 
 def _record(target: str, version: str, ccs, gpu=None) -> EngineRecord:
-    """An engine record as ``cmrt build`` writes it (see cmrt.exporter.tensorrt._record), for a plan
+    """An engine record as ``cmrt build`` writes it (see cmrt.tensorrt.builder._record), for a plan
     that need not exist (the backend refuses before reading it)."""
     module = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}[target]
     return EngineRecord(
@@ -42,7 +42,7 @@ def _record(target: str, version: str, ccs, gpu=None) -> EngineRecord:
 
 def test_module_imports_without_tensorrt_or_cuda():
     code = ("import sys; sys.modules['tensorrt'] = None; sys.modules['tensorrt_rtx'] = None\n"
-            "import cmrt.runtime.tensorrt, cmrt.exporter.tensorrt, cmrt.exporter.precision, cmrt.exporter.cli\n"
+            "import cmrt.tensorrt, cmrt.runtime.backends, cmrt.exporter.precision, cmrt.exporter.cli\n"
             "assert 'torch' not in sys.modules and 'onnxconverter_common' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -183,7 +183,7 @@ def _gpu_bundle(tmp_path):
         pytest.skip("no CUDA GPU here (engine execution needs one)")
     from conftest import loaded, tiny_decoder_spec
     from cmrt.exporter.api import export
-    from cmrt.exporter.tensorrt import ProfileSpec, build, resolve_target
+    from cmrt.tensorrt import ProfileSpec, build, resolve_target
 
     target = resolve_target(None)
     if target.name == "tensorrt-rtx" and torch.cuda.get_device_capability() == (9, 0):
