@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+from ._args import float_list, int_list  # shared with cmrt.train.cli
 from .errors import CmrtError, ParityError
 
 EXAMPLES = """examples:
@@ -61,20 +62,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 # --- argument types ----------------------------------------------------------------------------
-def float_list(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def positive_int(text: str) -> int:
     try:
         value = int(text)

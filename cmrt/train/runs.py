@@ -34,9 +34,9 @@ FINAL = "model.safetensors"
 
 
 def versions() -> dict[str, str]:
-    import cmrt
+    from .. import __version__
 
-    return {"cmrt": getattr(cmrt, "__version__", "0"), "torch": torch.__version__}
+    return {"cmrt": __version__, "torch": torch.__version__}
 
 
 def step_path(out: Path, step: int) -> Path:
