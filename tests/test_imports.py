@@ -38,8 +38,8 @@ def test_public_surface():
 #: facade: lazy names over the runtime and export); ``_args``, argument parsers the CLI modules share;
 #: ``bench``, ``cmrt bench`` over a checkout's benchmarks (loaded by path, not imported).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("cmrt", "cli", "demo", "bench"),                # thin entry points
-    ("serve", "train", "interop"),                   # Triton, training, diffusers drop-in: over the runtime
+    ("cmrt", "cli", "demo"),                         # thin entry points
+    ("serve", "train", "interop", "bench"),          # Triton, training, diffusers drop-in, benchmarks: over the runtime
     ("exporter",),                                   # calls the runtime to check what it wrote
     ("runtime",),                                    # runners over backends (onnxruntime, openvino, tensorrt)
     ("tensorrt", "graphs"),                          # TensorRT build + run | ONNX surgery both sides need
