@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-from ._args import float_list, int_list  # shared with cmrt.train.cli
+from ._args import float_list, int_list, positive_int  # shared with the subcommands' modules
 from .errors import CmrtError, ParityError
 
 EXAMPLES = """examples:
@@ -59,17 +59,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-# --- argument types ----------------------------------------------------------------------------
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 # --- export ------------------------------------------------------------------------------------
