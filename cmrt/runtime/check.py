@@ -3,7 +3,7 @@ stored at export."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..bundle import OUTPUT_NAME, Bundle, EngineParity, Gpu, IntegrityReport, ParityRecord
