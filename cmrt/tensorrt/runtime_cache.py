@@ -44,17 +44,18 @@ def bundle_lock(bundle_path: Path, *, required: bool = True) -> Iterator[bool]:
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(Path(bundle_path) / LOCK_FILE), timeout=LOCK_TIMEOUT)
+    held = True
     try:
         lock.acquire()
     except (OSError, Timeout):
         if required:
             raise
-        yield False
-        return
+        held = False
     try:
-        yield True
+        yield held
     finally:
-        lock.release()
+        if held:
+            lock.release()
 
 
 def update_engine(bundle: Bundle | Path, target: str, **changes: Any) -> EngineRecord | None:
