@@ -348,7 +348,7 @@ def tensorrt(p: Prepared) -> Call:
         raise Absent("no CUDA GPU: TensorRT engines run on NVIDIA GPUs (they can be built here, not timed)")
     if p.fp16_bundle is None:
         raise Absent("no FP16 bundle was exported for this case")
-    from cmrt.exporter.tensorrt import build
+    from cmrt.tensorrt import build
 
     if not p.fp16_bundle.manifest.engines:
         build(p.fp16_bundle)

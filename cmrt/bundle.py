@@ -493,7 +493,7 @@ class EngineRecord:
 @dataclass(frozen=True)
 class NormStatsRecord:
     """Graphs for tiled decoding with shared GroupNorm statistics (``cmrt export --tile-stats``,
-    ``cmrt.exporter.norm_stats``).
+    ``cmrt.graphs.norm_stats``).
 
     Attributes:
         stats_graph: the sampler graph that also outputs every norm's statistics (it reads the

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+from ._args import float_list, int_list, positive_int  # shared with the subcommands' modules
 from .errors import CmrtError, ParityError
 
 EXAMPLES = """examples:
@@ -106,31 +107,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
                 or not action.option_strings):
             return text
         return text + " (default: %(default)s)"
-
-
-# --- argument types ----------------------------------------------------------------------------
-def float_list(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 # --- export ------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-4),
     "fp16": Tolerance(max_abs=2e-2, min_psnr=40.0),
-    # FP32 GroupNorm statistics (``cmrt.exporter.norm_stats``): means and variances of activations
+    # FP32 GroupNorm statistics (``cmrt.graphs.norm_stats``): means and variances of activations
     "fp32-stats": Tolerance(max_abs=1e-4, relative=True),
 }
 

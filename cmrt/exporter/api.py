@@ -199,7 +199,7 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
             (``cmrt.editing``): an ``editor`` bundle for ``cmrt.Editor``.
         factor: superres only: the upsampling factor p (the image input is H/p × W/p).
         tile_stats: decoders only: also write the statistics and shared-statistics graphs that let
-            a tiled decode share GroupNorm statistics across its tiles (``cmrt.exporter.norm_stats``;
+            a tiled decode share GroupNorm statistics across its tiles (``cmrt.graphs.norm_stats``;
             ``Decoder.decode(norm=...)``), each checked against PyTorch.
 
     Returns:
@@ -254,7 +254,7 @@ def _add_norm_stats(bundle: Bundle, sampler, graph: Path, feeds: dict[str, torch
     recorded with their parity; raises ``ParityError`` when either misses its tolerance."""
     from ..models import norm_stats as NS
     from ..runtime.backends import OnnxRuntimeBackend
-    from .norm_stats import STATS_NAME, write_norm_graphs
+    from ..graphs.norm_stats import STATS_NAME, write_norm_graphs
 
     t0 = time.perf_counter()
     made = write_norm_graphs(graph)

@@ -119,10 +119,19 @@ def _ort(device: str) -> Callable[[Bundle], Backend]:
     return make
 
 
-def _tensorrt(bundle: Bundle) -> Backend:
-    from .tensorrt import open_tensorrt  # imports no TensorRT until the backend is opened
+def engine_limits(record) -> ShapeLimits:
+    """The ``ShapeLimits`` of an engine's (first) optimization profile (``cmrt.tensorrt.profile_limits``)."""
+    from ..tensorrt import profile_limits
 
-    return open_tensorrt(bundle)
+    return ShapeLimits(**profile_limits(record))
+
+
+def _tensorrt(bundle: Bundle) -> Backend:
+    from ..tensorrt import open_tensorrt  # imports no TensorRT until the backend is opened
+
+    backend = open_tensorrt(bundle)
+    backend.limits = engine_limits(backend.record)  # what runners chunk batches and tile latents to
+    return backend
 
 
 #: Backend name → factory(bundle). Other backends (TensorRT) register here.
@@ -140,7 +149,7 @@ def default_backend_name(bundle: Bundle) -> str:
     if bundle.selected is not None and bundle.selected.endswith(".plan"):
         return "tensorrt"
     if bundle.selected is None and bundle.manifest.engines:
-        from .tensorrt import usable
+        from ..tensorrt import usable
 
         if usable(bundle):  # an engine, its library and a GPU it was built for are all here
             return "tensorrt"

@@ -11,7 +11,7 @@ import json
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ..cli import float_list, int_list
+from .._args import float_list, int_list
 from .data import NAMED_SETS, TOY_SETS
 from .models import DEFAULT_DISTANCE, METHODS, TrainConfig
 

@@ -41,9 +41,9 @@ TRASH_PREFIX = ".cmrt-overwritten-"  # an old run's files on their way out (``re
 
 
 def versions() -> dict[str, str]:
-    import cmrt
+    from .. import __version__
 
-    return {"cmrt": getattr(cmrt, "__version__", "0"), "torch": torch.__version__}
+    return {"cmrt": __version__, "torch": torch.__version__}
 
 
 def step_path(out: Path, step: int) -> Path:

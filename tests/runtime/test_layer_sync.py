@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 import cmrt
 from cmrt import InputError, InputTypeError
-from cmrt.exporter import norm_stats as NS
+from cmrt import graphs as NS
 from cmrt.runtime.tiled import layer_sync as L
 from cmrt.runtime import tiled as T
 from tests.conftest import _export, shared_bundle

@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 import cmrt
 from cmrt import ConfigError, InputError, InputTypeError
 from cmrt.exporter.api import build_unrolled
-from cmrt.exporter.norm_stats import STATS_NAME, find_norms, shared_statistics_graph, statistics_graph
+from cmrt.graphs.norm_stats import STATS_NAME, find_norms, shared_statistics_graph, statistics_graph
 from cmrt.models import norm_stats as NS
 from cmrt.parity import compare
 from cmrt.runtime import tiled as T

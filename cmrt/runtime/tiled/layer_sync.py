@@ -4,7 +4,7 @@ the whole canvas at that layer, as the untiled decode normalizes.
 A whole-sampler tile cannot see the rest of the canvas, so its norms use its own statistics
 (``norm="tile"``) or statistics measured beforehand on a downscaled canvas (``"shared"``); both
 drift from the untiled decode (``benchmarks/RESULTS.md``, "Tiled decoding"). Here the bundle's
-shared-statistics graph is cut at its norms (``cmrt.exporter.norm_stats.segments``) and run
+shared-statistics graph is cut at its norms (``cmrt.graphs.segments``) and run
 segment by segment: segment k on every tile (each segment also measures, in the graph, its norm's
 input over the part of the tile the tile owns), then norm k's per-group mean and variance over the
 whole canvas joined from those parts (``combine``: every canvas pixel counted once), then segment
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BundleError, RunnerClosedError, require
-from ...exporter import norm_stats as NS
+from ... import graphs as NS
 from ..backends import session_options
 from .layout import MIN_TILE, Span, TileLayout, crop
 
