@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks import measure
 from benchmarks.backends import diffusers_own, onnxruntime_cpu, onnxruntime_plain, onnxruntime_session, pytorch_eager
-from benchmarks.suites import DEFAULT_CACHE, MODELS, Case, _weights_digest, case_flops, prepare
+from benchmarks.cases import DEFAULT_CACHE, MODELS, Case, case_flops, prepare, weights_digest
 
 BACKENDS = {"diffusers": diffusers_own, "cmrt": onnxruntime_cpu, "session": onnxruntime_session,
             "plain": onnxruntime_plain, "eager": pytorch_eager}
@@ -83,7 +83,7 @@ def run(model_key: str, resolutions: list[int], rounds: int, cache: Path, *, ste
     gemm_before = measure.gemm_rate()
     log(f"machine: {env['machine']}; fp32 GEMM {gemm_before} GFLOP/s; load {env['load_1m_start']}")
     model = MODELS[model_key].load()
-    digest = _weights_digest(model)
+    digest = weights_digest(model)
     cases = {}
     for res in resolutions:
         for n_steps in steps:

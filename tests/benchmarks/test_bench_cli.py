@@ -14,7 +14,7 @@ import pytest
 from benchmarks.paired import cm_suite
 from benchmarks.backends import loop_sample, onnxruntime_loop, onnxruntime_session
 from benchmarks.report import REQUIRED_KEYS
-from benchmarks.suites import MODELS, Case, prepare, _weights_digest
+from benchmarks.cases import MODELS, Case, prepare, weights_digest
 from tests.conftest import run_shared
 
 # the console script: under `python -m cmrt.cli` plugins register in a second copy of cmrt.cli
@@ -123,7 +123,7 @@ def test_python_loop_reproduces_unrolled_graph(smoke, model, res, steps):
     """The loop backend times the same sampler: single-step graphs stepped from Python give the
     unrolled graph's images (within the fp32 parity tolerance)."""
     m = MODELS[model].load()
-    p = prepare(m, _weights_digest(m), Case(model, res, steps), smoke / "cache", ["onnxruntime-loop"], gpu=False)
+    p = prepare(m, weights_digest(m), Case(model, res, steps), smoke / "cache", ["onnxruntime-loop"], gpu=False)
     assert len(p.single_step) == steps
     unrolled, looped = onnxruntime_session(p)(), onnxruntime_loop(p)()
     assert np.abs(looped - unrolled).max() <= LOOP_TOLERANCE
