@@ -5,6 +5,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import cmrt
 
 
@@ -13,6 +15,7 @@ def test_every_module_imports():
         importlib.import_module(info.name)
 
 
+@pytest.mark.integration  # a fresh process
 def test_import_cmrt_is_cheap():
     code = ("import sys, cmrt; heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'tensorrt_rtx') "
             "if m in sys.modules]; print(heavy)")

@@ -17,6 +17,8 @@ from benchmarks.report import REQUIRED_KEYS
 from benchmarks.cases import MODELS, Case, prepare, weights_digest
 from tests.conftest import run_shared
 
+pytestmark = pytest.mark.integration  # `cmrt bench` in fresh processes
+
 # the console script: under `python -m cmrt.cli` plugins register in a second copy of cmrt.cli
 CMRT = [str(Path(sys.executable).parent / "cmrt")]
 # onnxruntime-plain (a whole-sampler torch.onnx export per model, ~60 s here) runs in the slow test below
