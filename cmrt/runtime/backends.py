@@ -31,9 +31,9 @@ class Backend(Protocol):
 
 
 #: ONNX Runtime's CPU memory arena on, memory patterns off: measured with ``benchmarks/memory.py``
-#: (``benchmarks/RESULTS.md``, issue 12), the lowest peak RSS of the four settings for tiled decodes
-#: (528 vs 739 MiB at 1024², 683 vs 937 MiB at 2048²) and equal to the best untiled up to 512²,
-#: at no measurable cost in time (paired rounds at 256²).
+#: (``benchmarks/RESULTS.md``, "Memory": "Peak memory against resolution"), the lowest peak RSS of
+#: the four settings for tiled decodes and equal to the best untiled up to 512², at no measurable
+#: cost in time (paired rounds at 256²).
 CPU_ARENA = True
 MEM_PATTERN = False
 #: The intra-op thread count of every session that is not given one (unset: one per physical core).

@@ -3,7 +3,7 @@ the whole canvas at that layer, as the untiled decode normalizes.
 
 A whole-sampler tile cannot see the rest of the canvas, so its norms use its own statistics
 (``norm="tile"``) or statistics measured beforehand on a downscaled canvas (``"shared"``); both
-drift from the untiled decode (``benchmarks/RESULTS.md``, issue 12). Here the bundle's
+drift from the untiled decode (``benchmarks/RESULTS.md``, "Tiled decoding"). Here the bundle's
 shared-statistics graph is cut at its norms (``cmrt.exporter.norm_stats.segments``) and run
 segment by segment: segment k on every tile (each segment also measures, in the graph, its norm's
 input over the part of the tile the tile owns), then norm k's per-group mean and variance over the
@@ -12,7 +12,7 @@ k + 1 with them. After each segment the tiles exchange their overlaps: each take
 neighbour owns the pixels, the neighbour's values, which replaces what it computed from zero
 padding at its edge before any later segment reads it. With an overlap whose half covers one
 segment's reach at every resolution (``tiling.CANVAS_OVERLAP``) the tiled decode is the untiled
-decode to rounding (``benchmarks/RESULTS.md``: 102–121 dB against it on the held-out photos).
+decode to rounding (``benchmarks/RESULTS.md``, "Tiled decoding": "Layer-synchronous tiles").
 
 What it costs: every tile's live tensors (the UNet's skip connections among them) are held
 between segments, so memory grows with the canvas (about two thirds of an untiled decode), unless

@@ -8,8 +8,9 @@ the bundle's whole fixed-step sampler on its crop of the latents and on its crop
 noise (drawn once for the whole output canvas, exactly as an untiled call draws it), and the
 outputs are blended with weights that ramp linearly across each overlap and sum to one
 everywhere; a canvas that fits in one tile is one tile whose weight is one, so that call *is*
-the untiled call. Whole-sampler tiles rather than per-evaluation fusion: the two gave the same
-images within 0.1 dB, and whole-sampler tiles need one graph on any backend.
+the untiled call. Whole-sampler tiles rather than per-evaluation fusion: the two gave images of
+equal quality (``benchmarks/RESULTS.md``, "Tiled decoding": "Which tiling technique"), and
+whole-sampler tiles need one graph on any backend.
 
 What tiling does not preserve is GroupNorm: a tile normalizes by its own statistics, and its tone
 drifts from the untiled decode's. With a bundle exported with ``--tile-stats``, a tiled decode
@@ -20,11 +21,10 @@ and every tile runs the shared-statistics graph with them (``cmrt.exporter.norm_
 ``norm="shared-means"`` shares only the means. ``norm="canvas"`` (the default for such a bundle)
 runs the shared-statistics graph cut at its norms, layer by layer across all tiles, with the
 statistics of the full-resolution canvas and a halo exchange between the tiles' overlaps: the
-untiled decode to rounding (``cmrt.runtime.layer_sync``). Measured in ``benchmarks/tiling.py``
-(``benchmarks/RESULTS.md``, issue 12): "shared" at ×2 lifts the photos with large smooth regions
-by 8–13 dB (astronaut 28.6 → 36.6 dB against the untiled decode) and costs a fine regular texture
-12 dB (brick 44.1 → 32.0); "shared-means" gains less (+4–7 dB) and loses 2 dB on the brick; ×4 is
-nowhere better than ×2.
+untiled decode to rounding (``cmrt.runtime.layer_sync``). What each mode gains and costs against
+the untiled decode, photo by photo, is measured by ``benchmarks/tiling.py`` (``benchmarks/RESULTS.md``,
+"Tiled decoding": "Shared GroupNorm statistics from a downscaled pass"): "shared" lifts the photos
+with large smooth regions and costs a fine regular texture; "shared-means" gains less.
 
 The weights are separable (a row ramp times a column ramp) and each axis's ramps already sum to
 one, so no canvas-sized weight accumulator is needed: peak memory is the output canvas, the
@@ -52,7 +52,7 @@ MIN_TILE = 4
 #: ``cmrt.runtime.layer_sync``).
 NORM_MODES = ("tile", "shared", "shared-means", "canvas")
 #: The default downscale factor of the shared-statistics pass (chosen by ``benchmarks/tiling.py``:
-#: 2 met the 35 dB target on every held-out photo, 4 on none of the failing ones).
+#: ``benchmarks/RESULTS.md``, "Tiled decoding": "Shared GroupNorm statistics from a downscaled pass").
 DEFAULT_STATS_FACTOR = 2
 
 
@@ -341,8 +341,8 @@ def check_norm(norm: Any, stats_factor: Any) -> tuple[str | None, int | None]:
 #: The overlap ``norm="canvas"`` needs and uses by default: half of it (1 latent pixel, 1 pixel at
 #: the decoder UNet's coarsest layer) must cover the reach of the graph between two GroupNorms
 #: (one 3×3 convolution), so that the halo exchange keeps every tile exact
-#: (``cmrt.runtime.layer_sync``; with 1 the tiled decode is 53 dB from the untiled one, with 2
-#: it is equal to rounding).
+#: (``cmrt.runtime.layer_sync``; with 1 it is not, with 2 it is the untiled decode to rounding:
+#: ``benchmarks/RESULTS.md``, "Tiled decoding": "Layer-synchronous tiles").
 CANVAS_OVERLAP = 2
 
 
