@@ -64,8 +64,11 @@ def _run_smoke(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """The smoke suite, run once per test run whichever worker needs it first."""
+def smoke(tmp_path_factory, cm_bundle, decoder_bundle):
+    """The smoke suite, run once per test run whichever worker needs it first. After the shared tiny
+    bundles (exported for many tests anyway): the suite's tiny models are theirs in architecture
+    (weights aside), so its exports find the networks traced in this run's cache, as a user's second
+    export does, instead of tracing them again (about a minute here)."""
     return run_shared(tmp_path_factory, "bench-smoke", _run_smoke, "r.json")
 
 
