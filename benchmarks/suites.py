@@ -16,6 +16,8 @@ from .backends import BASELINE, BENCH_BACKENDS, CPU, CUDA, Absent, Prepared
 from .cases import DEFAULT_CACHE, GIGA, MODELS, Case, cached_bundle, case_flops, prepare, weights_digest
 
 PERCENT = 100.0
+#: The smoke suite's GEMM probe: a first look needs a rate, not the last percent of it (64× less work).
+SMOKE_GEMM_SIZE = 512
 
 
 # --- suites ----------------------------------------------------------------------------
@@ -30,6 +32,7 @@ class Suite:
     min_seconds: float = 1.0
     skip: tuple[tuple[str, str], ...] = ()  # (backend, reason): listed as absent unless asked for by name
     runner: Callable[..., dict] | None = None  # a suite with its own timing (e.g. paired rounds): run(cache, log=)
+    gemm_size: int = measure.GEMM_SIZE  # side of the GEMM-rate probe's square matrices
 
     def all_cases(self, gpu: bool) -> tuple[Case, ...]:
         return self.cases + (self.gpu_cases if gpu else ())
@@ -65,7 +68,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("edit", "editing graphs (inpaint, superres ×4, stroke, colorize at 2 and 4 evaluations, denoise) on "
           "ONNX Runtime CPU vs the same PyTorch editor in eager mode, paired rounds", (), runner=_edit_suite),
     Suite("smoke", "tiny models, for tests and a first look (seconds)",
-          _grid("tiny-decoder", (16,), (2,)) + _grid("tiny-cm", (16,), (2,)), warmup=1, repeats=2, min_seconds=0.0),
+          _grid("tiny-decoder", (16,), (2,)) + _grid("tiny-cm", (16,), (2,)), warmup=1, repeats=2, min_seconds=0.0,
+          gemm_size=SMOKE_GEMM_SIZE),
 )}
 
 
@@ -166,7 +170,7 @@ def run_suite(suite: Suite, backends: Sequence[str], options: RunOptions = RunOp
     if options.label:
         env["machine"] = options.label
     gpu = env["gpu"] is not None
-    gemm = measure.gemm_rate(cuda=gpu)
+    gemm = measure.gemm_rate(suite.gemm_size, cuda=gpu)
     log(f"machine: {env['machine']}; fp32 GEMM {gemm} GFLOP/s; load {env['load_1m_start']}")
     options.cache.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

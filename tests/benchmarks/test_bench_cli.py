@@ -15,6 +15,7 @@ from benchmarks.paired import cm_suite
 from benchmarks.backends import loop_sample, onnxruntime_loop, onnxruntime_session
 from benchmarks.report import REQUIRED_KEYS
 from benchmarks.cases import MODELS, Case, prepare, weights_digest
+from benchmarks.suites import SMOKE_GEMM_SIZE
 from tests.conftest import run_shared
 
 pytestmark = pytest.mark.integration  # `cmrt bench` in fresh processes
@@ -142,7 +143,8 @@ def test_python_loop_reproduces_unrolled_graph(smoke, model, res, steps):
 def test_cm_suite_rows_on_a_tiny_model(smoke):
     """The ``cm`` suite's runner on a tiny class-conditional CM: real exports, real diffusers
     pipeline and PyTorch eager (the smoke suite's cached bundle), rows in the suites' format."""
-    result = cm_suite(smoke / "cache", log=lambda _: None, models={"tiny-cm": (16, 1)}, steps=(2,), batches=(1, 2))
+    result = cm_suite(smoke / "cache", log=lambda _: None, models={"tiny-cm": (16, 1)}, steps=(2,), batches=(1, 2),
+                      gemm_size=SMOKE_GEMM_SIZE)
     rows = result["rows"]
     assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("diffusers", "onnxruntime-cpu",
                                                                            "pytorch-eager") for n in (1, 2)}
