@@ -49,7 +49,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "serve": ("cmrt.serve.cli", "serve_args", "serve_run",
               "serve bundles on a local Triton Inference Server (PyTriton's tritonserver) until Ctrl-C"),
     "bench": ("cmrt.bench", "bench_args", "bench_run",
-              "benchmark latency, memory and FLOP rate of every backend against PyTorch and diffusers"),
+              "benchmark latency, memory and FLOP rate against PyTorch and diffusers (a source checkout's suites)"),
 }
 
 
