@@ -30,8 +30,8 @@ def _threads_per_worker() -> int | None:
 
 THREADS = _threads_per_worker()
 if THREADS is not None:
-    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
-    os.environ.setdefault("CMRT_THREADS", str(THREADS))  # cmrt.runtime.backends.default_threads
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    os.environ["CMRT_THREADS"] = str(THREADS)  # cmrt.runtime.backends.default_threads
 
 from dataclasses import dataclass, field  # noqa: E402  (after the thread settings: torch reads them)
 from pathlib import Path  # noqa: E402
