@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks import measure
-from benchmarks.suites import DEFAULT_CACHE
+from benchmarks.cases import DEFAULT_CACHE
 
 
 def _bundles(cache: Path):

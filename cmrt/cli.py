@@ -58,8 +58,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                "write a Triton Inference Server model repository serving bundles (dynamic batching)"),
     "serve": ("cmrt.serve.cli", "serve_args", "serve_run",
               "serve bundles on a local Triton Inference Server (PyTriton's tritonserver) until Ctrl-C"),
-    "bench": ("benchmarks.cli", "_bench_args", "_bench_run",
-              "benchmark latency, memory and FLOP rate of every backend against PyTorch and diffusers"),
+    "bench": ("cmrt.bench", "bench_args", "bench_run",
+              "benchmark latency, memory and FLOP rate against PyTorch and diffusers (a source checkout's suites)"),
 }
 
 

@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration  # the CLI in fresh processes
+
 CMRT = [sys.executable, "-m", "cmrt.cli"]
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import pytest
+
 import cmrt
 
 
@@ -19,6 +21,7 @@ def test_every_module_imports():
         importlib.import_module(info.name)
 
 
+@pytest.mark.integration  # a fresh process
 def test_import_cmrt_is_cheap():
     code = ("import sys, cmrt; heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'tensorrt_rtx') "
             "if m in sys.modules]; print(heavy)")

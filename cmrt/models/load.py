@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import sha256_path
+from .._io import sha256_path, write_atomic
 from ..errors import SourceError
 from .spec import ModelSpec
 from .unet import UNet
@@ -51,9 +51,7 @@ def save_checkpoint(path: str | Path, spec: ModelSpec, state: dict[str, torch.Te
     if ema:
         tensors |= {EMA_PREFIX + k: v.detach().contiguous().cpu() for k, v in ema.items()}
     meta = {SPEC_KEY: spec.to_json(), FORMAT_KEY: CHECKPOINT_FORMAT} | (metadata or {})
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def read_checkpoint_metadata(path: Path) -> dict[str, str]:

@@ -8,7 +8,6 @@ nccl on GPUs); rank 0 writes the run, every rank writes the SHA-256 of its final
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import time
@@ -19,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .._io import write_json_atomic
+from .._io import sha256_tensors, write_json_atomic
 from ..errors import ConfigError
 from ..samplers import decoder_condition
 from . import runs as R
@@ -55,11 +54,7 @@ def init_distributed() -> Dist:
 
 
 def weights_digest(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return sha256_tensors(module.state_dict())
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:

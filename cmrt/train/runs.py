@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._io import write_json_atomic
+from .._io import write_atomic, write_json_atomic
 from ..errors import ConfigError, OutputExistsError, SourceError
 from ..models.load import (EMA_PREFIX, SPEC_KEY, TRAIN_CONFIG_KEY, load_state, read_checkpoint_metadata,
                            save_checkpoint)
@@ -66,18 +66,14 @@ def save_weights(path: Path, cfg: TrainConfig, spec: ModelSpec | None, state: di
 
         tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         tensors |= {EMA_PREFIX + k: v.detach().contiguous().cpu() for k, v in ema.items()}
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     write_json_atomic(path.with_suffix(".json"), {"step": step, "config": cfg.to_dict(), "versions": versions(),
                                                   "spec": spec.to_dict() if spec else None})
 
 
 def save_trainer_state(path: Path, state: dict) -> None:
     """Optimizer / target / RNG states (tensors, numbers, lists, dicts only), atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_trainer_state(path: Path) -> dict:

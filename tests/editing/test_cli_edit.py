@@ -7,8 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from cmrt.models.load import save_checkpoint
 from tests.conftest import loaded, tiny_cm_spec
+
+pytestmark = pytest.mark.integration  # the CLI in fresh processes
 
 CMRT = [sys.executable, "-m", "cmrt.cli"]
 

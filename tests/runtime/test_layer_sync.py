@@ -18,12 +18,6 @@ from cmrt import InputError, InputTypeError
 from cmrt import graphs as NS
 from cmrt.runtime.tiled import layer_sync as L
 from cmrt.runtime import tiled as T
-from tests.conftest import _export, shared_bundle
-
-
-@pytest.fixture(scope="session")
-def stats_bundle(decoder_model, tmp_path_factory):
-    return shared_bundle(tmp_path_factory, "dec2-stats", _export(decoder_model, steps=2, tile_stats=True))
 
 
 def _latents(b: int, h: int, w: int, seed: int = 1) -> np.ndarray:

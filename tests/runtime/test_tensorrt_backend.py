@@ -40,6 +40,7 @@ def _record(target: str, version: str, ccs, gpu=None) -> EngineRecord:
         built="")
 
 
+@pytest.mark.integration  # a fresh process
 def test_module_imports_without_tensorrt_or_cuda():
     code = ("import sys; sys.modules['tensorrt'] = None; sys.modules['tensorrt_rtx'] = None\n"
             "import cmrt.tensorrt, cmrt.runtime.backends, cmrt.exporter.precision, cmrt.exporter.cli\n"

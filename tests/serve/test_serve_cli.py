@@ -11,10 +11,13 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 import cmrt
 from cmrt.serve.server import free_port
 from tests.serve.helpers import START_TIMEOUT_S, http_client, infer, seed_rows
+
+pytestmark = pytest.mark.integration  # `cmrt serve` and Triton servers
 
 STOP_WITHIN_S = 8.0  # unloading cmrt's models takes ≈ 3-4 s here
 

@@ -12,6 +12,8 @@ import pytest
 import cmrt
 from tests.serve.helpers import MAX_BATCH, grpc_client, http_client, infer, latents, seed_rows
 
+pytestmark = pytest.mark.integration  # a real Triton server
+
 ATOL = 1e-5
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 10
