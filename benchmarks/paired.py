@@ -125,7 +125,7 @@ def _line(key: str, c: dict) -> str:
             f"{c['cmrt_pct_of_gemm_peak']:.0f}% of GEMM peak")
 
 
-#: the ``cm`` suite (issue 14): the published OpenAI consistency-model UNets with random weights at
+#: the ``cm`` suite: the published OpenAI consistency-model UNets with random weights at
 #: their sizes, batch 1 and 4, 1 and 2 steps; cmrt against diffusers' pipeline and PyTorch eager.
 CM_CASES = {"imagenet64": (64, 5), "lsun256": (256, 2)}  # model → (resolution, rounds)
 CM_BACKENDS = ["diffusers", "cmrt", "eager"]

@@ -1,4 +1,4 @@
-"""Where the time goes, against the machine's GEMM rate: the roofline picture (issue 14).
+"""Where the time goes, against the machine's GEMM rate: the roofline picture.
 
 For each case (model, output side, batch, steps) the bundle's fp32 graph runs on ONNX Runtime's
 CPU provider with its profiler on, with cmrt's session options; the kernel times of every run

@@ -1,4 +1,4 @@
-"""Serving behind Triton (issue 13): images/s and p50/p99 latency of the reduced decoder at 256² and
+"""Serving behind Triton: images/s and p50/p99 latency of the reduced decoder at 256² and
 the bundled digits sampler behind a real Triton server (PyTriton's tritonserver, cmrt's Python-backend
 models, gRPC clients), at 1, 4 and 16 concurrent clients, with and without dynamic batching, against
 calling ``cmrt.Decoder``/``cmrt.Sampler`` in this process.

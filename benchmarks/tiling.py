@@ -1,6 +1,6 @@
 """Which tiling technique: measured on the natural-image decoder against its own untiled decode.
 
-The three techniques issue 12 names, in PyTorch on the same weights, latents and noise:
+The three tiling techniques, in PyTorch on the same weights, latents and noise:
 
 * ``sampler``: whole-sampler tiles: every tile runs all steps on its crops; outputs blended at
   the end (what ``cmrt.Decoder.decode(tile=...)`` does on any backend).

@@ -18,11 +18,11 @@ DEMO_STEPS = 2
 DEMO_BATCH = 16
 DEMO_SEED = 0
 REPEATS = 20
-DECODER_DEMO_STEPS = 1  # the small bundled decoder is better at 1 step (README, "Training")
+DECODER_DEMO_STEPS = 1  # the small bundled decoder is better at 1 step (docs/training.md)
 PHOTO_DEMO = "astronaut"  # a held-out photograph (never seen in training), decoded at full resolution
 PHOTO_DEMO_STEPS = 1
 PHOTO_TILE = 32  # latent pixels: 256² output tiles
-#: Editing: the evaluations per task (README "Editing": inpainting beats the class-mean fill from 16 on).
+#: Editing: the evaluations per task (docs/editing.md: inpainting beats the class-mean fill from 16 on).
 EDIT_DEMO_STEPS = {"inpaint": 16, "superres": 4, "stroke": 4, "colorize": 4}
 EDIT_DEMO_N = 8
 SUPERRES_FACTOR = 4  # 4×4 → 16×16

@@ -78,7 +78,7 @@ def resolve_schedule(spec: ModelSpec, steps: int | None = None, sigmas: Sequence
 
     Editing tasks (``task``): inpaint, colorize and superres default to the sampling σ's (they
     start from noise at σ_max, and the projection after every evaluation keeps the known part,
-    so the same spacing serves; README "Editing" has the measurements behind this choice);
+    so the same spacing serves; docs/editing.md has the measurements behind this choice);
     stroke uses the same spacing from ``schedules.STROKE_SIGMA_START`` (5) down, so the result
     stays near the painting; denoise takes exactly one σ, the input's noise level, from ``sigmas``.
     """

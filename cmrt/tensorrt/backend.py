@@ -14,7 +14,7 @@ open and again at close). Per input shape, device buffers (torch CUDA tensors) a
 and bound (a few shapes are kept), ``execute_async_v3`` runs on the backend's stream, ordered after
 the caller's current stream; ``run_torch`` takes and returns CUDA tensors without host copies.
 ``cuda_graph=True``: TensorRT-RTX captures graphs itself; with TensorRT cmrt captures one per shape
-after a warm-up run. The contract is written out in ``docs/tensorrt.md``.
+after a warm-up run. The contract is written out in ``docs/precision-and-tensorrt.md``.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class TensorRTBackend:
     The GPU is the one current when the backend is opened; the stream, the engine, the context
     and every buffer live on it, and every run happens under it, whatever device is current then.
     Runs are ordered after the caller's current stream and outputs are handed back recorded on it
-    (see ``docs/tensorrt.md``).
+    (see ``docs/precision-and-tensorrt.md``).
 
     Args:
         bundle: an opened bundle with an engine (``cmrt build``).
