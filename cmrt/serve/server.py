@@ -163,7 +163,7 @@ def _check_environment(py: Path, facts: dict) -> None:
     numpy = facts["numpy"] or "0"
     if int(numpy.split(".")[0]) >= 2:
         raise MissingDependencyError(f"{py}'s environment has numpy {numpy}, and Triton's Python backend stub "
-                                     f"returns empty outputs with numpy 2: {serving_fix()}")
+                                     f"returns empty outputs with numpy 2 (it needs numpy<2): {serving_fix()}")
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:

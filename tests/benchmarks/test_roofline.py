@@ -40,7 +40,7 @@ def test_profile_split_from_a_real_onnxruntime_profile(tmp_path):
     assert set(classes) == set(roofline.CLASSES)
     assert np.isclose(sum(classes.values()), sum(op_ms.values()))
     assert classes["convolution"] > 0 and classes["normalization"] > 0
-    assert sum(op_ms.values()) <= 1.05 * float(np.median(run_ms)) * 1.5  # kernel time within a run's time
+    assert sum(op_ms.values()) <= 1.05 * float(np.mean(run_ms))  # kernel time within a run's time (both averaged over the runs)
 
 
 def test_parse_profile_leaves_out_the_first_run_and_averages():
