@@ -125,18 +125,31 @@ def _tensorrt(bundle: Bundle) -> Backend:
     return open_tensorrt(bundle)
 
 
+def _openvino(name: str) -> Callable[[Bundle], Backend]:
+    def make(bundle: Bundle) -> Backend:
+        from .openvino import open_openvino  # imports no OpenVINO until the backend is opened
+
+        return open_openvino(bundle, name)
+    return make
+
+
 #: Backend name → factory(bundle). Other backends (TensorRT) register here.
 BACKENDS: dict[str, Callable[[Bundle], Backend]] = {
     "onnxruntime": _ort("auto"),
     "onnxruntime-cpu": _ort("cpu"),
     "onnxruntime-cuda": _ort("cuda"),
     "tensorrt": _tensorrt,
+    "openvino": _openvino("openvino"),
+    "openvino-bf16": _openvino("openvino-bf16"),
+    "openvino-f32": _openvino("openvino-f32"),
 }
 
 
 def default_backend_name(bundle: Bundle) -> str:
     """TensorRT when the user pointed at an engine, or when the bundle's engine can run here
-    (library installed, GPU it was built for); else ONNX Runtime."""
+    (library installed, GPU it was built for); else, on a CPU with native BF16, the fastest CPU
+    backend whose recorded parity passed on a CPU of its class (``openvino.default_choice``); else
+    ONNX Runtime."""
     if bundle.selected is not None and bundle.selected.endswith(".plan"):
         return "tensorrt"
     if bundle.selected is None and bundle.manifest.engines:
@@ -144,7 +157,9 @@ def default_backend_name(bundle: Bundle) -> str:
 
         if usable(bundle):  # an engine, its library and a GPU it was built for are all here
             return "tensorrt"
-    return "onnxruntime"
+    from .openvino import default_choice
+
+    return default_choice(bundle) or "onnxruntime"
 
 
 def open_backend(bundle: Bundle, name: "str | Backend | None" = None) -> Backend:
