@@ -149,6 +149,7 @@ print(json.dumps(bool(b.compiled.get_property("LOADED_FROM_CACHE"))))
 """
 
 
+@pytest.mark.integration
 def test_compiled_model_is_cached_across_processes(decoder_bundle, tmp_path):
     """A second process loads the compiled model from CMRT_CACHE_DIR/openvino: no new cache file."""
     env = {**os.environ, "CMRT_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
