@@ -370,7 +370,8 @@ class Decoder(_Runner):
         if norm == "tile":
             return norm
         record, backend = self.bundle.manifest.norm_stats, self.backend
-        usable = isinstance(backend, OnnxRuntimeBackend) and backend.precision == "fp32"
+        usable = (isinstance(backend, OnnxRuntimeBackend) and backend.precision == "fp32") or getattr(
+            backend, "norm_graphs_on_onnxruntime", False)  # OpenVINO: the norm modes' FP32 graphs run on ORT
         if norm is None:
             if record is None or not usable or plan.single:
                 return "tile"

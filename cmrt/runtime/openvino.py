@@ -129,6 +129,10 @@ class OpenVinoBackend:
     thread_safe = True
     limits = ShapeLimits()  # the graph's batch and latent axes stay dynamic
     device = "cpu"
+    #: Tiled decodes with shared statistics (``norm`` "shared", "shared-means", "canvas") run their
+    #: FP32 statistics, shared-statistics and layer-synchronous segment graphs on ONNX Runtime's CPU
+    #: with this backend's threads; untiled and per-tile decodes run here.
+    norm_graphs_on_onnxruntime = True
 
     def __init__(self, graph: str | Path, *, precision: str = "bf16", threads: int | None = None,
                  cache: bool = True, output: str = OUTPUT_NAME, requests: int = REQUESTS) -> None:

@@ -258,3 +258,23 @@ def test_cli_check_prints_the_record_and_choice(decoder_bundle, bundle_copy, fla
     assert "openvino-bf16 [bf16] vs PyTorch" in out and "backend openvino-bf16/avx512-bf16: passed" in out
     assert main(["check", str(bundle.path)]) == 0
     assert "backend: openvino-bf16 [bf16] (the default here)" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="session")
+def stats_bundle(decoder_model, tmp_path_factory):
+    from tests.conftest import _export, shared_bundle
+
+    return shared_bundle(tmp_path_factory, "dec2-stats", _export(decoder_model, steps=2, tile_stats=True))
+
+
+@pytest.mark.parametrize("norm", [None, "canvas", "shared", "shared-means", "tile"])
+def test_every_tiled_mode_runs_on_an_openvino_runner(stats_bundle, norm):
+    """An OpenVINO runner decodes tiled in every normalization mode: the shared-statistics modes
+    run their FP32 graphs on ONNX Runtime (as an ONNX Runtime runner does), per-tile decodes on
+    OpenVINO; the default stays the layer-synchronous one."""
+    z = np.random.default_rng(4).normal(size=(1, 4, 12, 12)).astype(np.float32)
+    with cmrt.Decoder(stats_bundle.path, backend="onnxruntime-cpu") as d:
+        ref = d.decode(z, seed=0, tile=8, norm=norm)
+    with cmrt.Decoder(stats_bundle.path, backend="openvino-f32") as d:
+        got = d.decode(z, seed=0, tile=8, norm=norm)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
