@@ -42,7 +42,7 @@ $(SERVE_STAMP): $(STAMP)
 	touch $@
 
 test: $(STAMP) $(SERVE_STAMP)
-	CMRT_SERVE_PYTHON="$(abspath $(SERVE_PY))" $(PY) -m pytest -q -n $(JOBS)
+	CMRT_SERVE_PYTHON="$(abspath $(SERVE_PY))" $(PY) -m pytest -q -n $(JOBS) --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n $(JOBS) -m slow

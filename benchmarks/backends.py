@@ -223,7 +223,8 @@ def diffusers_own(p: Prepared) -> Call:
 
 # --- ONNX Runtime ----------------------------------------------------------------------
 def _runner(p: Prepared, backend: str):
-    from cmrt.runtime.api import Decoder, Sampler
+    from cmrt.runtime.decoder import Decoder
+    from cmrt.runtime.sampler import Sampler
 
     return (Decoder if p.kind == "decoder" else Sampler)(p.bundle.path, backend=backend)
 
@@ -379,7 +380,7 @@ def tensorrt(p: Prepared) -> Call:
         raise Absent("no CUDA GPU: TensorRT engines run on NVIDIA GPUs (they can be built here, not timed)")
     if p.fp16_bundle is None:
         raise Absent("no FP16 bundle was exported for this case")
-    from cmrt.exporter.tensorrt import build
+    from cmrt.tensorrt import build
 
     if not p.fp16_bundle.manifest.engines:
         build(p.fp16_bundle)

@@ -59,10 +59,10 @@ def case_quality(model_key: str, resolution: int, steps: int, batch: int, cache)
     """The PSNRs of one case: OpenVINO BF16 against cmrt's ONNX Runtime FP32 (same seeded noise),
     diffusers under BF16 autocast against diffusers in FP32 (same generator)."""
     from benchmarks.backends import diffusers_bf16, diffusers_own, onnxruntime_cpu, openvino_bf16
-    from benchmarks.suites import MODELS, Case, _weights_digest, prepare
+    from benchmarks.cases import MODELS, Case, prepare, weights_digest
 
     model = MODELS[model_key].load()
-    prepared = prepare(model, _weights_digest(model), Case(model_key, resolution, steps, batch), cache,
+    prepared = prepare(model, weights_digest(model), Case(model_key, resolution, steps, batch), cache,
                        ["onnxruntime-cpu"], gpu=False)
     return quality(prepared, {"openvino-bf16 vs onnxruntime-cpu": (openvino_bf16(prepared), onnxruntime_cpu(prepared)),
                               "diffusers-bf16 vs diffusers": (diffusers_bf16(prepared), diffusers_own(prepared))})
@@ -71,7 +71,7 @@ def case_quality(model_key: str, resolution: int, steps: int, batch: int, cache)
 def main() -> int:
     from pathlib import Path
 
-    from benchmarks.suites import DEFAULT_CACHE
+    from benchmarks.cases import DEFAULT_CACHE
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=2048, help="GEMM size")

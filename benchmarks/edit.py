@@ -21,6 +21,8 @@ from typing import Callable
 import numpy as np
 
 from . import measure
+from .cases import cache_key, weights_digest
+from .paired import paired_rounds
 
 BACKENDS = ("pytorch-eager", "onnxruntime-cpu")
 BATCH = 4
@@ -53,16 +55,11 @@ def load(model: str):
 
 def editor_bundle(model, case: EditCase, cache: Path):
     """The case's editor bundle, exported into ``cache`` once per code version, weights and schedule."""
-    import hashlib
-    import json
-
     from cmrt.bundle import Bundle
     from cmrt.exporter.api import export
 
-    from .suites import _code_digest, _weights_digest
-
-    key = json.dumps([_code_digest(), _weights_digest(model), case.task, case.steps, case.factor])
-    out = cache / f"edit-{case.model}-{case.task}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    key = cache_key(weights_digest(model), case.task, case.steps, case.factor)
+    out = cache / f"edit-{case.model}-{case.task}-{key}"
     if (out / "cmrt.json").is_file():
         return Bundle.open(out)
     options = {"sigmas": [0.5]} if case.task == "denoise" else {"steps": case.steps}
@@ -75,7 +72,7 @@ def calls(model, bundle, batch: int = BATCH) -> dict[str, Callable[[], object]]:
 
     from cmrt.exporter.api import build_unrolled
     from cmrt.exporter.inputs import parity_inputs
-    from cmrt.runtime.api import Editor
+    from cmrt.runtime.editor import Editor
 
     m = bundle.manifest
     feeds = parity_inputs(model.spec, m.steps, task=m.task, sigmas=m.schedule.sigmas, batch=batch, seed=1)
@@ -102,8 +99,6 @@ def run(cache: Path, *, rounds: int = ROUNDS, log: Callable[[str], None] = print
         rounds: paired rounds per case (each: a pause, one untimed and three timed calls per backend).
         log: progress lines.
     """
-    from .paired import paired_rounds
-
     t0 = time.perf_counter()
     env = measure.environment()
     gemm = measure.gemm_rate()

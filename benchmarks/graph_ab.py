@@ -1,4 +1,4 @@
-"""Graph against graph on ONNX Runtime's CPU provider, in paired rounds (issue 14).
+"""Graph against graph on ONNX Runtime's CPU provider, in paired rounds.
 
 ``graphs``: two or more ONNX graphs taking the same inputs (e.g. a bundle's graph exported before
 and after a rewrite); each gets cmrt's session options. ``--no-nchwc`` adds the first graph with

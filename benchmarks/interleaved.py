@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks import measure
-from benchmarks.suites import DEFAULT_CACHE
+from benchmarks.cases import DEFAULT_CACHE
 
 
 def _bundles(cache: Path):
@@ -36,7 +36,8 @@ def _bundles(cache: Path):
 def _runners(bundles: dict, stop: bool):
     """A Sampler and a Decoder whose sessions stop spinning after a run, or not (ORT's default)."""
     import cmrt.runtime.backends as B
-    from cmrt.runtime.api import Decoder, Sampler
+    from cmrt.runtime.decoder import Decoder
+    from cmrt.runtime.sampler import Sampler
 
     original = B.session_options
 

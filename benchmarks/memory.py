@@ -97,11 +97,11 @@ def _diffusers(case: dict, z):
 def prepare(cache: Path) -> tuple[Path, Path]:
     """The reduced decoder's bundle (exported once, cached) and a diffusers folder with the same weights."""
     from cmrt import schedules as S
-    from benchmarks.suites import MODELS, _weights_digest, cached_bundle
+    from benchmarks.cases import MODELS, cached_bundle, weights_digest
 
     model = MODELS[MODEL].load()
-    bundle = cached_bundle(model, _weights_digest(model), cache, S.decoder_timesteps(STEPS))
-    folder = cache / f"{MODEL}-diffusers-{_weights_digest(model)[:12]}"
+    bundle = cached_bundle(model, weights_digest(model), cache, S.decoder_timesteps(STEPS))
+    folder = cache / f"{MODEL}-diffusers-{weights_digest(model)[:12]}"
     if not (folder / "config.json").is_file():
         from diffusers import ConsistencyDecoderVAE
 

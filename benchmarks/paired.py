@@ -29,7 +29,7 @@ import numpy as np
 from benchmarks import measure
 from benchmarks.backends import (diffusers_bf16, diffusers_own, onnxruntime_cpu, onnxruntime_plain, onnxruntime_session,
                                  openvino_bf16, openvino_f32, pytorch_eager)
-from benchmarks.suites import DEFAULT_CACHE, MODELS, Case, _weights_digest, case_flops, prepare
+from benchmarks.cases import DEFAULT_CACHE, MODELS, Case, case_flops, prepare, weights_digest
 
 BACKENDS = {"diffusers": diffusers_own, "cmrt": onnxruntime_cpu, "session": onnxruntime_session,
             "plain": onnxruntime_plain, "eager": pytorch_eager, "diffusers-bf16": diffusers_bf16,
@@ -77,15 +77,17 @@ def summarize(samples: dict[str, list[float]], gflop: float, peak: float) -> dic
 
 
 def run(model_key: str, resolutions: list[int], rounds: int, cache: Path, *, steps: list[int] = (2,),
-        batches: list[int] = (1,), backends: list[str] | None = None, long_calls: bool = False, log=print) -> dict:
+        batches: list[int] = (1,), backends: list[str] | None = None, long_calls: bool = False, log=print,
+        gemm_size: int = measure.GEMM_SIZE) -> dict:
     """Paired rounds on every (resolution, steps, batch) case of one model. ``long_calls``: calls of
-    seconds, timed once per round after one warm-up call (no untimed call per round)."""
+    seconds, timed once per round after one warm-up call (no untimed call per round); ``gemm_size``:
+    the GEMM-rate probe's matrix side."""
     names = backends or DEFAULT_BACKENDS.split(",")
     env = measure.environment()
-    gemm_before = measure.gemm_rate()
+    gemm_before = measure.gemm_rate(gemm_size)
     log(f"machine: {env['machine']}; fp32 GEMM {gemm_before} GFLOP/s; load {env['load_1m_start']}")
     model = MODELS[model_key].load()
-    digest = _weights_digest(model)
+    digest = weights_digest(model)
     cases = {}
     for res in resolutions:
         for n_steps in steps:
@@ -99,7 +101,7 @@ def run(model_key: str, resolutions: list[int], rounds: int, cache: Path, *, ste
                 del calls
                 measure.release_memory()
                 log(f"{key}: " + ", ".join(f"{k} {np.median(v):.1f} ms" for k, v in cases[key]["samples_ms"].items()))
-    gemm_after = measure.gemm_rate()
+    gemm_after = measure.gemm_rate(gemm_size)
     peak = max(gemm_before["peak"], gemm_after["peak"])
     log(f"fp32 GEMM after: {gemm_after} GFLOP/s")
     for key, c in cases.items():
@@ -125,7 +127,7 @@ def _line(key: str, c: dict) -> str:
             f"{c['cmrt_pct_of_gemm_peak']:.0f}% of GEMM peak")
 
 
-#: the ``cm`` suite (issue 14): the published OpenAI consistency-model UNets with random weights at
+#: the ``cm`` suite: the published OpenAI consistency-model UNets with random weights at
 #: their sizes, batch 1 and 4, 1 and 2 steps; cmrt against diffusers' pipeline and PyTorch eager.
 CM_CASES = {"imagenet64": (64, 5), "lsun256": (256, 2)}  # model → (resolution, rounds)
 CM_BACKENDS = ["diffusers", "cmrt", "eager"]
@@ -135,7 +137,7 @@ SUITE_NAMES = {"diffusers": "diffusers", "cmrt": "onnxruntime-cpu", "session": "
 
 
 def cm_suite(cache: Path, log=print, *, models: dict[str, tuple[int, int]] | None = None,
-             steps: list[int] = (1, 2), batches: list[int] = (1, 4)) -> dict:
+             steps: list[int] = (1, 2), batches: list[int] = (1, 4), gemm_size: int = measure.GEMM_SIZE) -> dict:
     """``cmrt bench --suite cm``: paired rounds per model (calls of seconds: one timed call per
     round), as rows in the suites' format, one per case and backend."""
     t0 = time.perf_counter()
@@ -143,7 +145,7 @@ def cm_suite(cache: Path, log=print, *, models: dict[str, tuple[int, int]] | Non
     cache.mkdir(parents=True, exist_ok=True)
     for key, (res, rounds) in (models or CM_CASES).items():
         r = run(key, [res], rounds, cache, steps=list(steps), batches=list(batches), backends=CM_BACKENDS,
-                long_calls=True, log=log)
+                long_calls=True, log=log, gemm_size=gemm_size)
         results[key] = r
         rows += suite_rows(r)
     first = next(iter(results.values()))

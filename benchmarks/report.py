@@ -1,14 +1,12 @@
 """Results out: JSON (one row per case and backend), a markdown table, a PNG plot (latency against
-resolution, one line per backend). Every file is written to a temporary name, then renamed."""
+resolution, one line per backend). Every file is written atomically (``cmrt._io.write_atomic``)."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
+from cmrt._io import write_atomic
 from cmrt.errors import ConfigError
 
 REQUIRED_KEYS = ("model", "backend", "precision", "batch", "steps", "resolution", "median_ms", "p90_ms",
@@ -17,19 +15,8 @@ PLOT_DPI = 110
 PANEL_INCHES = (5.0, 3.6)
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(result: dict, path: Path) -> None:
-    _write_atomic(path, lambda t: t.write_text(json.dumps(result, indent=2) + "\n"))
+    write_atomic(path, lambda t: t.write_text(json.dumps(result, indent=2) + "\n"))
 
 
 def _fmt(v, spec: str) -> str:
@@ -59,7 +46,7 @@ def markdown(result: dict) -> str:
 
 def write_markdown(result: dict, path: Path) -> None:
     text = markdown(result)
-    _write_atomic(path, lambda t: t.write_text(text))
+    write_atomic(path, lambda t: t.write_text(text))
 
 
 def plot(result: dict, path: Path) -> None:
@@ -92,7 +79,7 @@ def plot(result: dict, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(f"cmrt bench --suite {result['suite']} — {result['environment']['machine']}", fontsize=9)
     fig.tight_layout()
-    _write_atomic(path, lambda t: fig.savefig(t, dpi=PLOT_DPI, format="png"))
+    write_atomic(path, lambda t: fig.savefig(t, dpi=PLOT_DPI, format="png"))
     plt.close(fig)
 
 

@@ -1,4 +1,4 @@
-"""Where the time goes, against the machine's GEMM rate: the roofline picture (issue 14).
+"""Where the time goes, against the machine's GEMM rate: the roofline picture.
 
 For each case (model, output side, batch, steps) the bundle's fp32 graph runs on ONNX Runtime's
 CPU provider with its profiler on, with cmrt's session options; the kernel times of every run
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import measure
-from benchmarks.suites import DEFAULT_CACHE, GIGA, MODELS, Case, _weights_digest, case_flops, prepare
+from benchmarks.cases import DEFAULT_CACHE, GIGA, MODELS, Case, case_flops, prepare, weights_digest
 
 #: ONNX Runtime operator (as its profiler names it, after its own fusions) → class.
 OP_CLASSES: dict[str, tuple[str, ...]] = {
@@ -121,7 +121,7 @@ def profile_case(spec: str, runs: int, cache: Path, threads: int | None = None) 
     key, side, batch, steps = _parse_case(spec)
     model = MODELS[key].load()
     case = Case(key, side, steps, batch)
-    prepared = prepare(model, _weights_digest(model), case, cache, ["onnxruntime-cpu"], gpu=False)
+    prepared = prepare(model, weights_digest(model), case, cache, ["onnxruntime-cpu"], gpu=False)
     gflop = case_flops(model, case) * batch
     del model
     run_ms, op_ms = profile_graph(prepared.bundle.graph_path("fp32"), prepared.feeds, runs, threads)

@@ -1,4 +1,4 @@
-"""Serving behind Triton (issue 13): images/s and p50/p99 latency of the reduced decoder at 256² and
+"""Serving behind Triton: images/s and p50/p99 latency of the reduced decoder at 256² and
 the bundled digits sampler behind a real Triton server (PyTriton's tritonserver, cmrt's Python-backend
 models, gRPC clients), at 1, 4 and 16 concurrent clients, with and without dynamic batching, against
 calling ``cmrt.Decoder``/``cmrt.Sampler`` in this process.
@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks import measure
-from benchmarks.suites import DEFAULT_CACHE, MODELS, _weights_digest, cached_bundle
+from benchmarks.cases import DEFAULT_CACHE, MODELS, cached_bundle, weights_digest
 
 DECODER_SIDE = 256
 LATENT_SIDE = DECODER_SIDE // 8
@@ -99,7 +99,7 @@ def export_bundles(cache: Path) -> dict[str, Path]:
     for key, model_key in (("decoder", "decoder-reduced"), ("digits", "digits")):
         model = MODELS[model_key].load()
         resolved = resolve_schedule(model.spec, 2)
-        out[key] = cached_bundle(model, _weights_digest(model), cache, resolved.sigmas or resolved.timesteps).path
+        out[key] = cached_bundle(model, weights_digest(model), cache, resolved.sigmas or resolved.timesteps).path
     return out
 
 

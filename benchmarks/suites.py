@@ -1,116 +1,26 @@
-"""The benchmark suites: which models, resolutions, steps and batches; preparing their bundles
-(exported once, cached); running every backend on every case into result rows.
+"""The benchmark suites: which cases each suite times, and running every backend on every case into
+result rows. The models, cases, digests and bundle preparation are ``benchmarks.cases``'.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-
-from cmrt.bundle import Bundle
 from cmrt.errors import ConfigError
-from cmrt.models.load import LoadedModel
 
-from . import measure
+from . import edit, measure, paired
 from .backends import BASELINE, BENCH_BACKENDS, CPU, CUDA, Absent, Prepared
+from .cases import DEFAULT_CACHE, GIGA, MODELS, Case, cached_bundle, case_flops, prepare, weights_digest
 
-RANDOM_WEIGHTS_SEED = 0
-GIGA = 1e9
 PERCENT = 100.0
-DEFAULT_CACHE = Path.home() / ".cache" / "cmrt" / "bench"
-REDUCED_DECODER_WIDTHS = (32, 64, 64, 64)  # the official depth at a tenth of the width
-OFFICIAL_DECODER_WIDTHS = (320, 640, 1024, 1024)
-DECODER_LAYERS = 3
-
-
-# --- models ----------------------------------------------------------------------------
-def _random(spec) -> LoadedModel:
-    """A model with PyTorch's default initialization, seeded (timing does not need trained weights)."""
-    import torch
-
-    from cmrt.models.unet import UNet
-
-    torch.manual_seed(RANDOM_WEIGHTS_SEED)
-    return LoadedModel(spec, UNet(spec.unet).eval(), {"path": f"random weights (seed {RANDOM_WEIGHTS_SEED})",
-                                                     "sha256": None, "format": "benchmark"})
-
-
-def decoder_spec(widths: Sequence[int], layers: int = DECODER_LAYERS, name: str = "decoder"):
-    """A consistency-decoder spec (the official layout, any widths)."""
-    from cmrt.models.spec import ModelSpec
-    from cmrt.models.unet import UNetConfig
-
-    unet = UNetConfig(in_channels=7, out_channels=6, block_out_channels=tuple(widths), layers_per_block=layers,
-                      attention=(False,) * len(widths), mid_attention=False, time_embedding="learned",
-                      num_train_timesteps=1024)
-    return ModelSpec(kind="decoder", unet=unet, image_channels=3, clip=False, name=name, trained=False)
-
-
-def openai_cm_spec(arch: str, grid_size: int = 40):
-    """A consistency-model spec of a published OpenAI architecture (random weights)."""
-    from cmrt.models.convert import OPENAI_ARCHS
-    from cmrt.models.spec import ModelSpec
-
-    a = OPENAI_ARCHS[arch]
-    return ModelSpec(kind="sampler", unet=a.unet, image_channels=a.unet.out_channels, image_size=a.image_size,
-                     num_classes=a.unet.num_classes, grid_size=grid_size, name=arch, trained=False)
-
-
-def tiny_cm_spec():
-    from cmrt.models.spec import ModelSpec
-    from cmrt.models.unet import UNetConfig
-
-    unet = UNetConfig(in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
-                      attention=(False, True), attention_head_dim=32, num_classes=10)
-    return ModelSpec(kind="sampler", unet=unet, image_size=16, num_classes=10, name="tiny-cm", trained=False)
-
-
-def _digits() -> LoadedModel:
-    from cmrt.models.sources import load_model
-
-    return load_model(None)
-
-
-@dataclass(frozen=True)
-class BenchModel:
-    key: str
-    description: str
-    load: Callable[[], LoadedModel]
-
-
-MODELS: dict[str, BenchModel] = {m.key: m for m in (
-    BenchModel("decoder-reduced", "consistency decoder, official depth, widths 32/64/64/64, random weights",
-               lambda: _random(decoder_spec(REDUCED_DECODER_WIDTHS, name="decoder-reduced"))),
-    BenchModel("decoder-official", "consistency decoder, official widths 320/640/1024/1024 (621M), random weights",
-               lambda: _random(decoder_spec(OFFICIAL_DECODER_WIDTHS, name="decoder-official"))),
-    BenchModel("digits", "the bundled default digits consistency model (16², 1 channel)", _digits),
-    BenchModel("imagenet64", "OpenAI ImageNet-64 CM UNet (296M), random weights",
-               lambda: _random(openai_cm_spec("imagenet64"))),
-    BenchModel("lsun256", "OpenAI LSUN-256 CM UNet (526M), random weights",
-               lambda: _random(openai_cm_spec("lsun256"))),
-    BenchModel("tiny-decoder", "a tiny decoder (widths 32×4, 1 layer) for smoke tests",
-               lambda: _random(decoder_spec((32, 32, 32, 32), layers=1, name="tiny-decoder"))),
-    BenchModel("tiny-cm", "a tiny class-conditional CM (16²) for smoke tests", lambda: _random(tiny_cm_spec())),
-)}
+#: The smoke suite's GEMM probe: a first look needs a rate, not the last percent of it (64× less work).
+SMOKE_GEMM_SIZE = 512
 
 
 # --- suites ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Case:
-    """One timed configuration. ``resolution``: output image side in pixels."""
-
-    model: str
-    resolution: int
-    steps: int
-    batch: int = 1
-
-
 @dataclass(frozen=True)
 class Suite:
     name: str
@@ -122,6 +32,7 @@ class Suite:
     min_seconds: float = 1.0
     skip: tuple[tuple[str, str], ...] = ()  # (backend, reason): listed as absent unless asked for by name
     runner: Callable[..., dict] | None = None  # a suite with its own timing (e.g. paired rounds): run(cache, log=)
+    gemm_size: int = measure.GEMM_SIZE  # side of the GEMM-rate probe's square matrices
 
     def all_cases(self, gpu: bool) -> tuple[Case, ...]:
         return self.cases + (self.gpu_cases if gpu else ())
@@ -132,15 +43,11 @@ def _grid(model: str, resolutions: Iterable[int], steps: Iterable[int], batch: i
 
 
 def _cm_suite(cache: Path, log: Callable[[str], None]) -> dict:
-    from .paired import cm_suite
-
-    return cm_suite(cache, log)
+    return paired.cm_suite(cache, log)
 
 
 def _edit_suite(cache: Path, log: Callable[[str], None]) -> dict:
-    from .edit import run
-
-    return run(cache, log=log)
+    return edit.run(cache, log=log)
 
 
 _SLOW_COMPILE = ("left out of this suite: inductor compiles the unrolled UNets for minutes on a 2-core CPU; "
@@ -161,7 +68,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("edit", "editing graphs (inpaint, superres ×4, stroke, colorize at 2 and 4 evaluations, denoise) on "
           "ONNX Runtime CPU vs the same PyTorch editor in eager mode, paired rounds", (), runner=_edit_suite),
     Suite("smoke", "tiny models, for tests and a first look (seconds)",
-          _grid("tiny-decoder", (16,), (2,)) + _grid("tiny-cm", (16,), (2,)), warmup=1, repeats=2, min_seconds=0.0),
+          _grid("tiny-decoder", (16,), (2,)) + _grid("tiny-cm", (16,), (2,)), warmup=1, repeats=2, min_seconds=0.0,
+          gemm_size=SMOKE_GEMM_SIZE),
 )}
 
 
@@ -180,67 +88,6 @@ def check_names(suite: str, backends: Sequence[str] | None) -> tuple[Suite, list
 def skipped(suite: Suite, backends: Sequence[str], explicit: bool) -> dict[str, str]:
     """Backends the suite leaves out (unless named explicitly) → the reason."""
     return {} if explicit else {b: r for b, r in suite.skip if b in backends}
-
-
-# --- preparing bundles -----------------------------------------------------------------
-def _weights_digest(model: LoadedModel) -> str:
-    h = hashlib.sha256(model.spec.to_json().encode())
-    for k, v in model.unet.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=1)
-def _code_digest() -> str:
-    """A digest of cmrt's source: a cached bundle is reused only if the code that exported it is unchanged."""
-    import cmrt
-
-    root = Path(cmrt.__file__).parent
-    h = hashlib.sha256()
-    for f in sorted(root.rglob("*.py")):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def cached_bundle(model: LoadedModel, digest: str, cache: Path, schedule: Sequence, *, fp16: bool = False) -> Bundle:
-    """The exported bundle of ``model`` at ``schedule`` (σ's or timesteps), exported on first use."""
-    from cmrt import __version__
-    from cmrt.exporter.api import export
-
-    key = json.dumps([__version__, _code_digest(), digest, [round(float(s), 6) for s in schedule], fp16])
-    out = cache / f"{model.spec.name.split()[0]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    if (out / "cmrt.json").is_file():
-        return Bundle.open(out)
-    kw = {"timesteps": list(schedule)} if model.spec.kind == "decoder" else {"sigmas": list(schedule)}
-    if fp16:
-        kw["precision"] = "fp16"
-    return export(out=out, model=model, steps=None, overwrite=True, **kw)
-
-
-def prepare(model: LoadedModel, digest: str, case: Case, cache: Path, backends: Sequence[str],
-            gpu: bool) -> Prepared:
-    """Export (or reuse) the bundles a case needs and draw its inputs."""
-    from cmrt.exporter.api import parity_inputs, resolve_schedule
-    from cmrt.schedules import DECODER_UPSCALE
-
-    spec = model.spec
-    resolved = resolve_schedule(spec, case.steps)
-    schedule = list(resolved.sigmas or resolved.timesteps)
-    if spec.kind == "decoder":
-        side = case.resolution // DECODER_UPSCALE
-        feeds = parity_inputs(spec, case.steps, batch=case.batch, latent_hw=(side, side))
-    else:
-        if case.resolution != spec.image_size:
-            raise ConfigError(f"{spec.name} makes {spec.image_size}² images, not {case.resolution}²")
-        feeds = parity_inputs(spec, case.steps, batch=case.batch)
-    bundle = cached_bundle(model, digest, cache, schedule)
-    single = None
-    if "onnxruntime-loop" in backends:
-        single = [cached_bundle(model, digest, cache, [s]) for s in schedule]
-    fp16 = cached_bundle(model, digest, cache, schedule, fp16=True) if ("tensorrt" in backends and gpu) else None
-    return Prepared(model, bundle, {k: v.numpy() for k, v in feeds.items()}, list(schedule), single, fp16)
 
 
 # --- running ---------------------------------------------------------------------------
@@ -285,13 +132,6 @@ def time_backend(name: str, prepared: Prepared, *, warmup: int, repeats: int, mi
     return row
 
 
-def case_flops(model: LoadedModel, case: Case) -> float:
-    """GFLOP per image: one UNet evaluation at the output resolution × steps."""
-    from cmrt.models.unet import unet_flops
-
-    return unet_flops(model.unet.config, case.resolution, case.resolution) * case.steps / GIGA
-
-
 def finish_row(row: dict, gflop: float, batch: int, peak_gflops: float) -> dict:
     """Derived figures: images/s, achieved GFLOP/s and its share of the measured GEMM peak."""
     row["gflop"] = gflop
@@ -330,7 +170,7 @@ def run_suite(suite: Suite, backends: Sequence[str], options: RunOptions = RunOp
     if options.label:
         env["machine"] = options.label
     gpu = env["gpu"] is not None
-    gemm = measure.gemm_rate(cuda=gpu)
+    gemm = measure.gemm_rate(suite.gemm_size, cuda=gpu)
     log(f"machine: {env['machine']}; fp32 GEMM {gemm} GFLOP/s; load {env['load_1m_start']}")
     options.cache.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -339,7 +179,7 @@ def run_suite(suite: Suite, backends: Sequence[str], options: RunOptions = RunOp
         by_model.setdefault(case.model, []).append(case)
     for key, cases in by_model.items():
         model = MODELS[key].load()
-        digest = _weights_digest(model)
+        digest = weights_digest(model)
         for case in cases:
             rows += _run_case(model, digest, case, suite, backends, options, gpu, gemm["peak"], env, log)
         del model
@@ -385,5 +225,7 @@ def _brief(row: dict) -> str:
             f"{row['gflop_per_s']:7.1f} GFLOP/s {row['pct_peak']:5.1f}% peak, RSS {row['peak_mem_mb']:.0f} MB")
 
 
-__all__ = ["SUITES", "MODELS", "Suite", "Case", "RunOptions", "run_suite", "check_names", "prepare",
-           "cached_bundle", "case_flops"]
+#: ``MODELS``, ``Case``, ``prepare``, ``cached_bundle``, ``case_flops``, ``weights_digest``, ``DEFAULT_CACHE``
+#: and ``GIGA`` are ``benchmarks.cases``' (imported from there by every other module), named here too.
+__all__ = ["SUITES", "Suite", "RunOptions", "run_suite", "check_names", "skipped", "time_backend", "MODELS", "Case",
+           "prepare", "cached_bundle", "case_flops", "weights_digest", "DEFAULT_CACHE", "GIGA"]

@@ -1,6 +1,6 @@
 """Which tiling technique: measured on the natural-image decoder against its own untiled decode.
 
-The three techniques issue 12 names, in PyTorch on the same weights, latents and noise:
+The three tiling techniques, in PyTorch on the same weights, latents and noise:
 
 * ``sampler``: whole-sampler tiles: every tile runs all steps on its crops; outputs blended at
   the end (what ``cmrt.Decoder.decode(tile=...)`` does on any backend).
@@ -48,7 +48,7 @@ from cmrt import schedules as S
 from cmrt.models.denoisers import build_denoiser
 from cmrt.models.sources import load_model
 from cmrt.parity import psnr
-from cmrt.runtime import tiling as T
+from cmrt.runtime import tiled as T
 from cmrt.samplers import decoder_condition, decoder_sample
 
 UP = S.DECODER_UPSCALE

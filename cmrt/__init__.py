@@ -23,13 +23,15 @@ if TYPE_CHECKING:
     from .exporter.api import export
     from .parity import ParityReport
     from .editing import slerp
-    from .runtime.api import Decoder, Editor, Sampler
+    from .runtime.decoder import Decoder
+    from .runtime.editor import Editor
+    from .runtime.sampler import Sampler
     from .runtime.check import CheckReport, check
 
 _LAZY = {
-    "Decoder": ("cmrt.runtime.api", "Decoder"),
-    "Sampler": ("cmrt.runtime.api", "Sampler"),
-    "Editor": ("cmrt.runtime.api", "Editor"),
+    "Decoder": ("cmrt.runtime.decoder", "Decoder"),
+    "Sampler": ("cmrt.runtime.sampler", "Sampler"),
+    "Editor": ("cmrt.runtime.editor", "Editor"),
     "slerp": ("cmrt.editing", "slerp"),
     "export": ("cmrt.exporter.api", "export"),
     "check": ("cmrt.runtime.check", "check"),

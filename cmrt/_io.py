@@ -1,4 +1,5 @@
-"""Small file helpers: hashing, atomic writes, atomic folder replacement."""
+"""Small file helpers, each written once: digests (files, code, tensors), atomic writes, atomic folder
+replacement."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .errors import ConfigError, OutputExistsError
 
@@ -28,52 +29,75 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def sha256_files(root: str | os.PathLike, files: Iterable[str | os.PathLike]) -> str:
+    """SHA-256 of ``files`` (paths under ``root``, in the order given): each one's path relative to
+    ``root`` and the SHA-256 of its contents. Code digests (``cmrt``'s sources) and folders use it."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for f in files:
+        f = root / f
+        h.update(str(f.relative_to(root)).encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
 def sha256_path(path: str | os.PathLike) -> str:
     """SHA-256 of a file, or of a folder's files (names and contents, sorted)."""
     p = Path(path)
     if p.is_file():
         return sha256_file(p)
-    h = hashlib.sha256()
-    for f in sorted(x for x in p.rglob("*") if x.is_file()):
-        h.update(str(f.relative_to(p)).encode())
-        h.update(sha256_file(f).encode())
+    return sha256_files(p, sorted(x for x in p.rglob("*") if x.is_file()))
+
+
+def sha256_tensors(tensors: Mapping[str, Any], *, header: str = "") -> str:
+    """SHA-256 of named tensors (a ``state_dict``): ``header`` (e.g. a spec's JSON), then each
+    name and its bytes, in sorted name order. Equal weights give equal digests in any process."""
+    h = hashlib.sha256(header.encode())
+    for name, value in sorted(tensors.items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
-    """Write a bytes-like object (``bytes``, ``memoryview``, TensorRT's ``IHostMemory``) to a
-    temporary file beside ``path``, then rename it into place; returns ``path``.
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place, so
+    ``path`` is never seen half-written; on any error the temporary file goes and ``path`` is
+    untouched. The file gets the usual mode (umask), not ``mkstemp``'s 0600. Returns ``path``.
 
     Args:
-        path: the file to write or replace.
-        data: any object with the buffer protocol; it is written without an extra copy.
+        path: the file to write or replace (its folder must exist).
+        write: writes the whole file at the path it is given (it may replace that file).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(memoryview(data))
+        write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
+    """Write ``data`` as indented JSON, atomically (``write_atomic``)."""
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
+    """Write a bytes-like object (``bytes``, ``memoryview``, TensorRT's ``IHostMemory``) atomically
+    (``write_atomic``); returns ``path``.
+
+    Args:
+        path: the file to write or replace.
+        data: any object with the buffer protocol; it is written without an extra copy.
+    """
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(memoryview(data))
+    return write_atomic(path, write)
 
 
 @contextmanager

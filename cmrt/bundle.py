@@ -482,6 +482,7 @@ class EngineRecord:
     timing_cache: TimingCache | None = None
 
     def files(self) -> list[FileRecord]:
+        """The plan, and its runtime cache once written."""
         out = [FileRecord(self.file, self.bytes, self.sha256)]
         rc = self.runtime_cache
         if rc is not None and rc.sha256 is not None and rc.bytes is not None:
@@ -492,7 +493,7 @@ class EngineRecord:
 @dataclass(frozen=True)
 class NormStatsRecord:
     """Graphs for tiled decoding with shared GroupNorm statistics (``cmrt export --tile-stats``,
-    ``cmrt.exporter.norm_stats``).
+    ``cmrt.graphs.norm_stats``).
 
     Attributes:
         stats_graph: the sampler graph that also outputs every norm's statistics (it reads the
@@ -517,6 +518,14 @@ class NormStatsRecord:
     groups: tuple[int, ...]
     factor: int
     parity: dict[str, ParityRecord] = field(default_factory=dict)
+
+    def graphs(self) -> dict[str, GraphRecord]:
+        """Norm mode's graph name → graph: "statistics", "shared" and "shared-means"."""
+        return {"statistics": self.stats_graph, "shared": self.shared_graph, "shared-means": self.means_graph}
+
+    def files(self) -> list[FileRecord]:
+        """Its graphs' files (their weights are the FP32 graph's, listed with that graph)."""
+        return [f for g in self.graphs().values() for f in g.files]
 
 
 @dataclass(frozen=True)
@@ -648,13 +657,13 @@ class Manifest:
         return [n for n in self.input_names if n.startswith("noise_")]
 
     def files(self) -> list[FileRecord]:
-        """Every file the manifest lists (graphs, parity data, engines and their caches)."""
+        """Every file the manifest lists, each record's own: the graphs' (a graph records its files),
+        the parity data, and those of the records that own files (``files()``: the shared-statistics
+        graphs, the engines and their caches)."""
         out = [f for g in self.graphs.values() for f in g.files] + [self.parity_inputs]
-        if self.norm_stats is not None:
-            ns = self.norm_stats
-            out += [f for g in (ns.stats_graph, ns.shared_graph, ns.means_graph) for f in g.files]
-        for e in self.engines.values():
-            out += e.files()
+        for record in (self.norm_stats, *self.engines.values()):
+            if record is not None:
+                out += record.files()
         return out
 
     # --- JSON ------------------------------------------------------------------------------

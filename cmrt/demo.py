@@ -18,11 +18,11 @@ DEMO_STEPS = 2
 DEMO_BATCH = 16
 DEMO_SEED = 0
 REPEATS = 20
-DECODER_DEMO_STEPS = 1  # the small bundled decoder is better at 1 step (README, "Training")
+DECODER_DEMO_STEPS = 1  # the small bundled decoder is better at 1 step (docs/training.md)
 PHOTO_DEMO = "astronaut"  # a held-out photograph (never seen in training), decoded at full resolution
 PHOTO_DEMO_STEPS = 1
 PHOTO_TILE = 32  # latent pixels: 256² output tiles
-#: Editing: the evaluations per task (README "Editing": inpainting beats the class-mean fill from 16 on).
+#: Editing: the evaluations per task (docs/editing.md: inpainting beats the class-mean fill from 16 on).
 EDIT_DEMO_STEPS = {"inpaint": 16, "superres": 4, "stroke": 4, "colorize": 4}
 EDIT_DEMO_N = 8
 SUPERRES_FACTOR = 4  # 4×4 → 16×16
@@ -52,7 +52,7 @@ def latency_table(bundle, batch: int) -> list[tuple[str, float]]:
 
     from .exporter.api import build_unrolled
     from .models.sources import load_model
-    from .runtime.api import Sampler
+    from .runtime.sampler import Sampler
 
     m = bundle.manifest
     model = load_model(m.source.path)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import CmrtError
     from .exporter.api import export
     from .images import save_grid
-    from .runtime.api import Sampler
+    from .runtime.sampler import Sampler
 
     p = argparse.ArgumentParser(prog="cmrt.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder")
@@ -120,7 +120,7 @@ def decoder_demo(out: Path, n: int = 8) -> None:
     from .images import save_grid
     from .models.load import DEFAULT_DECODER
     from .parity import psnr
-    from .runtime.api import Decoder
+    from .runtime.decoder import Decoder
     from .train.autoencoder import encode_file
     from .train.data import load_digits_color
 
@@ -133,7 +133,8 @@ def decoder_demo(out: Path, n: int = 8) -> None:
     latents = np.concatenate([encode_file(f) for f in files])  # PNG → (1, 4, 4, 4) SD-convention latents
     with Decoder(bundle.path) as decoder:
         decoded = decoder.decode(latents, seed=DEMO_SEED)
-    save_grid(np.concatenate([held_out, decoded]), out / "decoded.png", cols=n, scale=4)
+    save_grid(np.concatenate([held_out, decoded]), out / "decoded.png", cols=n, scale=4,
+              row_labels=["inputs", "decoded"])
     quality = psnr(decoded, held_out)
     print(f"\ndecoder: {n} held-out images → latents {latents.shape} → {bundle.path} ({bundle.manifest.steps} step)"
           f" → {out / 'decoded.png'} (top: inputs, bottom: decoded), PSNR {quality:.1f} dB")
@@ -150,7 +151,7 @@ def photo_demo(out: Path) -> None:
     from .images import save_grid
     from .models.load import PHOTOS_DECODER
     from .parity import psnr
-    from .runtime.api import Decoder
+    from .runtime.decoder import Decoder
     from .train.autoencoder import PHOTOS_AUTOENCODER, encode, load_encoder
     from .train.photos import photo
 
@@ -167,7 +168,9 @@ def photo_demo(out: Path) -> None:
         own = decoder.decode(latents, seed=DEMO_SEED, tile=PHOTO_TILE, norm="tile")
         t3 = time.perf_counter()
     original = x.numpy()
-    save_grid(np.concatenate([original, whole, canvas, own]), out / "photo.png", cols=4)
+    save_grid(np.concatenate([original, whole, canvas, own]), out / "photo.png", cols=4,
+              labels=["original", "untiled", f"{8 * PHOTO_TILE}px tiles, canvas statistics",
+                      f"{8 * PHOTO_TILE}px tiles, per-tile statistics"])
     print(f"\nphoto decoder: held-out '{PHOTO_DEMO}' {original.shape[2]}×{original.shape[3]} → latents "
           f"{latents.shape} → {bundle.path} ({bundle.manifest.steps} step) → {out / 'photo.png'} "
           f"(original | untiled | {8 * PHOTO_TILE}² tiles, canvas statistics | per-tile statistics)")
@@ -187,13 +190,16 @@ def editing_demo(out: Path) -> None:
     print("\nediting (zero-shot, the bundled digits model; held-out digits, true labels):")
     mask = box_masks(len(x), 16, DEMO_SEED)
     result = _edit(out, "inpaint", x * (1 - mask), y, mask=mask)
-    _save_rows(out / "inpaint.png", [x, x * (1 - mask), *result], "originals, masked inputs (box = 25%), inpainted")
+    _save_rows(out / "inpaint.png", [x, x * (1 - mask), *result], "originals, masked inputs (box = 25%), inpainted",
+               ["originals", "masked", "inpainted"])
     low = _block_mean(x)
     result = _edit(out, "superres", low, y, factor=SUPERRES_FACTOR)
-    _save_rows(out / "superres.png", [_nearest(low), *result, x], "4×4 inputs, super-resolved 16×16, originals")
+    _save_rows(out / "superres.png", [_nearest(low), *result, x], "4×4 inputs, super-resolved 16×16, originals",
+               ["4x4 inputs", "super-resolved", "originals"])
     paint, labels = _paintings(16)
     results = _edit(out, "stroke", paint, labels, seeds=(DEMO_SEED, DEMO_SEED + 1))
-    _save_rows(out / "stroke.png", [paint, *results], f"crude paintings of {list(PAINTINGS)}, results (2 seeds)")
+    _save_rows(out / "stroke.png", [paint, *results], f"crude paintings of {list(PAINTINGS)}, results (2 seeds)",
+               ["paintings", f"seed {DEMO_SEED}", f"seed {DEMO_SEED + 1}"])
     colorize_demo(out)
 
 
@@ -212,14 +218,15 @@ def colorize_demo(out: Path) -> None:
     gray = luma(x)
     results = _edit(out, "colorize", gray, y, source=asset, seeds=(DEMO_SEED, DEMO_SEED + 1))
     _save_rows(out / "colorize.png", [gray.expand_as(x), *results, x],
-               "gray inputs, colorized (2 seeds), true colours")
+               "gray inputs, colorized (2 seeds), true colours",
+               ["gray", f"seed {DEMO_SEED}", f"seed {DEMO_SEED + 1}", "true colours"])
 
 
 def _edit(out: Path, task: str, image, labels, *, mask=None, factor=None, source=None,
           seeds: tuple[int, ...] = (DEMO_SEED,)) -> list:
     """Export the task's editor bundle into ``out`` and run it once per seed; the edited images."""
     from .exporter.api import export
-    from .runtime.api import Editor
+    from .runtime.editor import Editor
 
     bundle = export(source, out=out / f"{task}-bundle", task=task, factor=factor, steps=EDIT_DEMO_STEPS[task],
                     overwrite=True)
@@ -230,13 +237,14 @@ def _edit(out: Path, task: str, image, labels, *, mask=None, factor=None, source
         return [editor.edit(image, mask=mask, class_labels=labels, seed=seed) for seed in seeds]
 
 
-def _save_rows(path: Path, rows: list, what: str) -> None:
+def _save_rows(path: Path, rows: list, what: str, names: list[str]) -> None:
+    """One grid row per entry of ``rows``, each labelled with its entry of ``names``."""
     import numpy as np
 
     from .images import save_grid
 
     rows = [np.asarray(r) for r in rows]
-    save_grid(np.concatenate(rows), path, cols=len(rows[0]), scale=4)
+    save_grid(np.concatenate(rows), path, cols=len(rows[0]), scale=4, row_labels=names)
     print(f"  wrote {path} (rows: {what})")
 
 

@@ -34,7 +34,7 @@ TOLERANCES: dict[str, Tolerance] = {
     # official-depth decoder's parity inputs at max abs 0.026 and 59.8 dB, past FP16's 2e-2 bound
     # at 20 dB above its PSNR floor.
     "bf16": Tolerance(max_abs=0.16, min_psnr=40.0),
-    # FP32 GroupNorm statistics (``cmrt.exporter.norm_stats``): means and variances of activations
+    # FP32 GroupNorm statistics (``cmrt.graphs.norm_stats``): means and variances of activations
     "fp32-stats": Tolerance(max_abs=1e-4, relative=True),
 }
 

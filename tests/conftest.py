@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models built in the test, and bundles exported once per test run.
+"""Shared fixtures: tiny models from ``cmrt.models.zoo``, and the bundles the tests share, exported
+once per test run from one table (``SHARED_BUNDLES``).
 
 Under pytest-xdist every worker is its own process, so session fixtures would export once per
 worker. ``shared_bundle`` exports once per *run* instead: into a folder all workers of this run
@@ -6,21 +7,45 @@ share (the xdist-documented ``getbasetemp().parent``), guarded by a file lock. T
 network graphs are cached the same way (``CMRT_CACHE_DIR`` points into that folder), so every
 export of an architecture after the first costs only the sampler's trace and the parity check.
 Nothing is shared between runs: each run tests the code as it is.
+
+Threads: each xdist worker gets its share of the cores for PyTorch and ONNX Runtime (one each for
+two workers on two cores), set before torch starts and inherited by the processes tests start
+(``OMP_NUM_THREADS``, cmrt's ``CMRT_THREADS``): workers that each spin one thread per core
+would oversubscribe the machine.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Callable
 
-import pytest
-import torch
-from filelock import FileLock
 
-from cmrt.models.load import LoadedModel
-from cmrt.models.spec import ModelSpec
-from cmrt.models.unet import UNet, UNetConfig
+def _threads_per_worker() -> int | None:
+    """This worker's share of the CPUs (None outside pytest-xdist: the libraries' defaults)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 1:
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // workers)
+
+
+THREADS = _threads_per_worker()
+if THREADS is not None:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    os.environ["CMRT_THREADS"] = str(THREADS)  # cmrt.runtime.backends.default_threads
+
+from dataclasses import dataclass, field  # noqa: E402  (after the thread settings: torch reads them)
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from filelock import FileLock  # noqa: E402
+
+from cmrt.models.load import LoadedModel  # noqa: E402
+from cmrt.models.zoo import randomize, random_model, tiny_cm_spec, tiny_decoder_spec  # noqa: E402,F401
+
+if THREADS is not None:
+    torch.set_num_threads(THREADS)
 
 # The suite runs as on a CPU without native BF16 (``cmrt.runtime.openvino.cpu_flags``' seam): exports
 # record no OpenVINO parity and runners keep ONNX Runtime FP32 by default on any machine;
@@ -65,32 +90,19 @@ def shared_bundle(factory: pytest.TempPathFactory, name: str, make: Callable[[Pa
     return Bundle.open(run_shared(factory, name, make, "cmrt.json"))
 
 
-def randomize(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
-    """Give every parameter random values (zero-initialized layers hide mistakes)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return module
+def loaded(spec, seed: int = 0) -> LoadedModel:
+    """``spec`` with seeded N(0, 0.05²) weights (``cmrt.models.zoo.random_model``)."""
+    return random_model(spec, seed=seed)
 
 
-def tiny_cm_spec(num_classes: int | None = 10, channels: int = 3, size: int = 16) -> ModelSpec:
-    unet = UNetConfig(in_channels=channels, out_channels=channels, block_out_channels=(32, 64), layers_per_block=1,
-                      attention=(False, True), attention_head_dim=32, num_classes=num_classes)
-    return ModelSpec(kind="sampler", unet=unet, image_channels=channels, image_size=size,
-                     num_classes=num_classes, name="tiny-cm", trained=False)
+def tiny_cm() -> LoadedModel:
+    """The tiny RGB class-conditional CM with attention (the same weights every time)."""
+    return loaded(tiny_cm_spec())
 
 
-def tiny_decoder_spec(widths=(32, 32, 32, 32), layers: int = 1) -> ModelSpec:
-    unet = UNetConfig(in_channels=7, out_channels=6, block_out_channels=tuple(widths), layers_per_block=layers,
-                      attention=(False,) * len(widths), mid_attention=False, time_embedding="learned",
-                      num_train_timesteps=1024)
-    return ModelSpec(kind="decoder", unet=unet, image_channels=3, clip=False, name="tiny-decoder", trained=False)
-
-
-def loaded(spec: ModelSpec, seed: int = 0) -> LoadedModel:
-    unet = randomize(UNet(spec.unet), seed=seed).eval()
-    return LoadedModel(spec, unet, {"path": "<built in test>", "sha256": None, "format": "test"})
+def tiny_decoder() -> LoadedModel:
+    """The tiny consistency decoder (the same weights every time)."""
+    return loaded(tiny_decoder_spec())
 
 
 @pytest.fixture(scope="session")
@@ -109,28 +121,58 @@ def _export(model: LoadedModel, **options):
     return lambda out: export(out=out, model=model, **options)
 
 
-@pytest.fixture(scope="session")
-def cm_bundle(cm_model, tmp_path_factory):
-    """A class-conditional tiny CM exported at 2 steps."""
-    return shared_bundle(tmp_path_factory, "cm2", _export(cm_model, steps=2))
+@dataclass(frozen=True)
+class SharedBundle:
+    """A bundle the tests share: its folder in the run's shared root (a served model takes its
+    name), the model it exports and ``cmrt.export``'s options."""
+
+    folder: str
+    model: Callable[[], LoadedModel]
+    options: dict = field(default_factory=dict)
+    doc: str = ""
 
 
-@pytest.fixture(scope="session")
-def decoder_bundle(decoder_model, tmp_path_factory):
-    """A tiny consistency decoder exported at its published 2 steps."""
-    return shared_bundle(tmp_path_factory, "dec2", _export(decoder_model, steps=2))
+EDIT_FACTOR = 4
+#: fixture name → bundle. Every shared bundle of the tests, each a session fixture of that name,
+#: exported once per run by whichever worker needs it first.
+SHARED_BUNDLES: dict[str, SharedBundle] = {
+    "cm_bundle": SharedBundle("cm2", tiny_cm, dict(steps=2), "A class-conditional tiny CM exported at 2 steps."),
+    "decoder_bundle": SharedBundle("dec2", tiny_decoder, dict(steps=2),
+                                   "A tiny consistency decoder exported at its published 2 steps."),
+    "dec16": SharedBundle("dec16", tiny_decoder, dict(steps=2, precision="fp16"),
+                          "The tiny decoder at 2 steps with an FP16 graph (the FP16 and engine tests)."),
+    "cm16": SharedBundle("cm16", tiny_cm, dict(steps=2, precision="fp16"),
+                         "The tiny class-conditional CM with attention at 2 steps with an FP16 graph."),
+    "stats_bundle": SharedBundle("dec2-stats", tiny_decoder, dict(steps=2, tile_stats=True),
+                                 "The tiny decoder (``decoder_bundle``'s weights) exported with ``tile_stats``."),
+    # editing graphs of the tiny RGB CM: one per task, the step counts spread over the tasks (every task
+    # at every K is tested at the PyTorch level, tests/editing/test_edit_sample.py); the inpainting
+    # bundle also carries the FP16 graph that the FP16 and engine tests use.
+    "edit_inpaint": SharedBundle("edit_inpaint", tiny_cm, dict(task="inpaint", steps=2, precision="fp16")),
+    "edit_colorize": SharedBundle("edit_colorize", tiny_cm, dict(task="colorize", steps=3)),
+    "edit_superres": SharedBundle("edit_superres", tiny_cm, dict(task="superres", factor=EDIT_FACTOR, steps=1)),
+    "edit_stroke": SharedBundle("edit_stroke", tiny_cm, dict(task="stroke", steps=2)),
+    "edit_denoise": SharedBundle("edit_denoise", tiny_cm, dict(task="denoise", sigmas=[0.5])),
+}
 
 
-@pytest.fixture(scope="session")
-def dec16(tmp_path_factory):
-    """The tiny decoder exported at 2 steps with an FP16 graph (shared by the FP16 and engine tests)."""
-    return shared_bundle(tmp_path_factory, "dec16", _export(loaded(tiny_decoder_spec()), steps=2, precision="fp16"))
+def export_shared(factory: pytest.TempPathFactory, name: str):
+    """The bundle ``SHARED_BUNDLES[name]``, exported once per test run."""
+    from cmrt import export
+
+    entry = SHARED_BUNDLES[name]
+    return shared_bundle(factory, entry.folder, lambda out: export(out=out, model=entry.model(), **entry.options))
 
 
-@pytest.fixture(scope="session")
-def cm16(tmp_path_factory):
-    """The tiny class-conditional CM with attention exported at 2 steps with an FP16 graph."""
-    return shared_bundle(tmp_path_factory, "cm16", _export(loaded(tiny_cm_spec()), steps=2, precision="fp16"))
+def _bundle_fixture(name: str):
+    def bundle(tmp_path_factory):
+        return export_shared(tmp_path_factory, name)
+    bundle.__doc__ = SHARED_BUNDLES[name].doc or f"The shared bundle {SHARED_BUNDLES[name].folder}."
+    return pytest.fixture(scope="session", name=name)(bundle)
+
+
+for _name in SHARED_BUNDLES:
+    globals()[_name] = _bundle_fixture(_name)
 
 
 @pytest.fixture

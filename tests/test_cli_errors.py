@@ -4,7 +4,9 @@ user's own argument, no traceback, nothing written. Run in-process (``cmrt.cli.m
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from cmrt.cli import main
 
@@ -65,6 +67,23 @@ CASES = [
     (["sample", "{dec}", "--out", "{tmp}/s.png"], "cmrt.Decoder"),
     (["sample", "{cm}", "--backend", "tensorrt", "--out", "{tmp}/s.png"], "cmrt build"),
     (["sample", "{tmp}/nothing", "--out", "{tmp}/s.png"], "nothing"),
+    # decode (latents from .npy / .safetensors, or an image the encoder turns into latents)
+    (["decode", "{dec}", "{tmp}/missing.npy", "--out", "{tmp}/d.png"], "missing.npy"),
+    (["decode", "{dec}", "{tmp}/junk.safetensors", "--out", "{tmp}/d.png"], "junk.safetensors"),
+    (["decode", "{dec}", "{tmp}/a_file.txt", "--out", "{tmp}/d.png"], "a_file.txt"),
+    (["decode", "{dec}", "{tmp}/rgb.npy", "--out", "{tmp}/d.png"], "latents"),
+    (["decode", "{dec}", "{tmp}/lat.npy", "--out", "{tmp}/no/such/dir/d.png"], "--out"),
+    (["decode", "{dec}", "{tmp}/lat.npy", "--tile", "0", "--out", "{tmp}/d.png"], "--tile"),
+    (["decode", "{dec}", "{tmp}/lat.npy", "--norm", "shared", "--out", "{tmp}/d.png"], "--tile-stats"),
+    (["decode", "{dec}", "{tmp}/img.png", "--size", "30", "--out", "{tmp}/d.png"], "--size"),
+    (["decode", "{dec}", "{tmp}/img.png", "--encoder", "{tmp}/missing.safetensors", "--out", "{tmp}/d.png"],
+     "missing.safetensors"),
+    (["decode", "{cm}", "{tmp}/lat.npy", "--out", "{tmp}/d.png"], "cmrt.Sampler"),
+    # edit
+    (["edit", "{cm}", "--out", "{tmp}/e.png"], "--image"),
+    (["edit", "{cm}", "--image", "{tmp}/img.png", "--out", "{tmp}/e.png"], "cmrt.Sampler"),
+    (["edit", "{dec}", "--image", "{tmp}/img.png", "--out", "{tmp}/e.png"], "cmrt.Decoder"),
+    (["edit", "{tmp}/nothing", "--image", "{tmp}/img.png", "--out", "{tmp}/e.png"], "nothing"),
     # build
     (["build", "{cm}"], "--precision fp16"),
     (["build", "{cm}", "--target", "nope"], "--target"),
@@ -97,6 +116,8 @@ CASES = [
     # no such command / option
     (["frobnicate"], "frobnicate"),
     (["export", "--stpes", "2"], "--stpes"),
+    (["export", "--stpes", "2"], "did you mean --steps?"),  # the closest option as a hint
+    (["export", "--fp16", "--out", "{tmp}/x"], "--precision fp16"),  # an other tool's flag: what cmrt calls it
 ]
 
 
@@ -112,6 +133,9 @@ def places(tmp_path_factory, cm_bundle, decoder_bundle):
     (tmp / "a_file.txt").write_text("not a folder")
     (tmp / "bad_json").mkdir()
     (tmp / "bad_json" / "cmrt.json").write_text("{not json")
+    np.save(tmp / "lat.npy", np.zeros((1, 4, 4, 4), np.float32))
+    np.save(tmp / "rgb.npy", np.zeros((1, 3, 4, 4), np.float32))  # an image, not latents
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp / "img.png")
     return {"tmp": tmp, "cm": cm_bundle.path, "dec": decoder_bundle.path}
 
 

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # the README's commands in a shell
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 

@@ -24,7 +24,7 @@ from ..models.spec import ModelSpec
 from ..models.unet import count_parameters
 from ..parity import compare
 from ..runtime.openvino import record_at_export
-from ..runtime.tiling import DEFAULT_STATS_FACTOR
+from ..runtime.tiled.options import DEFAULT_STATS_FACTOR
 from ..editing import EDIT_TASKS, RGB
 from ..samplers import UnrolledConsistencySampler, UnrolledDecoderSampler, UnrolledEditor
 from .inputs import parity_inputs
@@ -79,7 +79,7 @@ def resolve_schedule(spec: ModelSpec, steps: int | None = None, sigmas: Sequence
 
     Editing tasks (``task``): inpaint, colorize and superres default to the sampling σ's (they
     start from noise at σ_max, and the projection after every evaluation keeps the known part,
-    so the same spacing serves; README "Editing" has the measurements behind this choice);
+    so the same spacing serves; docs/editing.md has the measurements behind this choice);
     stroke uses the same spacing from ``schedules.STROKE_SIGMA_START`` (5) down, so the result
     stays near the painting; denoise takes exactly one σ, the input's noise level, from ``sigmas``.
     """
@@ -200,7 +200,7 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
             (``cmrt.editing``): an ``editor`` bundle for ``cmrt.Editor``.
         factor: superres only: the upsampling factor p (the image input is H/p × W/p).
         tile_stats: decoders only: also write the statistics and shared-statistics graphs that let
-            a tiled decode share GroupNorm statistics across its tiles (``cmrt.exporter.norm_stats``;
+            a tiled decode share GroupNorm statistics across its tiles (``cmrt.graphs.norm_stats``;
             ``Decoder.decode(norm=...)``), each checked against PyTorch.
 
     Returns:
@@ -256,7 +256,7 @@ def _add_norm_stats(bundle: Bundle, sampler, graph: Path, feeds: dict[str, torch
     recorded with their parity; raises ``ParityError`` when either misses its tolerance."""
     from ..models import norm_stats as NS
     from ..runtime.backends import OnnxRuntimeBackend
-    from .norm_stats import STATS_NAME, write_norm_graphs
+    from ..graphs.norm_stats import STATS_NAME, write_norm_graphs
 
     t0 = time.perf_counter()
     made = write_norm_graphs(graph)

@@ -25,11 +25,10 @@ def latent_size(text: str) -> tuple[int, int]:
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
-    from .tensorrt import TARGETS, ProfileSpec
+    from ..tensorrt import TARGETS, ProfileSpec
 
     d = ProfileSpec()
     p.description = (p.description or "") + "\n\n" + BUILD_EXAMPLES
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("bundle", type=Path, help="bundle folder with an FP16 graph (cmrt export --precision fp16)")
     p.add_argument("--target", choices=sorted(TARGETS), default=None,
                    help="engine library (default: whichever is installed, TensorRT first)")
@@ -49,7 +48,7 @@ def _build_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build_run(a: argparse.Namespace) -> int:
-    from .tensorrt import ProfileSpec, build
+    from ..tensorrt import ProfileSpec, build
 
     profile = ProfileSpec(batch=(a.min_batch, a.opt_batch, a.max_batch),
                           latent=(tuple(a.min_latent), tuple(a.opt_latent), tuple(a.max_latent)))

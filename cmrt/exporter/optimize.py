@@ -257,8 +257,8 @@ class GroupNormAffineAsBatchNorm(RewriteRuleClassBase):
 
     ONNX Runtime's CPU provider runs ``Mul`` and ``Add`` as two passes over the activation and has
     no fused scale-shift kernel; its ``BatchNormalization`` is one pass (measured: −2 to −4% of a
-    decode's time on the reduced decoder, ``benchmarks/RESULTS.md``, issue 14). TensorRT imports it
-    as a scale layer. Applied only after a GroupNorm (the only per-channel affines left once
+    decode's time on the reduced decoder, ``benchmarks/RESULTS.md``, "CPU inference and the
+    roofline"). TensorRT imports it as a scale layer. Applied only after a GroupNorm (the only per-channel affines left once
     ``FoldAffineChain`` has run), so the rest of the graph is unchanged."""
 
     def pattern(self, op, normed, back_shape, gamma, beta):

@@ -305,11 +305,14 @@ def save_graph(model, path: Path) -> list[Path]:
     """
     import onnx
 
+    from .._io import _umask
+
     del model.graph.value_info[:]
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)  # onnx appends to an existing data file
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=INLINE_BELOW)
+    data.chmod(0o666 & ~_umask())  # onnx creates the data file 0600; a bundle's files share the usual mode
     onnx.checker.check_model(str(path), full_check=False)
     return [path, data]
 

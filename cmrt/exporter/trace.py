@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +34,7 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
+from .._io import sha256_files, write_atomic
 from .metadata import SCOPES_KEY
 
 PLACEHOLDER_DOMAIN = "cmrt.trace"
@@ -289,7 +289,8 @@ def _rescope(graph: ir.Graph, call_scopes: list[str]) -> None:
 
 # --- the cache ------------------------------------------------------------------------------------
 def network_cache_dir() -> Path:
-    """Where traced graphs are kept: ``$CMRT_CACHE_DIR``, else ``~/.cache/cmrt/networks``."""
+    """Where traced graphs are kept: the ``networks`` folder of cmrt's cache, which is
+    ``$CMRT_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/cmrt``, else ``~/.cache/cmrt``."""
     base = os.environ.get(CACHE_ENV)
     root = Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cmrt"
     return root / "networks"
@@ -320,7 +321,7 @@ def _digest(facts: dict) -> str:
     from .. import __version__
 
     root = Path(__file__).resolve().parent.parent
-    code = hashlib.sha256(b"".join((root / f).read_bytes() for f in _TRACED_SOURCES)).hexdigest()
+    code = sha256_files(root, _TRACED_SOURCES)
     versions = [__version__, torch.__version__, onnx.__version__, onnxscript.__version__, ir.__version__]
     text = json.dumps({"facts": facts, "code": code, "versions": versions}, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -356,11 +357,4 @@ def _plain(value) -> bool:
 
 def _save_atomic(model: ir.Model, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        ir.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: ir.save(model, str(tmp)))

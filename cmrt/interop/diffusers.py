@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from .. import schedules as S
 from ..errors import ConfigError, InputTypeError
-from ..runtime.api import Decoder
+from ..runtime.decoder import Decoder
 
 SCALE_TOLERANCE = 1e-6
 

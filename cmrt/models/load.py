@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import sha256_path
+from .._io import sha256_path, write_atomic
 from ..errors import SourceError
 from .spec import ModelSpec
 from .unet import UNet
@@ -29,6 +29,7 @@ SPEC_KEY = "cmrt.spec"
 FORMAT_KEY = "cmrt.format"
 CHECKPOINT_FORMAT = "cmrt-checkpoint-v1"
 EMA_PREFIX = "ema/"
+TRAIN_CONFIG_KEY = "cmrt.train_config"  # the run's TrainConfig as JSON (``cmrt.train.runs``)
 
 
 @dataclass
@@ -50,9 +51,7 @@ def save_checkpoint(path: str | Path, spec: ModelSpec, state: dict[str, torch.Te
     if ema:
         tensors |= {EMA_PREFIX + k: v.detach().contiguous().cpu() for k, v in ema.items()}
     meta = {SPEC_KEY: spec.to_json(), FORMAT_KEY: CHECKPOINT_FORMAT} | (metadata or {})
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def read_checkpoint_metadata(path: Path) -> dict[str, str]:
@@ -126,6 +125,22 @@ def is_cmrt_file(p: Path) -> bool:
 def is_run_folder(p: Path) -> bool:
     ckpt = run_checkpoint(p) if p.is_dir() else None
     return ckpt is not None and is_cmrt_file(ckpt)
+
+
+def is_toy_run(p: Path) -> bool:
+    """A run folder or checkpoint of ``cmrt train`` on a 2-D toy set: a training config but no image spec."""
+    ckpt = run_checkpoint(p) if p.is_dir() else p
+    if ckpt is None or not ckpt.is_file() or ckpt.suffix != ".safetensors":
+        return False
+    meta = read_checkpoint_metadata(ckpt)
+    return TRAIN_CONFIG_KEY in meta and SPEC_KEY not in meta
+
+
+def reject_toy_run(p: Path) -> LoadedModel:
+    ckpt = run_checkpoint(p) if p.is_dir() else p
+    data = json.loads(read_checkpoint_metadata(ckpt)[TRAIN_CONFIG_KEY]).get("data", "?")
+    raise SourceError(f"{p} is a 2-D toy run (--data {data}): its MLP samples points, not images, so it cannot be "
+                      f"exported; score it with `cmrt eval {p}`, or train on an image data set to export")
 
 
 def load_run(folder: Path) -> LoadedModel:

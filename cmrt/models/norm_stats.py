@@ -1,6 +1,6 @@
 """GroupNorm statistics in PyTorch: record every GroupNorm's per-group mean and variance in call
 order, or normalize by given ones: the reference for the exported statistics and
-shared-statistics graphs (``cmrt.exporter.norm_stats``), packed the same way, (N, 2, S):
+shared-statistics graphs (``cmrt.graphs.norm_stats``), packed the same way, (N, 2, S):
 ``[:, 0]`` the means and ``[:, 1]`` the (biased) variances, norm after norm in call order."""
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from ..errors import BundleNotFoundError, ConfigError, SourceError
 from . import formats as F
-from .load import DEFAULT_MODEL, LoadedModel, is_cmrt_file, is_run_folder, load_checkpoint, load_run
+from .load import (DEFAULT_MODEL, LoadedModel, is_cmrt_file, is_run_folder, is_toy_run, load_checkpoint, load_run,
+                   reject_toy_run)
 
 #: Load options → the command-line flag that sets them (used in messages).
 OPTION_FLAGS = {"arch": "--arch", "image_size": "--image-size", "trust": "--trust", "embedding": "--embedding"}
@@ -33,6 +34,7 @@ class SourceFormat:
 FORMATS: tuple[SourceFormat, ...] = (
     SourceFormat("cmrt checkpoint", is_cmrt_file, load_checkpoint),
     SourceFormat("cmrt training run", is_run_folder, load_run),
+    SourceFormat("cmrt 2-D toy run (not exportable)", is_toy_run, reject_toy_run),
     SourceFormat("diffusers ConsistencyDecoderVAE", F.is_diffusers_vae, F.load_diffusers_vae),
     SourceFormat("diffusers ConsistencyModelPipeline", F.is_diffusers_pipeline, F.load_diffusers_pipeline,
                  frozenset({"image_size"})),

@@ -3,6 +3,7 @@ backend builds the session once; ``run`` only feeds it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import BundleError, ConfigError, MissingDependencyError, RunnerClosedError, require
-from .tiling import ShapeLimits
+from .limits import ShapeLimits
 
 
 class Backend(Protocol):
@@ -30,18 +31,31 @@ class Backend(Protocol):
 
 
 #: ONNX Runtime's CPU memory arena on, memory patterns off: measured with ``benchmarks/memory.py``
-#: (``benchmarks/RESULTS.md``, issue 12), the lowest peak RSS of the four settings for tiled decodes
-#: (528 vs 739 MiB at 1024², 683 vs 937 MiB at 2048²) and equal to the best untiled up to 512²,
-#: at no measurable cost in time (paired rounds at 256²).
+#: (``benchmarks/RESULTS.md``, "Memory": "Peak memory against resolution"), the lowest peak RSS of
+#: the four settings for tiled decodes and equal to the best untiled up to 512², at no measurable
+#: cost in time (paired rounds at 256²).
 CPU_ARENA = True
 MEM_PATTERN = False
+#: The intra-op thread count of every session that is not given one (unset: one per physical core).
+#: Parallel processes on one machine set it (the tests: one per pytest-xdist worker's share of the cores).
+THREADS_ENV = "CMRT_THREADS"
+
+
+def default_threads() -> int:
+    """``$CMRT_THREADS`` if set, else 0 (ONNX Runtime's choice: one thread per physical core)."""
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{THREADS_ENV}={text!r}: give a whole number of threads ≥ 1, or unset it")
+    return int(text)
 
 
 def session_options(threads: int | None = None, *, cpu_arena: bool = CPU_ARENA, mem_pattern: bool = MEM_PATTERN):
     """ONNX Runtime options for latency: all graph optimizations, sequential execution, spinning
-    intra-op threads (one per physical core unless ``threads``) that stop spinning when a run
-    ends; the CPU arena and memory patterns as measured for peak memory (``CPU_ARENA``,
-    ``MEM_PATTERN``).
+    intra-op threads (``threads``, else ``default_threads()``: one per physical core unless
+    ``$CMRT_THREADS``) that stop spinning when a run ends; the CPU arena and memory patterns as
+    measured for peak memory (``CPU_ARENA``, ``MEM_PATTERN``).
 
     Stopping the spin matters whenever anything else computes between runs: a second cmrt object,
     PyTorch (the UNet of a Stable Diffusion pipeline before ``decode``): with ONNX Runtime's default,
@@ -51,7 +65,7 @@ def session_options(threads: int | None = None, *, cpu_arena: bool = CPU_ARENA, 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads or 0
+    so.intra_op_num_threads = threads or default_threads()
     so.enable_mem_pattern = mem_pattern
     so.enable_cpu_mem_arena = cpu_arena
     so.add_session_config_entry("session.intra_op.allow_spinning", "1")
@@ -119,10 +133,19 @@ def _ort(device: str) -> Callable[[Bundle], Backend]:
     return make
 
 
-def _tensorrt(bundle: Bundle) -> Backend:
-    from .tensorrt import open_tensorrt  # imports no TensorRT until the backend is opened
+def engine_limits(record) -> ShapeLimits:
+    """The ``ShapeLimits`` of an engine's (first) optimization profile (``cmrt.tensorrt.profile_limits``)."""
+    from ..tensorrt import profile_limits
 
-    return open_tensorrt(bundle)
+    return ShapeLimits(**profile_limits(record))
+
+
+def _tensorrt(bundle: Bundle) -> Backend:
+    from ..tensorrt import open_tensorrt  # imports no TensorRT until the backend is opened
+
+    backend = open_tensorrt(bundle)
+    backend.limits = engine_limits(backend.record)  # what runners chunk batches and tile latents to
+    return backend
 
 
 def _openvino(name: str) -> Callable[[Bundle], Backend]:
@@ -153,7 +176,7 @@ def default_backend_name(bundle: Bundle) -> str:
     if bundle.selected is not None and bundle.selected.endswith(".plan"):
         return "tensorrt"
     if bundle.selected is None and bundle.manifest.engines:
-        from .tensorrt import usable
+        from ..tensorrt import usable
 
         if usable(bundle):  # an engine, its library and a GPU it was built for are all here
             return "tensorrt"

@@ -104,11 +104,15 @@ def engine_lines(bundle: Bundle) -> tuple[str, ...]:
 
 def record_engine_parity(bundle: Bundle, target: str, report: ParityReport, *, gpu: Gpu | None,
                          library_version: str | None) -> None:
-    """Write an engine's check result into its manifest record (atomically)."""
+    """Write an engine's check result into its manifest record (atomically).
+
+    The record is re-read under the bundle's lock (``cmrt.tensorrt.record_engine``), not taken from
+    ``bundle``: opening the backend recorded the TensorRT-RTX runtime cache's hash after ``bundle``
+    was read, and writing back the records read before would reset it to null.
+    """
     import datetime as _dt
 
-    engines = dict(bundle.manifest.engines)
+    from ..tensorrt import record_engine
+
     when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    engines[target] = replace(engines[target], parity=EngineParity(True, gpu, library_version, when,
-                                                                   ParityRecord.of(report)))
-    bundle.update(engines=engines)
+    record_engine(bundle, target, parity=EngineParity(True, gpu, library_version, when, ParityRecord.of(report)))

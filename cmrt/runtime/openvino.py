@@ -33,7 +33,8 @@ import numpy as np
 
 from ..bundle import OUTPUT_NAME, BackendRecord, Bundle, Cpu, ParityRecord
 from ..errors import BundleError, ConfigError, RunnerClosedError, require
-from .tiling import ShapeLimits
+from .backends import default_threads
+from .limits import ShapeLimits
 
 #: backend name → the precision it computes in (None: the bundle's record decides, ``resolve``).
 PRECISIONS: dict[str, str | None] = {"openvino": None, "openvino-bf16": "bf16", "openvino-f32": "fp32"}
@@ -118,8 +119,8 @@ def available() -> bool:
 # --- the backend ------------------------------------------------------------------------------
 class OpenVinoBackend:
     """A graph compiled by OpenVINO for the CPU. ``precision``: "bf16" or "fp32" (the precision
-    hint); ``threads``: inference threads (None: OpenVINO's latency default, one per physical
-    core, as ONNX Runtime's); ``cache``: keep the compiled model in ``cache_dir()`` so a second
+    hint); ``threads``: inference threads (None: ``$CMRT_THREADS`` when set, else OpenVINO's
+    latency default, one per physical core, as ONNX Runtime's); ``cache``: keep the compiled model in ``cache_dir()`` so a second
     process loads it instead of compiling; ``output``: the graph output ``run`` returns.
 
     Thread-safe: each call takes an infer request from a pool (one is made when all are busy) and
@@ -146,6 +147,7 @@ class OpenVinoBackend:
         self.library_version = ov.get_version()
         self.cache = cache_dir() if cache else None
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        threads = threads or default_threads() or None  # $CMRT_THREADS, as ONNX Runtime's sessions
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
         if self.cache is not None:

@@ -46,7 +46,6 @@ def _options(a: argparse.Namespace, plain: bool) -> RepositoryOptions:
 def triton_args(p: argparse.ArgumentParser) -> None:
     """Options of ``cmrt triton``."""
     p.description = (p.description or "") + "\n\n" + TRITON_EXAMPLES
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     _batching_args(p)
     p.add_argument("--out", type=Path, required=True, metavar="REPO", help="model repository folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -66,7 +65,6 @@ def triton_run(a: argparse.Namespace) -> int:
 def serve_args(p: argparse.ArgumentParser) -> None:
     """Options of ``cmrt serve``."""
     p.description = (p.description or "") + "\n\n" + SERVE_EXAMPLES
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     _batching_args(p)
     p.add_argument("--http-port", type=int, default=None, help="HTTP port (default: a free port)")
     p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: a free port)")
@@ -74,8 +72,9 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
     p.add_argument("--python", type=Path, default=None,
-                   help="interpreter of the environment that runs the models: cmrt, PyTriton, numpy<2 "
-                        "(default: $CMRT_SERVE_PYTHON, else this one)")
+                   help="interpreter of the environment that runs the models: cmrt, PyTriton and numpy<2, e.g. "
+                        ".venv-serve/bin/python, which `make serve-env` builds (default: $CMRT_SERVE_PYTHON, else "
+                        "this one)")
     p.add_argument("--log-file", type=Path, default=None, help="server log (default: a temporary file)")
 
 
@@ -83,14 +82,21 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+#: The signals that stop ``cmrt serve``: Ctrl-C, and what ``docker stop``, Kubernetes and ``kill`` send.
+#: SIGINT is set explicitly: a shell starts a background job with SIGINT ignored, and Python then
+#: leaves it ignored (``cmrt serve ... &`` would not stop on ``kill -INT``).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def serve_run(a: argparse.Namespace) -> int:
-    """Write the repository to a temporary folder, start Triton, wait for Ctrl-C (or SIGTERM, as
-    ``docker stop`` and Kubernetes send), stop it."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    """Write the repository to a temporary folder, start Triton, wait for Ctrl-C (SIGINT) or
+    SIGTERM, stop it."""
+    previous = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS}
     try:
         return _serve(a)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _serve(a: argparse.Namespace) -> int:

@@ -47,7 +47,9 @@ class Prepared:
 
 def open_runner(bundle: str | Path, backend: str | None = None):
     """``cmrt.Decoder``, ``cmrt.Sampler`` or ``cmrt.Editor``, whichever the bundle holds."""
-    from ..runtime.api import Decoder, Editor, Sampler
+    from ..runtime.decoder import Decoder
+    from ..runtime.editor import Editor
+    from ..runtime.sampler import Sampler
 
     b = Bundle.open(bundle)
     runner = {"decoder": Decoder, "editor": Editor}.get(b.manifest.kind, Sampler)

@@ -140,17 +140,30 @@ def find_triton(python: str | os.PathLike | None = None) -> TritonInstall:
     return install
 
 
+#: Where ``make serve-env`` builds the serving environment, in a cmrt checkout.
+SERVE_VENV = Path(__file__).resolve().parents[2] / ".venv-serve" / "bin" / "python"
+
+
+def serving_fix() -> str:
+    """How to get a serving environment (the tail of the messages of a missing or unfit one)."""
+    if SERVE_VENV.exists():
+        return f"pass --python {SERVE_VENV} (the environment `make serve-env` built) or set ${SERVE_PYTHON_ENV} to it"
+    return (f"run `make serve-env` in the cmrt checkout (it builds .venv-serve: numpy<2, PyTriton and this cmrt) and "
+            f"pass --python .venv-serve/bin/python or set ${SERVE_PYTHON_ENV}; without a checkout, make a separate "
+            "environment with `pip install 'cmrt[serve]' 'numpy<2'` (not cmrt's own: it needs numpy 2)")
+
+
 def _check_environment(py: Path, facts: dict) -> None:
-    fix = f"install `pip install 'cmrt[serve]'` there, or point --python/${SERVE_PYTHON_ENV} at such an environment"
     if facts["pytriton"] is None:
-        raise MissingDependencyError(f"serving needs PyTriton's tritonserver, which {py}'s environment lacks: {fix}")
+        raise MissingDependencyError(f"serving needs PyTriton's tritonserver, which {py}'s environment lacks: "
+                                     f"{serving_fix()}")
     if not facts["cmrt"]:
-        raise MissingDependencyError(f"Triton's Python backend runs cmrt, which {py}'s environment lacks: {fix}")
+        raise MissingDependencyError(f"Triton's Python backend runs cmrt, which {py}'s environment lacks: "
+                                     f"{serving_fix()}")
     numpy = facts["numpy"] or "0"
     if int(numpy.split(".")[0]) >= 2:
-        raise MissingDependencyError(f"{py}'s environment has numpy {numpy}: Triton's Python backend stub "
-                                     f"returns empty outputs with numpy 2; use an environment with numpy<2 ({fix}; "
-                                     "`make serve-env` makes .venv-serve)")
+        raise MissingDependencyError(f"{py}'s environment has numpy {numpy}, and Triton's Python backend stub "
+                                     f"returns empty outputs with numpy 2: {serving_fix()}")
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:

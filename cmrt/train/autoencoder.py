@@ -286,21 +286,31 @@ DEFAULT_IMAGE_SIZE = 32  # the bundled encoder was trained on 32×32 images
 PHOTOS_AUTOENCODER = DEFAULT_ENCODER.with_name("photos_autoencoder.safetensors")
 
 
-def encode_file(path: str | Path, *, encoder: str | Path | None = None, size: int = DEFAULT_IMAGE_SIZE):
-    """An image file → SD-convention latents (1, 4, size/8, size/8) as numpy, for ``cmrt.Decoder``.
+def encode_file(path: str | Path, *, encoder: str | Path | None = None,
+                size: int | tuple[int, int] | None = DEFAULT_IMAGE_SIZE):
+    """An image file → SD-convention latents (1, 4, H/8, W/8) as numpy, for ``cmrt.Decoder``.
 
     Args:
-        path: a PNG/JPEG image (converted to RGB and resized to ``size``×``size``).
-        encoder: an encoder file; None = the bundled digits encoder.
-        size: the side the image is resized to (a multiple of 8).
+        path: a PNG/JPEG image, converted to RGB.
+        encoder: an encoder file; None = the bundled digits encoder (``PHOTOS_AUTOENCODER`` for
+            natural images, with the photos decoder).
+        size: the image size the encoder sees: an int S resizes to S×S (bicubic), (H, W) to H×W
+            (each a multiple of 8); None keeps the image's own size, center-cropped to the
+            nearest multiples of 8 below it (at most 7 rows and 7 columns go).
     """
     import numpy as np
 
-    from ..errors import InputError, require
+    from ..errors import InputError
+    from ..images import crop_to_multiple, read_image
 
-    if size % S.DECODER_UPSCALE:
-        raise InputError(f"size must be a multiple of {S.DECODER_UPSCALE}, got {size}")
-    Image = require("PIL.Image", "train", "reading images")
-    img = np.asarray(Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
-    x = torch.from_numpy(img / 127.5 - 1.0).permute(2, 0, 1)[None]
-    return encode(load_encoder(encoder or DEFAULT_ENCODER), x).numpy()
+    up = S.DECODER_UPSCALE
+    if size is None:
+        x = np.ascontiguousarray(crop_to_multiple(read_image(path, channels=3), up))
+        if min(x.shape[-2:]) < up:
+            raise InputError(f"{path} is smaller than {up}×{up} pixels: nothing to encode")
+    else:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if len(hw) != 2 or any(not isinstance(v, int) or v < up or v % up for v in hw):
+            raise InputError(f"size must be an int or (height, width), multiples of {up}, got {size!r}")
+        x = read_image(path, channels=3, size=hw)
+    return encode(load_encoder(encoder or DEFAULT_ENCODER), torch.from_numpy(x)).numpy()

@@ -11,8 +11,9 @@ import json
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ..cli import float_list, int_list
-from .models import METHODS, TrainConfig
+from .._args import float_list, int_list
+from .data import NAMED_SETS, TOY_SETS
+from .models import DEFAULT_DISTANCE, METHODS, TrainConfig
 
 TRAIN_EXAMPLES = """examples:
   cmrt train edm --data digits --out runs/teacher --max-steps 6000
@@ -20,7 +21,45 @@ TRAIN_EXAMPLES = """examples:
   cmrt train ct --data moons --out runs/moons --max-steps 2000
   torchrun --nproc_per_node 2 -m cmrt.cli train ct --data digits --out runs/ct   (DDP)
 """
-SKIP = {"method", "out", "data", "max_steps"}
+SKIP = {"method", "out", "data", "max_steps"}  # options of their own in _train_args
+
+#: The help of every other ``TrainConfig`` field (the default is appended).
+OPTION_HELP = {
+    "batch_size": "images (2-D toys: points) per optimizer step, per process",
+    "lr": "Adam learning rate",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "ema_decay": "decay of the EMA of the weights that export and eval use (ramped up as (1+k)/(10+k) early on)",
+    "grad_clip": "clip the gradient's global norm to this; 0: no clipping",
+    "seed": "seed of the initialization, the noise and the batches",
+    "image_size": "image side in pixels, a multiple of 8 (digits are resized to it; photos: the random crop's side; "
+                  "decoders on digits-color: 32)",
+    "channels": "image channels: 1 (gray) or 3 (RGB: digits-color, photos)",
+    "widths": "UNet channels at each resolution level",
+    "layers_per_block": "residual blocks per UNet level",
+    "attention": "self-attention at each UNet level, one true/false per --widths entry (decoders: none)",
+    "head_dim": "channels per attention head",
+    "norm_groups": "GroupNorm groups (every width must divide by it)",
+    "dropout": "dropout probability in the residual blocks",
+    "distance": "the loss's distance, l2 or pseudo_huber (default: the method's: "
+                + ", ".join(f"{m} {d}" for m, d in DEFAULT_DISTANCE.items()) + ")",
+    "init": "initialize the network from this run's EMA weights (e.g. the EDM teacher's)",
+    "ct_s0": "ct, decoder: iCT's discretization curriculum starts at N = s0 + 1 ...",
+    "ct_s1": "... and doubles over the run up to N = s1 + 1",
+    "teacher": "cd (required): the EDM teacher's run folder (trained with 'cmrt train edm')",
+    "cd_grid": "cd: the points N of the Karras grid that adjacent σ pairs are drawn from",
+    "target_ema": "cd: EMA decay of the target network θ⁻",
+    "encoder": "decoder (required): the frozen encoder file (trained with 'cmrt train-autoencoder')",
+    "denoise_weight": "decoder: weight of the term that pulls the one-step output towards the clean image",
+    "mlp_width": "2-D toys: the MLP's hidden width",
+    "log_every": "append a line to the run's metrics.jsonl every this many steps",
+    "ckpt_every": "write a checkpoint (weights, EMA, optimizer and generator states) every this many steps",
+    "threads": "torch CPU threads; 0: torch's default",
+    "amp": "bf16 autocast on a GPU (true/false)",
+    "name": "the model's name in its checkpoints (default: DATA-METHOD)",
+}
+DATA_HELP = ("what to train on: " + ", ".join(NAMED_SETS) + " (random crops of scikit-image's photographs, for "
+             "decoders), a 2-D toy set (" + ", ".join(TOY_SETS) + ": a small MLP, scored by 'cmrt eval', not "
+             "exportable), a folder of images, or an .npz with 'images' (and 'labels')")
 
 
 def _flag(name: str) -> str:
@@ -42,26 +81,44 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         if f.name in SKIP:
             continue
         default = f.default if f.default is not MISSING else None
+        text = OPTION_HELP[f.name]
         if isinstance(default, bool):
             g.add_argument(_flag(f.name), type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                           metavar="BOOL", help=f"(default: {default})")
+                           metavar="BOOL", help=f"{text} (default: {str(default).lower()})")
         elif isinstance(default, tuple):
+            shown = ",".join(str(v).lower() if isinstance(v, bool) else str(v) for v in default)
             g.add_argument(_flag(f.name), type=_tuple_type(type(default[0])), default=None, metavar="A,B,..",
-                           help=f"(default: {','.join(str(v) for v in default)})")
+                           help=f"{text} (default: {shown})")
         else:
-            g.add_argument(_flag(f.name), type=type(default), default=None, help=f"(default: {default!r})")
+            shown = "" if default == "" or "default" in text else f" (default: {default})"
+            g.add_argument(_flag(f.name), type=type(default), default=None, metavar=_metavar(f.name, default),
+                           help=text + shown)
+
+
+def _metavar(name: str, default) -> str:
+    if isinstance(default, str):
+        return "RUN" if name in ("init", "teacher") else "FILE" if name == "encoder" else name.upper()
+    return "N" if isinstance(default, int) else "X"
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
     p.epilog = TRAIN_EXAMPLES
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("method", choices=METHODS, help="edm (diffusion teacher), ct, cd, decoder")
-    p.add_argument("--data", default=None,
-                   help="digits (default), digits-color, moons/circles/blobs/swissroll, an image folder or a .npz")
-    p.add_argument("--out", default=None, help="run folder (default: ./run)")
-    p.add_argument("--max-steps", type=int, default=None, help="total optimizer steps")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint at its exact step")
-    p.add_argument("--config", default=None, help="JSON file of training options")
+    if not issubclass(p.formatter_class, argparse.RawDescriptionHelpFormatter):
+        p.formatter_class = argparse.RawDescriptionHelpFormatter  # the examples' lines as written
+    p.add_argument("method", choices=METHODS, help="edm (the diffusion teacher), ct (consistency training), cd "
+                   "(consistency distillation from --teacher), decoder (a consistency decoder on --encoder's latents)")
+    p.add_argument("--data", default=None, metavar="DATA", help=f"{DATA_HELP} (default: {d.data})")
+    p.add_argument("--out", default=None, metavar="DIR", help=f"the run folder (default: ./{d.out})")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help=f"train until this optimizer step (default: {d.max_steps})")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its latest checkpoint, at its exact step")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (its files are removed; other files stay)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="a JSON file of training options (the command line overrides it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_options(p)
 
@@ -72,7 +129,7 @@ def _train_run(a: argparse.Namespace) -> int:
     overrides = {f.name: getattr(a, f.name, None) for f in fields(TrainConfig)}
     overrides["method"] = a.method
     cfg = TrainConfig.from_sources(a.config, overrides)
-    out = train(cfg, resume=a.resume, progress=not a.no_progress)
+    out = train(cfg, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
     print(f"wrote {out}")
     return 0
 

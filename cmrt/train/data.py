@@ -22,6 +22,7 @@ COLOR_SIZE = 32  # digits-color: RGB digits for decoder runs
 COLOR_COPIES = 4  # colorings per digit
 COLOR_MIN_CONTRAST = 0.35
 HELD_OUT_FRACTION = 0.1  # the last 10% of the digits are held out of decoder training
+NAMED_SETS = ("digits", "digits-color", "photos")  # the named image sets of ``--data``
 TOY_SETS = ("moons", "circles", "blobs", "swissroll")
 TOY_SIZE = 8192  # points drawn for a 2-D toy set
 TOY_NOISE = 0.05

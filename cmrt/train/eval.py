@@ -27,7 +27,7 @@ from ..errors import InputError, SourceError, require
 from ..parity import psnr_per_image
 from ..samplers import consistency_sample, decoder_sample, heun_sample
 from .data import DIGITS_CLASSES, DIGITS_LEVELS, DIGITS_SIDE, digits_8x8, load_toy, pool_to_8x8
-from .methods import method
+from .methods import configure
 from .sharpness import sharpness
 
 PCA_COMPONENTS = 20
@@ -45,14 +45,36 @@ EDM_SIGMA_MAX = 80.0
 
 
 # --- distances ---------------------------------------------------------------------------------
+def psd_eigh(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and eigenvectors of a symmetric positive semi-definite matrix, with the eigenvalues
+    that are zero up to round-off (below D·ε·λ_max, and the negative ones) set to 0."""
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    w[w < max(w.max(), 0.0) * len(w) * np.finfo(w.dtype).eps] = 0.0
+    return w, v
+
+
+def trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
+    """tr((Σ_a Σ_b)^½) of two covariance matrices.
+
+    Σ_a Σ_b is similar to the symmetric Σ_a^½ Σ_b Σ_a^½, so the trace is the sum of the square roots of
+    that matrix's eigenvalues (torchmetrics' FID takes the eigenvalues of Σ_a Σ_b). Exact also when the
+    covariances are singular (fewer samples than features, dead features), where the square root of the
+    product (scipy's ``sqrtm``, as pytorch-fid) warns that the matrix is singular and may be inaccurate,
+    and pytorch-fid's remedy, ε·I added to both covariances, changes the figure.
+    """
+    w, v = psd_eigh(cov_a)
+    root_a = (v * np.sqrt(w)) @ v.T
+    lam, _ = psd_eigh(root_a @ cov_b @ root_a)
+    return float(np.sqrt(lam).sum())
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½) of two sample sets (N, D)."""
-    linalg = require("scipy.linalg", "train", "the Fréchet distance")
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    covmean = np.real(covmean)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * covmean))
+    covmean_trace = trace_sqrt_product(cov_a, cov_b)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * covmean_trace)
 
 
 def sliced_wasserstein(a: np.ndarray, b: np.ndarray, projections: int = SWD_PROJECTIONS, seed: int = 0) -> float:
@@ -203,7 +225,7 @@ def sample_source(source: str, steps: int, labels: torch.Tensor, shape: tuple[in
     path = Path(source)
     gen = torch.Generator().manual_seed(seed)
     if (path / "cmrt.json").is_file():
-        from ..runtime.api import Sampler
+        from ..runtime.sampler import Sampler
 
         sampler = Sampler(path)
         images = sampler.sample(len(labels), class_labels=labels.numpy(), seed=seed)
@@ -211,9 +233,10 @@ def sample_source(source: str, steps: int, labels: torch.Tensor, shape: tuple[in
     from .runs import load_run
 
     run = load_run(source)
-    den = method(run.config.method).denoiser(run.ema, run.spec)
+    trained = configure(run.config)
+    den = trained.denoiser(run.ema, run.spec)
     with torch.no_grad():
-        if not method(run.config.method).one_step:
+        if not trained.one_step:
             images = edm_heun_sample(den, torch.randn(shape, generator=gen), labels).numpy()
             return images, f"EDM Heun {HEUN_STEPS} steps", 2 * HEUN_STEPS - 1
         sigmas = sigmas or S.default_cm_sigmas(steps, run.spec.grid_size, run.spec.sigma_min, run.spec.sigma_max)
@@ -351,11 +374,12 @@ def evaluate_points(source: str, data: str, steps: list[int], seed: int) -> Eval
     ref = load_toy(data, TOY_SAMPLES, seed=seed + 1).x.numpy()
     other = load_toy(data, TOY_SAMPLES, seed=seed + 2).x.numpy()
     report = EvalReport(source, f"2-D {data}", reference={"data_vs_data_swd": sliced_wasserstein(other, ref)})
-    den = method(run.config.method).denoiser(run.ema, None)
+    trained = configure(run.config)
+    den = trained.denoiser(run.ema, None)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for k in ([HEUN_STEPS] if run.config.method == "edm" else steps):
-            if not method(run.config.method).one_step:
+            if not trained.one_step:
                 pts = edm_heun_sample(den, torch.randn(TOY_SAMPLES, 2, generator=gen), None, k).numpy()
             else:
                 noise = [torch.randn(TOY_SAMPLES, 2, generator=gen) for _ in range(k)]
@@ -381,7 +405,7 @@ def evaluate_decoder(source: str, steps: list[int], seed: int, grid: Path | None
         return evaluate_photo_decoder(run, steps, seed, grid)
     test = load_digits_color("test", copies=1).x
     latents = encode(load_encoder(_encoder_path(run)), test)
-    den = method("decoder").denoiser(run.ema, run.spec)
+    den = configure(run.config).denoiser(run.ema, run.spec)
     ref_sharp = float(sharpness(test).mean())
     report = EvalReport(source, "decoder", reference={"held_out_images": len(test), "original_sharpness": ref_sharp})
     gen = torch.Generator().manual_seed(seed)
@@ -405,7 +429,7 @@ def evaluate_photo_decoder(run, steps: list[int], seed: int, grid: Path | None =
     ``<grid stem>_<region>.png``."""
     from . import photo_eval as P
 
-    den = method("decoder").denoiser(run.ema, run.spec)
+    den = configure(run.config).denoiser(run.ema, run.spec)
     images = P.reconstructions(den, _encoder_path(run), steps, seed)
     report = EvalReport(str(run.path), "photo decoder", reference={"seed": seed, "steps": ",".join(map(str, steps))})
     report.rows = P.score(images)

@@ -107,7 +107,7 @@ def _scores(images, originals, labels, classifier, mask=None) -> dict[str, float
 
 # --- editors -----------------------------------------------------------------------------------
 def _bundle_editor(path: Path, task: str) -> tuple[Editor, str]:
-    from ..runtime.api import Editor as Runner
+    from ..runtime.editor import Editor as Runner
 
     runner = Runner(path)
     if runner.task != task:

@@ -8,7 +8,6 @@ nccl on GPUs); rank 0 writes the run, every rank writes the SHA-256 of its final
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import time
@@ -19,13 +18,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .._io import write_json_atomic
+from .._io import sha256_tensors, write_json_atomic
 from ..errors import ConfigError
 from ..samplers import decoder_condition
 from . import runs as R
 from .data import Dataset, load_data
 from .ema import update_ema
-from .methods import method
+from .methods import Batch, Networks, configure
 from .models import TrainConfig, build_backbone, model_spec
 from .photos import CropSet
 
@@ -55,11 +54,7 @@ def init_distributed() -> Dist:
 
 
 def weights_digest(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return sha256_tensors(module.state_dict())
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -71,7 +66,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data: Dataset | None = None, env: Dist | None = None) -> None:
         self.cfg, self.env = cfg, env or Dist()
-        self.method = method(cfg.method)
+        self.method = configure(cfg)
         self.data = data or load_data(cfg.data, size=cfg.image_size, channels=cfg.channels, kind=self.method.kind)
         self.out = Path(cfg.out)
         image = self.data.kind == "image"
@@ -91,9 +86,9 @@ class Trainer:
         self.ema = copy.deepcopy(self.backbone).requires_grad_(False)
         self.denoiser = self.method.denoiser(self.backbone, self.spec)
         self.model = self._wrap(self.denoiser)
-        self.target = self.method.target(self)
-        self.teacher = self.method.teacher(self)
-        self.cond = self.method.condition(self)
+        target = self.method.target(self.denoiser, self.spec)
+        self.nets = Networks(self.model, target, self.method.teacher(self.env.device))
+        self.cond = self.method.condition(self.data)
         self.opt = torch.optim.Adam(self.backbone.parameters(), lr=cfg.lr)
         self.gen = torch.Generator(self.env.device).manual_seed(cfg.seed * 1000 + self.env.rank)
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.env.rank + 1)
@@ -108,28 +103,31 @@ class Trainer:
         return DistributedDataParallel(module, device_ids=ids)
 
     # --- one step ---------------------------------------------------------------------
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def batch(self) -> Batch:
+        """The next batch, drawn from ``data_gen``."""
         if self.crops:  # crops of the images and, at the same place, of their latents
             where = self.data.draw(self.cfg.batch_size, self.data_gen)
             c = decoder_condition(self.data.take(where, self.cond, scale=1)) if self.cond is not None else None
-            return self.data.take(where).to(self.env.device), None, None if c is None else c.to(self.env.device)
+            return Batch(self.data.take(where).to(self.env.device), None,
+                         None if c is None else c.to(self.env.device))
         idx = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=self.data_gen)
         x = self.data.x[idx].to(self.env.device)
         y = self.data.labels[idx].to(self.env.device) if self.data.labels is not None else None
         c = decoder_condition(self.cond[idx]).to(self.env.device) if self.cond is not None else None
-        return x, y, c
+        return Batch(x, y, c)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
-        return self.method.loss(self, x, y, c)
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
+        """The method's loss on images ``x`` (labels ``y``, condition ``c``) at the current step, drawn from ``gen``."""
+        return self.method.loss(self.nets, Batch(x, y, c), self.step, self.gen)
 
     def train_step(self) -> float:
         """One optimizer step (gradient clipping, warm-up, EMA and target updates); returns the loss."""
         cfg = self.cfg
         self.backbone.train()
-        x, y, c = self.batch()
+        batch = self.batch()
         amp = cfg.amp and self.env.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = self.loss(x, y, c)
+            loss = self.method.loss(self.nets, batch, self.step, self.gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -138,7 +136,7 @@ class Trainer:
             group["lr"] = lr_at(cfg, self.step)
         self.opt.step()
         update_ema(self.ema, self.backbone, min(cfg.ema_decay, (1 + self.step) / (EMA_WARMUP + self.step)))
-        self.method.after_step(self)
+        self.method.after_step(self.backbone, self.nets.target)
         self.step += 1
         return float(loss.detach())
 
@@ -147,7 +145,7 @@ class Trainer:
         path = R.step_path(self.out, self.step)
         R.save_weights(path, self.cfg, self.spec, self.backbone.state_dict(), self.ema.state_dict(), self.step)
         state = {"step": self.step, "optimizer": self.opt.state_dict(), "generator": self.gen.get_state(),
-                 "data_generator": self.data_gen.get_state()} | self.method.state(self)
+                 "data_generator": self.data_gen.get_state()} | self.method.state(self.nets.target)
         R.save_trainer_state(R.trainer_state_path(path), state)
         return path
 
@@ -163,7 +161,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])
         self.data_gen.set_state(state["data_generator"])
-        self.method.load_state(self, state)
+        self.method.load_state(self.nets.target, state)
         self.step = int(state["step"])
         return path
 
@@ -178,22 +176,37 @@ class Trainer:
 
 
 def _log(out: Path, record: dict) -> None:
-    with open(out / "metrics.jsonl", "a") as f:
+    with open(out / R.METRICS, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, data: Dataset | None = None, progress: bool = True) -> Path:
-    """Train ``cfg`` to ``cfg.max_steps``; returns the run folder. Runs under torchrun use DDP."""
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, data: Dataset | None = None,
+          progress: bool = True) -> Path:
+    """Train ``cfg`` to ``cfg.max_steps``; returns the run folder. Runs under torchrun use DDP.
+
+    Args:
+        cfg: the run's configuration; ``cfg.out`` is the run folder.
+        resume: continue the run in ``cfg.out`` from its latest checkpoint, at its exact step.
+        overwrite: replace a run in ``cfg.out`` (its files are removed once the new run is set up).
+            Without ``resume`` or ``overwrite``, a folder that holds a run is refused (``OutputExistsError``).
+        data: the data set (default: ``cfg.data``).
+        progress: show a progress bar.
+    """
     from tqdm import tqdm
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     env = init_distributed()
+    R.check_out(Path(cfg.out), resume=resume, overwrite=overwrite)
+    if env.world > 1:
+        dist.barrier()  # every rank has looked at the run folder before rank 0 changes it
     trainer = Trainer(cfg, data, env)
     out = trainer.out
     if env.main:
+        if overwrite:
+            R.remove_run(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", {"config": cfg.to_dict(), "versions": R.versions(), "world": env.world})
+        write_json_atomic(out / R.CONFIG, {"config": cfg.to_dict(), "versions": R.versions(), "world": env.world})
     if env.world > 1:
         dist.barrier()  # the run folder exists before any rank writes to it
     if resume:

@@ -2,7 +2,7 @@
 
 ``--data photos`` trains on random crops of every photograph in ``TRAIN_PHOTOS`` (grey ones
 replicated to RGB, each also mirrored) and a mosaic of the 200 ``lfw_subset`` faces; the photos in
-``HELD_OUT`` are never seen in training and are what ``cmrt eval`` and the README's comparisons
+``HELD_OUT`` are never seen in training and are what ``cmrt eval`` and docs/training.md's comparisons
 decode, whole. Every file here ships inside scikit-image's wheel: nothing is downloaded.
 
 Crops are aligned to the latent grid (multiples of 8 pixels), so a decoder can be trained on the
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .. import schedules as S
 from ..errors import ConfigError, InputError, require
 
-#: Held out of every photo run, one per region kind the README measures (name → why).
+#: Held out of every photo run, one per region kind docs/training.md measures (name → why).
 HELD_OUT = {
     "text": "text: a photograph of printed and hand-drawn text",
     "astronaut": "a face: Eileen Collins' portrait",

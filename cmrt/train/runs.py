@@ -3,7 +3,8 @@
     run/
       config.json                         the resolved TrainConfig
       metrics.jsonl                       one line per logged step
-      model.safetensors                   the final checkpoint (what ``load_model(run)`` reads)
+      model.safetensors (+ model.json)    the final checkpoint (what ``load_model(run)`` reads)
+      rank_<r>.sha256                     each DDP rank's final weights digest
       checkpoints/step_0001000.safetensors   weights + ``ema/`` weights + spec/config metadata
       checkpoints/step_0001000.json          the resolved config, step and versions
       checkpoints/step_0001000.state.pt      optimizer, target network and RNG states (tensors only:
@@ -13,30 +14,36 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .._io import write_json_atomic
-from ..errors import SourceError
-from ..models.load import EMA_PREFIX, SPEC_KEY, load_state, read_checkpoint_metadata, save_checkpoint
+from .._io import write_atomic, write_json_atomic
+from ..errors import ConfigError, OutputExistsError, SourceError
+from ..models.load import (EMA_PREFIX, SPEC_KEY, TRAIN_CONFIG_KEY, load_state, read_checkpoint_metadata,
+                           save_checkpoint)
 from ..models.spec import ModelSpec
 from .models import TrainConfig, ToyMLP, build_backbone
 
 STEP_KEY = "cmrt.step"
 METHOD_KEY = "cmrt.method"
-CONFIG_KEY = "cmrt.train_config"
+CONFIG_KEY = TRAIN_CONFIG_KEY
 CKPT_DIR = "checkpoints"
 FINAL = "model.safetensors"
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+TRASH_PREFIX = ".cmrt-overwritten-"  # an old run's files on their way out (``remove_run``)
 
 
 def versions() -> dict[str, str]:
-    import cmrt
+    from .. import __version__
 
-    return {"cmrt": getattr(cmrt, "__version__", "0"), "torch": torch.__version__}
+    return {"cmrt": __version__, "torch": torch.__version__}
 
 
 def step_path(out: Path, step: int) -> Path:
@@ -59,18 +66,14 @@ def save_weights(path: Path, cfg: TrainConfig, spec: ModelSpec | None, state: di
 
         tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         tensors |= {EMA_PREFIX + k: v.detach().contiguous().cpu() for k, v in ema.items()}
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     write_json_atomic(path.with_suffix(".json"), {"step": step, "config": cfg.to_dict(), "versions": versions(),
                                                   "spec": spec.to_dict() if spec else None})
 
 
 def save_trainer_state(path: Path, state: dict) -> None:
     """Optimizer / target / RNG states (tensors, numbers, lists, dicts only), atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_trainer_state(path: Path) -> dict:
@@ -81,6 +84,41 @@ def load_trainer_state(path: Path) -> dict:
 
 def trainer_state_path(ckpt: Path) -> Path:
     return ckpt.with_suffix(".state.pt")
+
+
+def run_files(out: Path) -> list[Path]:
+    """The files and folders of a training run in ``out`` (none: not a run), in removal order: the
+    final model first, the config last, so that a removal cut short still reads as a run."""
+    if not out.is_dir():
+        return []
+    final = out / FINAL
+    named = [final, final.with_suffix(".json"), out / CKPT_DIR, *sorted(out.glob("rank_*.sha256")), out / METRICS,
+             out / CONFIG]
+    return [p for p in named if p.exists()]
+
+
+def check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a folder that holds a run unless told to continue it or replace it."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} exists and is not a folder: choose another --out")
+    if run_files(out) and not (resume or overwrite):
+        raise OutputExistsError(f"{out} already holds a training run: pass --resume to continue it, --overwrite to "
+                                "replace it, or choose another --out")
+
+
+def remove_run(out: Path) -> None:
+    """Remove the run in ``out`` (only what ``cmrt train`` wrote; other files stay): each of its files
+    is first moved into one hidden folder, then that folder is deleted."""
+    trash = out / f"{TRASH_PREFIX}{os.getpid()}"
+    files = run_files(out)
+    if files:
+        trash.mkdir()
+        for p in files:
+            os.replace(p, trash / p.name)
+    for old in out.glob(f"{TRASH_PREFIX}*"):  # this one, and any an interrupted overwrite left
+        shutil.rmtree(old)
 
 
 @dataclass

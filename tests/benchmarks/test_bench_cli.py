@@ -14,8 +14,11 @@ import pytest
 from benchmarks.paired import cm_suite
 from benchmarks.backends import loop_sample, onnxruntime_loop, onnxruntime_session
 from benchmarks.report import REQUIRED_KEYS
-from benchmarks.suites import MODELS, Case, prepare, _weights_digest
+from benchmarks.cases import MODELS, Case, prepare, weights_digest
+from benchmarks.suites import SMOKE_GEMM_SIZE
 from tests.conftest import run_shared
+
+pytestmark = pytest.mark.integration  # `cmrt bench` in fresh processes
 
 # the console script: under `python -m cmrt.cli` plugins register in a second copy of cmrt.cli
 CMRT = [str(Path(sys.executable).parent / "cmrt")]
@@ -62,8 +65,11 @@ def _run_smoke(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """The smoke suite, run once per test run whichever worker needs it first."""
+def smoke(tmp_path_factory, cm_bundle, decoder_bundle):
+    """The smoke suite, run once per test run whichever worker needs it first. After the shared tiny
+    bundles (exported for many tests anyway): the suite's tiny models are theirs in architecture
+    (weights aside), so its exports find the networks traced in this run's cache, as a user's second
+    export does, instead of tracing them again (about a minute here)."""
     return run_shared(tmp_path_factory, "bench-smoke", _run_smoke, "r.json")
 
 
@@ -123,7 +129,7 @@ def test_python_loop_reproduces_unrolled_graph(smoke, model, res, steps):
     """The loop backend times the same sampler: single-step graphs stepped from Python give the
     unrolled graph's images (within the fp32 parity tolerance)."""
     m = MODELS[model].load()
-    p = prepare(m, _weights_digest(m), Case(model, res, steps), smoke / "cache", ["onnxruntime-loop"], gpu=False)
+    p = prepare(m, weights_digest(m), Case(model, res, steps), smoke / "cache", ["onnxruntime-loop"], gpu=False)
     assert len(p.single_step) == steps
     unrolled, looped = onnxruntime_session(p)(), onnxruntime_loop(p)()
     assert np.abs(looped - unrolled).max() <= LOOP_TOLERANCE
@@ -137,7 +143,8 @@ def test_python_loop_reproduces_unrolled_graph(smoke, model, res, steps):
 def test_cm_suite_rows_on_a_tiny_model(smoke):
     """The ``cm`` suite's runner on a tiny class-conditional CM: real exports, real diffusers
     pipeline and PyTorch eager (the smoke suite's cached bundle), rows in the suites' format."""
-    result = cm_suite(smoke / "cache", log=lambda _: None, models={"tiny-cm": (16, 1)}, steps=(2,), batches=(1, 2))
+    result = cm_suite(smoke / "cache", log=lambda _: None, models={"tiny-cm": (16, 1)}, steps=(2,), batches=(1, 2),
+                      gemm_size=SMOKE_GEMM_SIZE)
     rows = result["rows"]
     assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("diffusers", "onnxruntime-cpu",
                                                                            "pytorch-eager") for n in (1, 2)}

@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import memory as M
 from benchmarks import tiling as B
-from cmrt.runtime import tiling as T
+from cmrt.runtime import tiled as T
 
 
 def test_border_mask_marks_interior_tile_edges_only():

@@ -113,7 +113,7 @@ def test_fp16_editing_graph(edit_inpaint):
 
 
 def test_profile_shapes_of_editors(edit_inpaint, edit_superres, edit_colorize):
-    from cmrt.exporter import tensorrt as T
+    from cmrt import tensorrt as T
 
     p = T.ProfileSpec(batch=(1, 2, 4))
     s = T.profile_shapes(edit_inpaint.manifest, p)
@@ -127,7 +127,7 @@ def test_profile_shapes_of_editors(edit_inpaint, edit_superres, edit_colorize):
 @pytest.mark.trt
 def test_rtx_engine_builds_for_an_editing_graph(edit_inpaint, bundle_copy):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is installed by `make setup` (extra trt-rtx)")
-    from cmrt.exporter import tensorrt as T
+    from cmrt import tensorrt as T
 
     bundle = bundle_copy(edit_inpaint, "inpaint-engine")
     profile = T.ProfileSpec(batch=(1, 2, 4))

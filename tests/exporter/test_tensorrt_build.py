@@ -13,7 +13,7 @@ import cmrt
 from cmrt import BundleError, ConfigError, EngineBuildError, MissingDependencyError
 from cmrt.bundle import MANIFEST, Bundle, ProfileRange, RuntimeCache
 from cmrt.cli import main
-from cmrt.exporter import tensorrt as T
+from cmrt import tensorrt as T
 from cmrt.runtime.backends import default_backend_name
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is installed by `make setup` (extra trt-rtx)")
@@ -228,3 +228,42 @@ def test_timing_cache_calls_match_the_real_binding(tmp_path):
     config = _builder().create_builder_config()
     cache = T.TimingCacheFile(tmp_path / "none")
     assert cache.attach(config) is True
+
+
+def test_an_unwritable_timing_cache_is_a_warning(tmp_path):
+    """F: an error writing the user's --timing-cache file is warned about, not raised: the
+    engine, written before it, is kept."""
+    path = tmp_path / "cache-dir"
+    path.mkdir()  # writing the file fails, as on a read-only or wrong path
+    cache = T.TimingCacheFile(path)
+    config = _TimingConfig(accept=True)
+    cache.attach(config)
+    with pytest.warns(UserWarning, match="engine was written, but the timing cache could not be saved"):
+        assert cache.save(config) is False
+    assert path.is_dir() and not list(path.iterdir())
+
+
+@pytest.mark.trt
+def test_the_engine_is_written_before_the_timing_cache(dec16, bundle_copy, monkeypatch):
+    """F: a real build whose timing-cache path cannot be written keeps its engine and its
+    manifest record (TensorRT-RTX builds here; its config's timing-cache calls are stand-ins, as
+    full TensorRT's need a GPU)."""
+    from cmrt.tensorrt import builder
+
+    bundle = bundle_copy(dec16, "timing")
+    plan = bundle.path / "engine.tensorrt-rtx.plan"
+    bad = bundle.path.parent / "timing-cache-dir"
+    bad.mkdir()
+    seen = []
+    stand_in = _TimingConfig(accept=True)
+    real_attach, real_save = builder.TimingCacheFile.attach, builder.TimingCacheFile.save
+    monkeypatch.setattr(builder, "_check_target_options", lambda *a: None)  # a timing cache with TensorRT-RTX
+    monkeypatch.setattr(builder.TimingCacheFile, "attach", lambda self, config: real_attach(self, stand_in))
+    monkeypatch.setattr(builder.TimingCacheFile, "save",
+                        lambda self, config: (seen.append(plan.is_file()), real_save(self, stand_in))[1])
+    with pytest.warns(UserWarning, match="engine was written, but the timing cache could not be saved"):
+        record = T.build(bundle.path, target="tensorrt-rtx", profile=DEC_PROFILE, timing_cache=bad)
+    assert seen == [True]  # the plan was on disk when the cache was saved
+    assert plan.is_file() and plan.stat().st_size == record.bytes
+    assert Bundle.open(bundle.path).manifest.engines["tensorrt-rtx"].sha256 == record.sha256
+    assert record.timing_cache.file == str(bad) and cmrt.check(bundle.path).integrity.passed

@@ -15,15 +15,9 @@ from onnx import helper, numpy_helper
 
 import cmrt
 from cmrt import InputError, InputTypeError
-from cmrt.exporter import norm_stats as NS
-from cmrt.runtime import layer_sync as L
-from cmrt.runtime import tiling as T
-from tests.conftest import _export, shared_bundle
-
-
-@pytest.fixture(scope="session")
-def stats_bundle(decoder_model, tmp_path_factory):
-    return shared_bundle(tmp_path_factory, "dec2-stats", _export(decoder_model, steps=2, tile_stats=True))
+from cmrt import graphs as NS
+from cmrt.runtime.tiled import layer_sync as L
+from cmrt.runtime import tiled as T
 
 
 def _latents(b: int, h: int, w: int, seed: int = 1) -> np.ndarray:

@@ -15,20 +15,13 @@ from onnx import helper, numpy_helper
 import cmrt
 from cmrt import ConfigError, InputError, InputTypeError
 from cmrt.exporter.api import build_unrolled
-from cmrt.exporter.norm_stats import STATS_NAME, find_norms, shared_statistics_graph, statistics_graph
+from cmrt.graphs.norm_stats import STATS_NAME, find_norms, shared_statistics_graph, statistics_graph
 from cmrt.models import norm_stats as NS
 from cmrt.parity import compare
-from cmrt.runtime import tiling as T
-from cmrt.runtime.api import draw_noise, generator
-from tests.conftest import _export, shared_bundle
+from cmrt.runtime import tiled as T
+from cmrt.runtime.inputs import draw_noise, generator
 
 UP = 8
-
-
-@pytest.fixture(scope="session")
-def stats_bundle(decoder_model, tmp_path_factory):
-    """The tiny decoder (the same weights as ``decoder_bundle``) exported with ``tile_stats``."""
-    return shared_bundle(tmp_path_factory, "dec2-stats", _export(decoder_model, steps=2, tile_stats=True))
 
 
 @pytest.fixture(scope="module")

@@ -36,13 +36,6 @@ def flags(monkeypatch):
     return set_flags
 
 
-@pytest.fixture(scope="session")
-def colorize(tmp_path_factory):
-    from tests.editing.conftest import editor_bundle
-
-    return editor_bundle(tmp_path_factory, "edit_colorize")
-
-
 def test_cpu_class_from_flags(flags):
     assert ovb.isa_class(frozenset(AMX.split())) == "amx-bf16"
     assert ovb.isa_class(frozenset(BF16.split())) == "avx512-bf16"
@@ -54,7 +47,7 @@ def test_cpu_class_from_flags(flags):
     assert not ovb.native_bf16()
 
 
-@pytest.mark.parametrize("fixture", ["cm_bundle", "decoder_bundle", "colorize"])
+@pytest.mark.parametrize("fixture", ["cm_bundle", "decoder_bundle", "edit_colorize"])
 def test_check_passes_and_records_on_every_kind(request, fixture, bundle_copy, flags):
     """`cmrt check --backend openvino-bf16` on the stored inputs: within the BF16 (FP16-class)
     tolerance of PyTorch, recorded in the manifest, read back, schema-valid, digest intact."""
@@ -77,14 +70,14 @@ def test_check_passes_and_records_on_every_kind(request, fixture, bundle_copy, f
     jsonschema.validate(json.loads((bundle.path / MANIFEST).read_text()), manifest_schema())
 
 
-def test_outputs_match_onnxruntime_on_new_inputs(cm_bundle, decoder_bundle, colorize):
+def test_outputs_match_onnxruntime_on_new_inputs(cm_bundle, decoder_bundle, edit_colorize):
     """Beyond the stored inputs: each runner kind on other seeds and shapes, FP32 on OpenVINO to
     FP32 rounding, BF16 within the BF16 tolerance, against ONNX Runtime's FP32."""
     z = np.random.default_rng(1).normal(size=(3, 4, 5, 3)).astype(np.float32)
     gray = np.random.default_rng(2).uniform(-1, 1, size=(2, 1, 16, 16)).astype(np.float32)
     cases = [(cmrt.Sampler, cm_bundle, lambda r: r.sample(3, seed=5)),
              (cmrt.Decoder, decoder_bundle, lambda r: r.decode(z, seed=5)),
-             (cmrt.Editor, colorize, lambda r: r.edit(gray, seed=5))]
+             (cmrt.Editor, edit_colorize, lambda r: r.edit(gray, seed=5))]
     for runner, bundle, call in cases:
         with runner(bundle.path, backend="onnxruntime-cpu") as ref_runner:
             ref = call(ref_runner)
@@ -258,13 +251,6 @@ def test_cli_check_prints_the_record_and_choice(decoder_bundle, bundle_copy, fla
     assert "openvino-bf16 [bf16] vs PyTorch" in out and "backend openvino-bf16/avx512-bf16: passed" in out
     assert main(["check", str(bundle.path)]) == 0
     assert "backend: openvino-bf16 [bf16] (the default here)" in capsys.readouterr().out
-
-
-@pytest.fixture(scope="session")
-def stats_bundle(decoder_model, tmp_path_factory):
-    from tests.conftest import _export, shared_bundle
-
-    return shared_bundle(tmp_path_factory, "dec2-stats", _export(decoder_model, steps=2, tile_stats=True))
 
 
 @pytest.mark.parametrize("norm", [None, "canvas", "shared", "shared-means", "tile"])

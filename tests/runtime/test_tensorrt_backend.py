@@ -19,7 +19,7 @@ import cmrt
 from cmrt import BundleError, InputError, MissingDependencyError
 from cmrt._io import sha256_file
 from cmrt.bundle import MANIFEST, Bundle, EngineRecord, EngineValidity, Gpu, ProfileRange, RuntimeCache
-from cmrt.runtime import tensorrt as R
+from cmrt import tensorrt as R
 from cmrt.runtime.backends import default_backend_name
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -28,7 +28,7 @@ A100 = {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
 
 
 def _record(target: str, version: str, ccs, gpu=None) -> EngineRecord:
-    """An engine record as ``cmrt build`` writes it (see cmrt.exporter.tensorrt._record), for a plan
+    """An engine record as ``cmrt build`` writes it (see cmrt.tensorrt.builder._record), for a plan
     that need not exist (the backend refuses before reading it)."""
     module = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}[target]
     return EngineRecord(
@@ -40,9 +40,10 @@ def _record(target: str, version: str, ccs, gpu=None) -> EngineRecord:
         built="")
 
 
+@pytest.mark.integration  # a fresh process
 def test_module_imports_without_tensorrt_or_cuda():
     code = ("import sys; sys.modules['tensorrt'] = None; sys.modules['tensorrt_rtx'] = None\n"
-            "import cmrt.runtime.tensorrt, cmrt.exporter.tensorrt, cmrt.exporter.precision, cmrt.exporter.cli\n"
+            "import cmrt.tensorrt, cmrt.runtime.backends, cmrt.exporter.precision, cmrt.exporter.cli\n"
             "assert 'torch' not in sys.modules and 'onnxconverter_common' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -183,7 +184,7 @@ def _gpu_bundle(tmp_path):
         pytest.skip("no CUDA GPU here (engine execution needs one)")
     from conftest import loaded, tiny_decoder_spec
     from cmrt.exporter.api import export
-    from cmrt.exporter.tensorrt import ProfileSpec, build, resolve_target
+    from cmrt.tensorrt import ProfileSpec, build, resolve_target
 
     target = resolve_target(None)
     if target.name == "tensorrt-rtx" and torch.cuda.get_device_capability() == (9, 0):
@@ -297,3 +298,184 @@ def test_engine_parity_is_recorded_and_reported(bundle_with_engine_record):
     line = engine_lines(Bundle.open(b.path))[0]
     assert "passed on NVIDIA GeForce RTX 4090 (1.7.1.116" in line
     assert check(b.path).passed  # the updated manifest still verifies (its digest was rewritten)
+
+
+# --- issue 21 item 8: the runtime defects, through stand-ins where a GPU would be needed ----
+TURING = {"name": "NVIDIA GeForce RTX 2080 Ti", "compute_capability": "7.5"}
+
+
+def test_portable_rtx_engines_do_not_cover_turing():
+    """A: TensorRT-RTX's portable set leaves out Turing (its support matrix and api_usage.py);
+    an engine built for SM75 explicitly runs there."""
+    portable = _record("tensorrt-rtx", "1.7.1.116", R.PORTABLE)
+    msg = R.compatibility_problem(portable, "1.7.1.116", TURING)
+    assert "portable set" in msg and "2080 Ti" in msg and "--compute-capability 7.5" in msg
+    assert R.compatibility_problem(_record("tensorrt-rtx", "1.7.1.116", ["SM75"]), "1.7.1.116", TURING) is None
+    assert R.compatibility_problem(portable, "1.7.1.116", RTX4090) is None
+    assert "7.5" not in R.covered_capabilities(portable) and "8.9" in R.covered_capabilities(portable)
+
+
+def test_the_default_backend_falls_back_to_onnxruntime_on_turing(bundle_with_engine_record, monkeypatch):
+    """A: with a portable engine on a Turing GPU the default backend is ONNX Runtime, not a
+    TensorRT backend that would fail at load; on an Ada GPU it is TensorRT."""
+    import cmrt.tensorrt.backend as B
+
+    b = bundle_with_engine_record
+    monkeypatch.setattr(B, "cuda_device", lambda: TURING)
+    assert not R.usable(b) and default_backend_name(b) == "onnxruntime"
+    monkeypatch.setattr(B, "cuda_device", lambda: RTX4090)
+    assert R.usable(b) and default_backend_name(b) == "tensorrt"
+
+
+class _EngineStandIn:
+    """What ``cmrt check`` needs of an opened TensorRT backend, for the bundle's engine record:
+    opening saves a runtime cache (as ``TensorRTBackend.__init__`` does after its JIT compile);
+    running returns the stored PyTorch outputs (no GPU here to run the engine)."""
+
+    name, precision, thread_safe, limits = "tensorrt-rtx", "fp16", False, None
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.record = bundle.manifest.engines["tensorrt-rtx"]
+        self.input_names = bundle.manifest.input_names
+        self.engine_target, self.gpu, self.library_version = "tensorrt-rtx", RTX4090, self.record.library_version
+        R.save_runtime_cache(bundle.path, self.record, _Cache(b"kernels"), library_version=self.library_version,
+                             gpu=RTX4090)
+        self.expected = bundle.parity_data()[1]["images"]
+
+    def run(self, feeds):
+        return self.expected
+
+    def close(self) -> None:
+        pass
+
+
+def test_check_with_the_tensorrt_backend_keeps_the_runtime_cache_hash(bundle_with_engine_record, monkeypatch,
+                                                                        capsys):
+    """B: `cmrt check --backend tensorrt` records the engine's parity without resetting the
+    runtime cache's hash that opening the backend recorded (the cache stays integrity-checked)."""
+    from cmrt.cli import main
+    from cmrt.runtime import backends
+
+    b = bundle_with_engine_record
+    monkeypatch.setitem(backends.BACKENDS, "tensorrt", _EngineStandIn)
+    assert main(["check", str(b.path), "--backend", "tensorrt"]) == 0
+    record = Bundle.open(b.path).manifest.engines["tensorrt-rtx"]
+    assert record.parity.checked and record.parity.result.passed
+    assert record.runtime_cache.sha256 == hashlib.sha256(b"kernels").hexdigest()
+    report = cmrt.check(b.path)
+    assert report.integrity.passed and "engine.tensorrt-rtx.cache" in report.integrity.checked
+
+
+def test_the_runtime_cache_lock_is_respected(bundle_with_engine_record):
+    """C: a save waits while another holder (process or thread) has the bundle's lock, the file
+    Polygraphy's LockFile would use (``<cache>.lock``, as TensorRT-RTX's demo locks its cache)."""
+    import threading
+
+    b = bundle_with_engine_record
+    record = b.manifest.engines["tensorrt-rtx"]
+    cache_file = b.path / "engine.tensorrt-rtx.cache"
+    save = threading.Thread(target=R.save_runtime_cache, args=(b.path, record, _Cache(b"kernels")),
+                            kwargs={"library_version": "1", "gpu": GPU})
+    with R.bundle_lock(b.path):
+        save.start()
+        save.join(0.5)
+        assert save.is_alive() and not cache_file.exists()  # waiting for the lock
+    save.join(10)
+    assert not save.is_alive() and cache_file.read_bytes() == b"kernels"
+    assert (b.path / R.LOCK_FILE).exists()
+
+
+def test_concurrent_opens_leave_a_consistent_manifest(bundle_with_engine_record):
+    """C: two openers of one bundle (Triton instances) saving their runtime caches at once leave
+    a manifest that records the file on disk: every later open passes the integrity check."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    b = bundle_with_engine_record
+    record = b.manifest.engines["tensorrt-rtx"]
+
+    def opener(name: bytes) -> None:
+        for i in range(12):
+            R.save_runtime_cache(b.path, record, _Cache(name + b"%d" % i), library_version="1", gpu=GPU)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(opener, [b"instance-a/", b"instance-b/"]))
+    after = Bundle.open(b.path)  # the size check at open passes ...
+    assert after.verify().passed  # ... and so do the hashes
+    stored = after.manifest.engines["tensorrt-rtx"].runtime_cache
+    assert hashlib.sha256((b.path / stored.file).read_bytes()).hexdigest() == stored.sha256
+
+
+class _Cuda:
+    """``torch.cuda`` as far as close uses it: ``device(d)`` makes ``d`` current for the block."""
+
+    def __init__(self, log: list) -> None:
+        self.log, self.current = log, 1  # the caller has made another GPU current
+
+    def device(self, d):
+        import contextlib
+
+        @contextlib.contextmanager
+        def current():
+            before, self.current = self.current, d
+            self.log.append(("current", d))
+            try:
+                yield
+            finally:
+                self.current = before
+        return current()
+
+
+class _Stream:
+    def __init__(self, cuda: _Cuda) -> None:
+        self.cuda = cuda
+
+    def synchronize(self) -> None:
+        self.cuda.log.append(("synchronize on", self.cuda.current))
+
+
+def _opened_backend(bundle: Bundle):
+    """A ``TensorRTBackend`` as ``__init__`` leaves it on GPU 0, with stand-ins for torch's CUDA
+    calls, the stream, the context and TensorRT-RTX's runtime cache (``trt_fakes``)."""
+    import types
+
+    import trt_fakes as F
+
+    log: list = []
+    cuda = _Cuda(log)
+    cache = F.RuntimeCache(b"gpu-a")
+    backend = object.__new__(R.TensorRTBackend)
+    backend.torch, backend.device, backend.stream = types.SimpleNamespace(cuda=cuda), 0, _Stream(cuda)
+    backend.record, backend.bundle_path, backend.gpu = bundle.manifest.engines["tensorrt-rtx"], bundle.path, RTX4090
+    backend.trt = types.SimpleNamespace(__version__=backend.record.library_version)
+    backend.engine, backend.runner = object(), object()
+    backend.setup = R.ContextSetup(F.Context(), F.RuntimeConfig(), cache, None)
+    backend.context = backend.setup.context
+    serialize = cache.serialize
+    cache.serialize = lambda: (log.append(("serialize on", cuda.current)), serialize())[1]
+    return backend, cache, log
+
+
+def test_close_saves_kernels_compiled_after_open(bundle_with_engine_record):
+    """D: kernels compiled lazily after open (shape-specialized) are saved at close, as
+    TensorRT-RTX's demo saves its runtime cache in ``Engine.deactivate``."""
+    b = bundle_with_engine_record
+    backend, cache, _ = _opened_backend(b)
+    assert backend.save_runtime_cache() is not None  # at open, after the JIT compile
+    at_open = (b.path / "engine.tensorrt-rtx.cache").read_bytes()
+    cache.entries = b"kernels for a shape first seen after open"
+    backend.close()
+    saved = (b.path / "engine.tensorrt-rtx.cache").read_bytes()
+    assert saved != at_open and b"first seen after open" in saved
+    assert Bundle.open(b.path).manifest.engines["tensorrt-rtx"].runtime_cache.sha256 == hashlib.sha256(saved).hexdigest()
+    assert cmrt.check(b.path).integrity.passed
+
+
+def test_close_synchronizes_on_the_engines_gpu_before_releasing(bundle_with_engine_record):
+    """E: close makes the engine's GPU current (the caller's is another), synchronizes the stream
+    and saves the cache there, then releases context and engine; a second close does nothing."""
+    backend, _, log = _opened_backend(bundle_with_engine_record)
+    backend.close()
+    assert log == [("current", 0), ("synchronize on", 0), ("serialize on", 0)]
+    assert backend.engine is None and backend.context is None and backend.setup is None and backend.runner is None
+    backend.close()
+    assert len(log) == 3

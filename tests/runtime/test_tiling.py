@@ -8,8 +8,8 @@ import pytest
 
 import cmrt
 from cmrt import InputError, InputTypeError
-from cmrt.runtime import tiling as T
-from cmrt.runtime.api import draw_noise, generator
+from cmrt.runtime import tiled as T
+from cmrt.runtime.inputs import draw_noise, generator
 
 UP = 8
 
@@ -156,8 +156,8 @@ def test_tiled_and_chunked_together(decoder_bundle):
 @pytest.mark.trt
 def test_engine_profile_drives_chunks_and_tiles(dec16, bundle_copy):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is installed by `make setup` (extra trt-rtx)")
-    from cmrt.exporter.tensorrt import ProfileSpec, build
-    from cmrt.runtime.tensorrt import engine_limits, select_engine
+    from cmrt.runtime.backends import engine_limits
+    from cmrt.tensorrt import ProfileSpec, build, select_engine
 
     copy = bundle_copy(dec16, "rtx")
     build(copy.path, target="tensorrt-rtx", profile=ProfileSpec(batch=(1, 1, 2), latent=((4, 4), (6, 6), (8, 8))))

@@ -1,4 +1,4 @@
-"""The TensorRT seam (cmrt.runtime._trt): validity decoding on plans built here by TensorRT-RTX,
+"""The TensorRT seam (cmrt.tensorrt): validity decoding on plans built here by TensorRT-RTX,
 I/O-name matching, context creation through a runtime config with a runtime cache, and the
 shape-keyed buffer/CUDA-graph runner with its fallback after a failed capture.
 
@@ -16,7 +16,7 @@ import pytest
 import trt_fakes as F
 
 from cmrt import BundleError
-from cmrt.runtime import _trt
+from cmrt import tensorrt as _trt
 
 SHAPE_A, SHAPE_B, SHAPE_C = (2, 4), (4, 4), (1, 8)
 

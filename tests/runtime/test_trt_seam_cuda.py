@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from cmrt import InputError
-from cmrt.runtime import _trt
-from cmrt.runtime.tensorrt import check_devices
+from cmrt import tensorrt as _trt
+from cmrt.tensorrt import check_devices
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu,

@@ -97,13 +97,13 @@ class Graph:
 
 class Capture:
     """``capture(launch)``: runs the launch in capture mode; False becomes ``CaptureFailed`` (as
-    ``cmrt.runtime._trt.torch_capture`` turns an enqueue failure under capture into one)."""
+    ``cmrt.tensorrt.torch_capture`` turns an enqueue failure under capture into one)."""
 
     def __init__(self, context: Context) -> None:
         self.context, self.graphs = context, []
 
     def __call__(self, launch):
-        from cmrt.runtime._trt import CaptureFailed
+        from cmrt.tensorrt import CaptureFailed
 
         self.context.capturing = True
         try:

@@ -39,14 +39,6 @@ def serve_python() -> Path:
     return py
 
 
-@pytest.fixture(scope="session")
-def edit_inpaint(tmp_path_factory):
-    """The inpainting editor bundle of tests/editing (the tiny RGB class-conditional CM, 2 steps)."""
-    from tests.editing.conftest import editor_bundle
-
-    return editor_bundle(tmp_path_factory, "edit_inpaint")
-
-
 @pytest.fixture(scope="module")
 def repo(cm_bundle, decoder_bundle, edit_inpaint, tmp_path_factory) -> Path:
     """A repository (plain models included) on the tiny sampler ``cm2``, decoder ``dec2`` and

@@ -10,6 +10,7 @@ from cmrt.errors import ConfigError, MissingDependencyError
 from cmrt.serve.server import _check_environment, find_triton, summarize_log
 
 
+@pytest.mark.integration  # runs the serving environment's Python
 def test_the_serving_environment_is_found_and_usable(serve_python):
     install = find_triton(serve_python)
     assert install.server.is_file() and install.stub.is_file()

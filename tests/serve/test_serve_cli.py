@@ -11,10 +11,13 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 import cmrt
 from cmrt.serve.server import free_port
 from tests.serve.helpers import START_TIMEOUT_S, http_client, infer, seed_rows
+
+pytestmark = pytest.mark.integration  # `cmrt serve` and Triton servers
 
 STOP_WITHIN_S = 8.0  # unloading cmrt's models takes ≈ 3-4 s here
 
@@ -98,3 +101,40 @@ def test_a_model_that_cannot_load_stops_the_start_with_cmrt_message(cm_bundle, s
     with pytest.raises(ServerError, match=r"failed to load 'cm2'.*model.onnx is listed in cmrt.json but missing"):
         server.start(timeout_s=START_TIMEOUT_S)
     assert not server.running()
+
+
+def test_serve_in_cmrts_own_environment_says_how_to_get_a_serving_one(cm_bundle, capsys, monkeypatch):
+    """No server: cmrt's environment (numpy 2, no PyTriton) cannot serve; the one line says to
+    build .venv-serve with `make serve-env` (or a separate numpy<2 environment), never to install
+    the serving extra into cmrt's own environment."""
+    from cmrt.cli import main
+    from cmrt.serve.server import SERVE_PYTHON_ENV
+
+    monkeypatch.delenv(SERVE_PYTHON_ENV, raising=False)
+    code = main(["serve", str(cm_bundle.path), "--python", sys.executable])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "PyTriton" in err and ".venv-serve" in err and ("make serve-env" in err or "--python" in err)
+    assert "numpy<2" in err or "make serve-env" in err
+    assert "install `pip install 'cmrt[serve]'` there" not in err
+
+
+def test_serve_stops_on_sigint_when_started_in_the_background(cm_bundle, serve_python):
+    """A shell's background job starts with SIGINT ignored: `cmrt serve ... &` must still stop on
+    `kill -INT` (it sets its own handler), quickly."""
+    cmd = [sys.executable, "-m", "cmrt.cli", "serve", str(cm_bundle.path), "--python", str(serve_python)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        out = _lines(p.stdout)
+        _wait_for(out, "Ctrl-C", START_TIMEOUT_S)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        code = p.wait(timeout=30)
+        elapsed = time.monotonic() - t0
+        rest = "".join(_drain(out))
+        assert code == 0 and "stopped in" in rest and elapsed < STOP_WITHIN_S, (code, elapsed, rest)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

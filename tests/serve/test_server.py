@@ -12,6 +12,8 @@ import pytest
 import cmrt
 from tests.serve.helpers import MAX_BATCH, grpc_client, http_client, infer, latents, seed_rows
 
+pytestmark = pytest.mark.integration  # a real Triton server
+
 ATOL = 1e-5
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 10
@@ -200,16 +202,16 @@ def test_bad_requests_get_errors_and_the_server_stays_healthy(server, clients):
 
 
 def test_readme_client_snippet(server, decoder):
-    """The README's client example, run as written against this server (its URL and model name)."""
+    """docs/serving.md's client example, run as written against this server (its URL and model name)."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
     block = re.search(r"<!-- serve-client-test:start -->\s*```python\n(.*?)```\s*<!-- serve-client-test:end -->",
                       readme, re.S)
-    assert block, "README lost its tested serving client block"
+    assert block, "docs/serving.md lost its tested serving client block"
     code = block.group(1).replace('"localhost:8000", "decoder"', f'"{server.http_url}", "dec2"')
     assert server.http_url in code, "the snippet's URL/model line changed: update this test"
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the repository's own README
+    exec(compile(code, "docs/serving.md", "exec"), scope)  # noqa: S102 - the repository's own docs
     assert np.abs(scope["images"] - decoder.decode(scope["latents"], seed=7)).max() <= ATOL

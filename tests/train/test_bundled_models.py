@@ -10,7 +10,7 @@ from cmrt.train.autoencoder import DEFAULT_ENCODER, encode_file
 from cmrt.train.data import load_digits_color
 from cmrt.parity import psnr_per_image as psnr
 
-MIN_PSNR_DB = 25.0  # measured 29.9 dB at 1 step on the held-out images (README)
+MIN_PSNR_DB = 25.0  # measured 29.9 dB at 1 step on the held-out images (docs/training.md)
 
 
 def test_default_model_is_the_trained_digits_model():

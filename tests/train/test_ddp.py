@@ -4,12 +4,17 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from cmrt.train import runs as R
+
+pytestmark = pytest.mark.integration  # torchrun with two processes
 
 
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    # --standalone: a rendezvous on localhost port 0, which the OS makes a free one (no fixed port to collide)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "cmrt.cli", "train", "ct", "--data", "digits", "--out", str(out), "--max-steps", "3",
            "--image-size", "8", "--widths", "32,32", "--attention", "false,true", "--batch-size", "8",
            "--ckpt-every", "2", "--threads", "1", "--no-progress"]

@@ -65,3 +65,19 @@ def test_eval_scores_a_digits_run_and_a_toy_run(tmp_path):
     toy = train(tiny_cfg("ct", tmp_path / "m", data="moons", max_steps=3, mlp_width=32), progress=False)
     rep = E.evaluate(str(toy), steps=[1, 2])
     assert rep.kind == "2-D moons" and len(rep.rows) == 2 and rep.rows[0]["swd"] > rep.reference["data_vs_data_swd"]
+
+
+def test_frechet_distance_of_singular_covariances_is_exact_and_silent():
+    """Fewer samples than features (the classifier's 64 features on 50 samples): the covariances are
+    singular, scipy's sqrtm of their product warned; the figure is still the exact one."""
+    import warnings
+
+    x = np.random.default_rng(0).normal(size=(20, 64))
+    shift = np.full(64, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert abs(E.frechet_distance(x, x)) < 1e-9
+        assert abs(E.frechet_distance(x, x + shift) - (shift**2).sum()) < 1e-9  # same covariance: ‖Δμ‖²
+        scaled = 2 * x  # Σ → 4Σ, still of rank 19: tr(Σ + 4Σ − 2·2Σ) = tr(Σ)
+        want = (x.mean(0) ** 2).sum() + np.trace(np.cov(x, rowvar=False))
+        assert abs(E.frechet_distance(x, scaled) - want) < 1e-9

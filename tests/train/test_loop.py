@@ -104,3 +104,34 @@ def test_package_writes_an_ema_only_asset_that_loads(tmp_path):
     for key, value in model.unet.state_dict().items():
         torch.testing.assert_close(value, ema[key], rtol=0, atol=0)
     assert out.stat().st_size < (run / "model.safetensors").stat().st_size  # no raw copy
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_an_existing_run_is_refused_without_resume_or_overwrite(tmp_path):
+    from cmrt.errors import ConfigError, OutputExistsError
+
+    run = train(tiny_cfg("ct", tmp_path / "r", max_steps=2), data=fixed_digits(), progress=False)
+    before = _files(run)
+    with pytest.raises(OutputExistsError, match=f"{run} already holds a training run: pass --resume .* --overwrite"):
+        train(tiny_cfg("ct", run, max_steps=1), data=fixed_digits(), progress=False)
+    with pytest.raises(ConfigError, match="--resume .* --overwrite"):
+        train(tiny_cfg("ct", run, max_steps=1), data=fixed_digits(), resume=True, overwrite=True, progress=False)
+    assert _files(run) == before  # nothing written, nothing removed
+
+
+def test_overwrite_replaces_the_old_run_and_keeps_other_files(tmp_path):
+    run = train(tiny_cfg("ct", tmp_path / "r", max_steps=4, log_every=1, ckpt_every=2), data=fixed_digits(),
+                progress=False)
+    (run / "notes.txt").write_text("mine")
+    train(tiny_cfg("ct", run, max_steps=1, seed=1), data=fixed_digits(), overwrite=True, progress=False)
+    assert sorted(p.name for p in (run / R.CKPT_DIR).iterdir()) == ["step_0000001.json", "step_0000001.safetensors",
+                                                                     "step_0000001.state.pt"]
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert json.loads((run / "config.json").read_text())["config"]["seed"] == 1
+    assert R.load_run(run).step == 1 and R.load_run(run).config.seed == 1
+    assert (run / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl", "model.json",
+                                                     "model.safetensors", "notes.txt", "rank_0.sha256"]

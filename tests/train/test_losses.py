@@ -173,3 +173,23 @@ def test_decoder_grid_holds_the_exported_timesteps():
         assert g[0] == 0 and len(torch.unique(g)) == len(g) == min(n, 64) and (g % 16 == 0).all()
         assert set(S.decoder_timesteps(1) + S.decoder_timesteps(2)) <= set(g.tolist())  # 1008, 512
     assert set(S.decoder_timesteps(4)) <= set(L.decoder_grid(64).tolist())
+
+
+def test_a_method_takes_only_networks_a_batch_the_step_and_a_generator():
+    """No trainer: a method built from a config computes its loss from explicit inputs; ct's N follows
+    the step (iCT's curriculum over the run's steps)."""
+    from cmrt.train.methods import Batch, Networks, configure
+    from cmrt.train.models import ToyMLP, TrainConfig
+
+    cfg = TrainConfig(method="ct", max_steps=400, ct_s0=10, ct_s1=80)
+    ct = configure(cfg)
+    torch.manual_seed(0)
+    den = ct.denoiser(ToyMLP(16), None)
+    x = torch.randn(8, 2)
+    den.requires_grad_(False)
+    for step in (0, 399):
+        n = L.ct_discretization(step, 400, 10, 80)
+        want = L.ct_loss(den, den, x, None, torch.Generator().manual_seed(1), n=n)
+        got = ct.loss(Networks(den, den), Batch(x), step, torch.Generator().manual_seed(1))
+        assert got.item() == want.item()
+    assert L.ct_discretization(0, 400, 10, 80) != L.ct_discretization(399, 400, 10, 80)  # the step matters

@@ -86,7 +86,7 @@ def test_decoder_trains_on_photo_crops(tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
-PHOTO_MIN_PSNR_DB = 18.0  # on the astronaut's face crop; measured values in the README ("natural-image decoder")
+PHOTO_MIN_PSNR_DB = 18.0  # on the astronaut's face crop; measured values in docs/training.md
 
 
 def test_photo_decoder_and_autoencoder_are_shipped_and_decode_a_held_out_photo():

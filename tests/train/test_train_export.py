@@ -11,6 +11,8 @@ from cmrt.train.loop import train
 
 from tests.train.helpers import fixed_color, fixed_digits, random_encoder, tiny_cfg
 
+pytestmark = pytest.mark.integration  # the CLI in fresh processes
+
 CMRT = [sys.executable, "-m", "cmrt.cli"]
 
 

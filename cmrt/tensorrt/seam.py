@@ -1,4 +1,5 @@
-"""The TensorRT calls of the runtime, behind a thin seam.
+"""The TensorRT calls of the runtime, behind a thin seam (checked against CPU stand-ins in
+``tests/runtime/trt_fakes.py``).
 
 Every function here takes the ``trt`` module and TensorRT objects (engine, execution context,
 runtime config, runtime cache) as arguments and checks every value TensorRT returns, so the logic
@@ -19,75 +20,15 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import BundleError
+from .validity import check_validity
 
 #: Input shapes whose buffers (and CUDA graphs) one backend keeps; the least recently used
 #: beyond this are freed. Decoders see a handful of latent sizes; each slot holds one set of I/O
 #: buffers and, with ``cuda_graph=True`` on TensorRT, one graph.
 MAX_CACHED_SHAPES = 4
-#: The TensorRT-RTX runtime cache (JIT-compiled kernels), written beside the engine.
-RUNTIME_CACHE_FILE = "engine.tensorrt-rtx.cache"
-
-#: What to do about each ``EngineInvalidityDiagnostics`` flag (names as in tensorrt_rtx 1.7.1).
-DIAGNOSTIC_FIXES = {
-    "VERSION_MISMATCH": "it was built by another TensorRT-RTX version: rebuild it with `cmrt build BUNDLE "
-                        "--target tensorrt-rtx`",
-    "UNSUPPORTED_CC": "this GPU's compute capability is not one it was built for: rebuild with "
-                      "`--compute-capability` naming this GPU's",
-    "OLD_CUDA_DRIVER": "the NVIDIA driver is too old for this TensorRT-RTX: update the driver",
-    "OLD_CUDA_RUNTIME": "the CUDA runtime is too old: update the CUDA runtime this TensorRT-RTX wheel uses",
-    "INSUFFICIENT_GPU_MEMORY": "the GPU has too little free memory: free GPU memory or rebuild with a smaller "
-                               "profile (--max-batch/--max-latent)",
-    "MALFORMED_ENGINE": "the file is damaged or not an engine: rebuild it",
-    "CUDA_ERROR": "CUDA is not installed correctly: reinstall the NVIDIA driver",
-}
 
 
-# --- engine validity (TensorRT-RTX ``Runtime.get_engine_validity``) ------------------------
-def diagnostic_names(trt, diagnostics: int) -> list[str]:
-    """The names of the ``EngineInvalidityDiagnostics`` flags set in ``diagnostics`` (a bit mask,
-    decoded as TensorRT-RTX's ``api_usage.py`` sample does)."""
-    return [name for name, member in trt.EngineInvalidityDiagnostics.__members__.items()
-            if int(diagnostics) & int(member)]
-
-
-def validity_problem_at_load(validity: str, flags: list[str], *, file: str) -> str | None:
-    """Why an engine must not be loaded on this machine, or None (pure).
-
-    Args:
-        validity: the ``EngineValidity`` name, "VALID", "SUBOPTIMAL" or "INVALID".
-        flags: the ``EngineInvalidityDiagnostics`` names that are set.
-        file: the engine file, for the message.
-    """
-    if validity != "INVALID":
-        return None
-    if not flags:
-        return (f"TensorRT-RTX reports {file} invalid on this machine without a reason (no usable CUDA GPU "
-                "or driver?): check `nvidia-smi`, then rebuild with `cmrt build BUNDLE --target tensorrt-rtx`")
-    reasons = "; ".join(f"{f}: {DIAGNOSTIC_FIXES.get(f, 'see the TensorRT-RTX log')}" for f in flags)
-    return f"{file} cannot run here ({reasons})"
-
-
-def check_validity(trt, runtime, plan, *, file: str) -> str | None:
-    """Ask ``runtime.get_engine_validity(plan)`` before deserializing; raise ``BundleError`` naming
-    each diagnostic when the engine is invalid here, warn when it is SUBOPTIMAL.
-
-    Returns the validity name, or None when the library has no such call (TensorRT 11's
-    ``pyCore.cpp`` binds none; TensorRT-RTX's ``IRuntime`` does).
-    """
-    check = getattr(runtime, "get_engine_validity", None)
-    if check is None:
-        return None
-    validity, diagnostics = check(plan)
-    flags = diagnostic_names(trt, diagnostics)
-    problem = validity_problem_at_load(validity.name, flags, file=file)
-    if problem:
-        raise BundleError(problem)
-    if validity.name == "SUBOPTIMAL":
-        warnings.warn(f"TensorRT-RTX reports {file} valid but likely slow here ({', '.join(flags) or 'no reason'})",
-                      stacklevel=3)
-    return validity.name
-
-
+# --- loading -----------------------------------------------------------------------------
 def deserialize(trt, runtime, plan, *, file: str, rebuild: str):
     """Check validity, then ``runtime.deserialize_cuda_engine(plan)``; None (NvInferRuntime.h:
     "nullptr if it could not be deserialized") becomes a ``BundleError``."""

@@ -6,8 +6,9 @@ capabilities). Their Python APIs have the same shape, so the target only picks t
 
 Steps: ``resolve_target`` → ``profile_shapes`` (pure) → ``network_from_graph`` (parse, strongly
 typed) → ``configure`` (workspace, profile, compute capabilities or timing cache) →
-``build_serialized`` → ``engine_validity`` (from the plan's header) → ``write_engine`` (atomic) and
-the manifest's ``engines[target]`` record.
+``build_serialized`` → ``engine_validity`` (from the plan's header) → ``write_engine`` (atomic), then
+the timing cache (the user's file: an error there keeps the engine) and the manifest's
+``engines[target]`` record.
 """
 
 from __future__ import annotations
@@ -20,40 +21,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .._io import sha256_file, write_bytes_atomic
-from ..bundle import Bundle, EngineRecord, EngineValidity, Gpu, ProfileRange, RuntimeCache, TimingCache
-from ..errors import ConfigError, EngineBuildError, MissingDependencyError, require  # EngineBuildError: re-exported
-from ..runtime._trt import RUNTIME_CACHE_FILE, diagnostic_names
+from ..bundle import Bundle, EngineRecord, EngineValidity, Gpu, ProfileRange, TimingCache
+from ..errors import ConfigError, EngineBuildError, MissingDependencyError  # EngineBuildError: re-exported
+from .runtime_cache import bundle_lock, fresh_runtime_cache
+from .targets import (PORTABLE, RTX_COMPUTE_CAPABILITIES, Target, cuda_device, load_library,
+                      parse_compute_capabilities, resolve_target)
+from .validity import engine_validity, validity_problem
 
 GIB = 1 << 30
 MIB = 1 << 20
 DECODER_LATENT_MAX = 512  # the exported graphs' dynamic latent side limit (export/onnx.py)
-PORTABLE = "library default (portable set)"
-HEADER_DEFECTS = {"MALFORMED_ENGINE", "VERSION_MISMATCH"}
-
-
-@dataclass(frozen=True)
-class Target:
-    """A TensorRT flavour: its Python module, the cmrt extra that installs it, and whether
-    building needs a GPU."""
-
-    name: str
-    module: str
-    extra: str
-    builds_without_gpu: bool
-
-    @property
-    def engine_file(self) -> str:
-        return f"engine.{self.name}.plan"
-
-
-TARGETS: dict[str, Target] = {
-    "tensorrt": Target("tensorrt", "tensorrt", "trt", builds_without_gpu=False),
-    "tensorrt-rtx": Target("tensorrt-rtx", "tensorrt_rtx", "trt-rtx", builds_without_gpu=True),
-}
-
-#: TensorRT-RTX ``ComputeCapability`` members by "major.minor" (no Hopper: RTX builds exclude SM90).
-RTX_COMPUTE_CAPABILITIES = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120",
-                            "12.1": "SM121"}
 
 
 @dataclass(frozen=True)
@@ -103,52 +80,6 @@ def profile_shapes(manifest, profile: ProfileSpec) -> dict[str, tuple[tuple[int,
                 per_level.append((b, img.channels, img.height, img.width))
         shapes[name] = tuple(per_level)
     return shapes
-
-
-def resolve_target(name: str | None) -> Target:
-    """The named target, or (None) whichever library is installed, TensorRT first."""
-    import importlib.util
-
-    if name is not None:
-        if name not in TARGETS:
-            raise ConfigError(f"unknown --target {name!r}; choose one of {sorted(TARGETS)}")
-        return TARGETS[name]
-    for target in TARGETS.values():
-        if importlib.util.find_spec(target.module) is not None:
-            return target
-    raise MissingDependencyError("building an engine needs TensorRT or TensorRT for RTX, and neither is "
-                                 "installed: run `pip install 'cmrt[trt]'` (NVIDIA GPU machine) or "
-                                 "`pip install 'cmrt[trt-rtx]'` (builds without a GPU, for RTX GPUs)")
-
-
-def load_library(target: Target):
-    """Import the target's TensorRT module (``MissingDependencyError`` naming the extra)."""
-    return require(target.module, target.extra, f"building a {target.name} engine")
-
-
-def cuda_device() -> dict | None:
-    """The current CUDA GPU's name and compute capability, or None without one (via torch)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability()
-    return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
-
-
-def parse_compute_capabilities(values: list[str] | None) -> list[str] | None:
-    """"8.6", "86" or "SM86" → TensorRT-RTX enum names; None keeps the library's portable set."""
-    if not values:
-        return None
-    names = []
-    for v in values:
-        key = v.strip().upper().removeprefix("SM")
-        key = key if "." in key else f"{key[:-1]}.{key[-1:]}"
-        if key not in RTX_COMPUTE_CAPABILITIES:
-            raise ConfigError(f"compute capability {v!r} is not one TensorRT for RTX targets; choose from "
-                              f"{', '.join(RTX_COMPUTE_CAPABILITIES)} (no Hopper 9.0)")
-        names.append(RTX_COMPUTE_CAPABILITIES[key])
-    return names
 
 
 # --- build steps -----------------------------------------------------------------------
@@ -227,7 +158,9 @@ class TimingCacheFile:
 
     def save(self, config) -> bool:
         """Write the config's cache to the file atomically; False (nothing written) when it was
-        rejected, or (warned) when TensorRT returns none."""
+        rejected, or (warned) when TensorRT returns none or the file cannot be written: the
+        engine is written before this (``build``), and a bad ``--timing-cache`` path must not
+        lose a build that took minutes."""
         if not self.accepted:
             return False
         cache = config.get_timing_cache()
@@ -236,7 +169,12 @@ class TimingCacheFile:
             warnings.warn(f"TensorRT returned no timing cache after the build: {self.path} is left unchanged",
                           stacklevel=2)
             return False
-        write_bytes_atomic(self.path, data)
+        try:
+            write_bytes_atomic(self.path, data)
+        except OSError as exc:
+            warnings.warn(f"the engine was written, but the timing cache could not be saved to {self.path} ({exc}): "
+                          "pass a writable --timing-cache path next time", stacklevel=2)
+            return False
         return True
 
 
@@ -246,56 +184,6 @@ def build_serialized(builder, network, config):
     if plan is None or plan.nbytes == 0:
         raise EngineBuildError("TensorRT failed to build the engine (see its log above)")
     return plan
-
-
-def engine_validity(trt, plan, *, gpu: dict | None = None) -> dict:
-    """The plan's validity from its header (``Runtime.get_engine_validity``).
-
-    ``header_ok`` is True when the header is well-formed and from this library version (no
-    ``MALFORMED_ENGINE`` / ``VERSION_MISMATCH``). Without a GPU the device part of the check
-    cannot run (TensorRT-RTX then answers INVALID with no header diagnostic), so
-    ``device_checked`` is False. Libraries without the call give ``{"checked": False}``.
-    """
-    runtime = trt.Runtime(_QuietLogger.make(trt))
-    check = getattr(runtime, "get_engine_validity", None)
-    if check is None:
-        return {"checked": False}
-    validity, diagnostics = check(plan)
-    flags = diagnostic_names(trt, diagnostics)
-    header_ok = not set(flags) & HEADER_DEFECTS
-    verdict = ("header malformed or from another version" if not header_ok else
-               f"header valid; on this GPU: {validity.name}" if gpu is not None else
-               "header valid for this library version; the device check needs a GPU (none here)")
-    return {"checked": True, "validity": validity.name, "diagnostics": flags, "header_ok": header_ok,
-            "device_checked": gpu is not None, "verdict": verdict, "header_bytes": int(runtime.engine_header_size)}
-
-
-def validity_problem(validity: dict) -> str | None:
-    """Why a freshly built plan must be refused, or None (pure: the ``engine_validity`` record)."""
-    if not validity.get("checked"):
-        return None
-    if not validity["header_ok"]:
-        return f"its header check reports {validity['diagnostics']}"
-    if validity["device_checked"] and validity["validity"] == "INVALID":
-        return f"it is invalid on this GPU: {validity['diagnostics'] or 'no diagnostics'}"
-    return None
-
-
-class _QuietLogger:
-    """A TensorRT logger that keeps messages instead of printing them (the header check logs a
-    fatal-level line when it finds no GPU, which is expected on a build machine)."""
-
-    @staticmethod
-    def make(trt):
-        class Quiet(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.messages: list[str] = []
-
-            def log(self, severity, msg) -> None:
-                self.messages.append(f"{severity}: {msg}")
-
-        return Quiet()
 
 
 def write_engine(bundle: Bundle, name: str, plan) -> Path:
@@ -344,22 +232,24 @@ def build(engine: str | Path | Bundle, *, target: str | None = None, profile: Pr
     problem = validity_problem(validity)
     if problem:
         raise EngineBuildError(f"the built {tgt.name} engine is refused: {problem}")
+    path = write_engine(bundle, tgt.engine_file, plan)  # the engine first: the timing cache is the user's file
     if cache_file is not None:
         cache_file.save(config)
-    path = write_engine(bundle, tgt.engine_file, plan)
     record = _record(tgt, trt, bundle, path, shapes, profile, seconds, validity, gpu, ccs, workspace_gb)
     record = replace(record, timing_cache=None if cache_file is None else TimingCache(str(cache_file.path),
-                                                                                      cache_file.accepted),
-                     runtime_cache=_fresh_runtime_cache(bundle) if tgt.name == "tensorrt-rtx" else None)
-    bundle.update(engines={**bundle.manifest.engines, tgt.name: record})
+                                                                                      cache_file.accepted))
+    return _record_engine(bundle, record)
+
+
+def _record_engine(bundle: Bundle, record: EngineRecord) -> EngineRecord:
+    """Write ``engines[target]`` (re-read under the bundle's lock, beside a running backend's
+    runtime-cache saves); a new TensorRT-RTX engine starts with a fresh runtime cache."""
+    if record.target == "tensorrt-rtx":
+        record = replace(record, runtime_cache=fresh_runtime_cache(bundle.path))
+    with bundle_lock(bundle.path):
+        bundle.manifest = Bundle.open(bundle.path, check_files=False).manifest  # as it is now, not as first read
+        bundle.update(engines={**bundle.manifest.engines, record.target: record})
     return record
-
-
-def _fresh_runtime_cache(bundle: Bundle) -> RuntimeCache:
-    """A new engine invalidates the runtime cache of the old one: remove the file; the first run on a
-    GPU writes it again (``cmrt.runtime.tensorrt.save_runtime_cache``) with its SHA-256."""
-    (bundle.path / RUNTIME_CACHE_FILE).unlink(missing_ok=True)
-    return RuntimeCache(RUNTIME_CACHE_FILE)
 
 
 def _check_target_options(tgt: Target, ccs: list[str] | None, timing_cache) -> None:

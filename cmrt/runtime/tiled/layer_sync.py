@@ -3,16 +3,16 @@ the whole canvas at that layer, as the untiled decode normalizes.
 
 A whole-sampler tile cannot see the rest of the canvas, so its norms use its own statistics
 (``norm="tile"``) or statistics measured beforehand on a downscaled canvas (``"shared"``); both
-drift from the untiled decode (``benchmarks/RESULTS.md``, issue 12). Here the bundle's
-shared-statistics graph is cut at its norms (``cmrt.exporter.norm_stats.segments``) and run
+drift from the untiled decode (``benchmarks/RESULTS.md``, "Tiled decoding"). Here the bundle's
+shared-statistics graph is cut at its norms (``cmrt.graphs.segments``) and run
 segment by segment: segment k on every tile (each segment also measures, in the graph, its norm's
 input over the part of the tile the tile owns), then norm k's per-group mean and variance over the
 whole canvas joined from those parts (``combine``: every canvas pixel counted once), then segment
 k + 1 with them. After each segment the tiles exchange their overlaps: each takes, where a
 neighbour owns the pixels, the neighbour's values, which replaces what it computed from zero
 padding at its edge before any later segment reads it. With an overlap whose half covers one
-segment's reach at every resolution (``tiling.CANVAS_OVERLAP``) the tiled decode is the untiled
-decode to rounding (``benchmarks/RESULTS.md``: 102–121 dB against it on the held-out photos).
+segment's reach at every resolution (``layout.CANVAS_OVERLAP``) the tiled decode is the untiled
+decode to rounding (``benchmarks/RESULTS.md``, "Tiled decoding": "Layer-synchronous tiles").
 
 What it costs: every tile's live tensors (the UNet's skip connections among them) are held
 between segments, so memory grows with the canvas (about two thirds of an untiled decode), unless
@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError, RunnerClosedError, require
-from ..exporter import norm_stats as NS
-from . import tiling
-from .backends import session_options
+from ...errors import BundleError, RunnerClosedError, require
+from ... import graphs as NS
+from ..backends import session_options
+from .layout import MIN_TILE, Span, TileLayout, crop
 
 
-def owned(spans: tuple[tiling.Span, ...], scale: Fraction) -> list[tuple[int, int]]:
+def owned(spans: tuple[Span, ...], scale: Fraction) -> list[tuple[int, int]]:
     """Per span, the [lo, hi) it owns of an axis at ``scale`` pixels per latent pixel: the owned
     intervals split every overlap at its middle and tile the axis, each inside its span.
 
@@ -82,7 +82,7 @@ class _Exchange:
     owned: tuple[tuple[int, int, int, int], ...]  # per tile (r0, r1, c0, c1) in its own coordinates
 
 
-def _exchange(layout: tiling.TileLayout, scale: Fraction) -> _Exchange:
+def _exchange(layout: TileLayout, scale: Fraction) -> _Exchange:
     rows, cols = owned(layout.row_spans, scale), owned(layout.col_spans, scale)
     tiles = layout.tiles
     at = {t: (layout.row_spans.index(t.rows), layout.col_spans.index(t.cols)) for t in tiles}
@@ -154,7 +154,7 @@ class LayerSyncGraphs:
         graphs.norm_inputs = graphs.probe(upscale)
         return graphs
 
-    def probe(self, upscale: int, side: int = 2 * tiling.MIN_TILE) -> tuple[tuple[Fraction, int], ...]:
+    def probe(self, upscale: int, side: int = 2 * MIN_TILE) -> tuple[tuple[Fraction, int], ...]:
         """Every norm input's scale (pixels per latent pixel) and channels, from one run of all
         segments on a blank ``side``² latent tile (before any owned window is known)."""
         held = {"latents": np.zeros((1, 4, side, side), np.float32)}
@@ -178,7 +178,7 @@ class LayerSyncGraphs:
     def close(self) -> None:
         self.sessions = []
 
-    def run(self, inputs: dict[str, np.ndarray], layout: tiling.TileLayout, output: str,
+    def run(self, inputs: dict[str, np.ndarray], layout: TileLayout, output: str,
             spill: Path | None = None) -> np.ndarray:
         """The layer-synchronous tiled decode of one batch: ``inputs`` the sampler's whole-canvas
         feeds (``latents`` (B, 4, h, w), ``noise_i`` (B, C, s·h, s·w)); returns ``output``'s canvas.
@@ -188,7 +188,7 @@ class LayerSyncGraphs:
         its overlaps that a neighbour owns (``owned``), the neighbour's pixels; those are the
         pixels a tile computes from zero padding instead of its neighbour's. While every
         segment's reach (its convolutions' radius) stays within half the overlap at every
-        resolution (``tiling.CANVAS_OVERLAP``), every tile is the untiled decode's crop to rounding.
+        resolution (``layout.CANVAS_OVERLAP``), every tile is the untiled decode's crop to rounding.
         Norm k's statistics are joined from each tile's owned part (``combine``).
 
         ``spill``: an empty folder to keep the tiles' spatial tensors in (raw files, read back
@@ -205,7 +205,7 @@ class LayerSyncGraphs:
         store = _Store(len(tiles), th, tw, spill)
         for i, t in enumerate(tiles):
             for k, v in inputs.items():
-                store.put(i, k, tiling.crop(v, t, v.shape[2] // layout.height))
+                store.put(i, k, crop(v, t, v.shape[2] // layout.height))
         for j, (part, session) in enumerate(zip(self.segments, self.sessions)):
             found = []
             window = self._window(part, layout, exchanges) if part.norm is not None else None
@@ -234,12 +234,12 @@ class LayerSyncGraphs:
         return canvas
 
     @staticmethod
-    def _exchange(layout: tiling.TileLayout, scale: Fraction, cache: dict) -> "_Exchange":
+    def _exchange(layout: TileLayout, scale: Fraction, cache: dict) -> "_Exchange":
         if scale not in cache:
             cache[scale] = _exchange(layout, scale)
         return cache[scale]
 
-    def _window(self, part, layout: tiling.TileLayout, cache: dict) -> list:
+    def _window(self, part, layout: TileLayout, cache: dict) -> list:
         """Per tile, (starts, ends, elements per group) of its owned window of ``part``'s norm input."""
         scale, channels = self.norm_inputs[part.norm]
         per_group = channels // self.groups[part.norm]
@@ -316,7 +316,7 @@ def _spatial_scale(value: np.ndarray, th: int, tw: int) -> Fraction | None:
     return s if s * tw == value.shape[3] and s >= 1 else None
 
 
-def _assemble(outs: list[np.ndarray], layout: tiling.TileLayout, exchanges: dict) -> np.ndarray:
+def _assemble(outs: list[np.ndarray], layout: TileLayout, exchanges: dict) -> np.ndarray:
     """The canvas of the tiles' outputs, each tile's owned part."""
     scale = _spatial_scale(outs[0], *layout.tile_shape)
     ex = exchanges.get(scale) or _exchange(layout, scale)

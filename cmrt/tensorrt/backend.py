@@ -3,41 +3,36 @@
 Import-cheap: nothing here imports TensorRT, CUDA or torch at module level. Opening the backend
 checks, before touching the device, that the engine's library is installed, that a CUDA GPU is
 visible, and that the engine was built by this library version for this GPU (from the facts
-``cmrt build`` recorded in the manifest); any mismatch is refused with a message to rebuild.
+``cmrt build`` recorded in the manifest, ``targets.compatibility_problem``); any mismatch is
+refused with a message to rebuild.
 
-Running (the TensorRT calls sit behind the seam in ``cmrt.runtime._trt``): a TensorRT-RTX engine
+Running (the TensorRT calls sit behind the seam in ``cmrt.tensorrt.seam``): a TensorRT-RTX engine
 is checked with ``get_engine_validity`` before it is deserialized, and its context is created from
 a runtime config that carries the runtime cache stored beside the engine
-(``engine.tensorrt-rtx.cache``, written back after the JIT compile). Per input shape, device
-buffers (torch CUDA tensors) are allocated once and bound (a few shapes are kept),
-``execute_async_v3`` runs on the backend's stream, ordered after the caller's current stream;
-``run_torch`` takes and returns CUDA tensors without host copies. ``cuda_graph=True``: TensorRT-RTX
-captures graphs itself; with TensorRT cmrt captures one per shape after a warm-up run. The
-contract is written out in ``docs/tensorrt.md``.
+(``engine.tensorrt-rtx.cache``, ``cmrt.tensorrt.runtime_cache``: saved after the JIT compile at
+open and again at close). Per input shape, device buffers (torch CUDA tensors) are allocated once
+and bound (a few shapes are kept), ``execute_async_v3`` runs on the backend's stream, ordered after
+the caller's current stream; ``run_torch`` takes and returns CUDA tensors without host copies.
+``cuda_graph=True``: TensorRT-RTX captures graphs itself; with TensorRT cmrt captures one per shape
+after a warm-up run. The contract is written out in ``docs/precision-and-tensorrt.md``.
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import importlib.util
-import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._io import write_bytes_atomic
-from dataclasses import replace
+from ..bundle import OUTPUT_NAME, Bundle, EngineRecord, RuntimeCache
+from ..errors import BundleError, InputError, MissingDependencyError
+from . import seam
+from .runtime_cache import runtime_cache_blob, save_runtime_cache
+from .targets import TARGETS, compatibility_problem, cuda_device, load_library
 
-from ..bundle import OUTPUT_NAME, Bundle, EngineRecord, Gpu, RuntimeCache
-from ..errors import BundleError, MissingDependencyError, require
-from . import _trt
-from .tiling import ShapeLimits
-
-#: Engine targets in the order a bundle's engines are tried (module, pip extra).
-ENGINE_TARGETS = {"tensorrt": ("tensorrt", "trt"), "tensorrt-rtx": ("tensorrt_rtx", "trt-rtx")}
-#: Compute capabilities TensorRT for RTX runs on (no Hopper).
-RTX_SUPPORTED = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
                  "BOOL": "bool", "INT8": "int8", "UINT8": "uint8"}
 
@@ -58,50 +53,13 @@ def select_engine(bundle: Bundle, target: str | None = None) -> EngineRecord:
             raise BundleError(f"{bundle.path} has no {target} engine (it has {sorted(engines)}): "
                               f"build one with `cmrt build {bundle.path} --target {target}`")
         return engines[target]
-    installed = [n for n in ENGINE_TARGETS if n in engines and importlib.util.find_spec(ENGINE_TARGETS[n][0])]
-    candidates = installed or [n for n in ENGINE_TARGETS if n in engines] or list(engines)
+    installed = [n for n in TARGETS if n in engines and importlib.util.find_spec(TARGETS[n].module)]
+    candidates = installed or [n for n in TARGETS if n in engines] or list(engines)
     return engines[candidates[0]]
-
-
-def compatibility_problem(record: EngineRecord, library_version: str, device: dict) -> str | None:
-    """Why an engine cannot run here, or None. ``device``: {"name", "compute_capability"}.
-
-    Engines load only on the library build and the GPU they were built for (TensorRT: the build
-    GPU's compute capability; TensorRT-RTX: the capabilities asked at build time, or its portable
-    set on a supported GPU).
-    """
-    target, built = record.target, record.library_version
-    rebuild = f"rebuild it here with `cmrt build BUNDLE --target {target}`"
-    if built != library_version:
-        return (f"the {target} engine {record.file} was built with {record.library} {built}, but "
-                f"{library_version} is installed: {rebuild} (or install {record.library}=={built})")
-    cc = device["compute_capability"]
-    ccs = record.compute_capabilities
-    if target == "tensorrt-rtx":
-        if cc not in RTX_SUPPORTED:
-            return (f"TensorRT for RTX does not run on {device['name']} (compute capability {cc}; it supports "
-                    f"{', '.join(RTX_SUPPORTED)}, not Hopper): build with --target tensorrt instead")
-        wanted = [_cc_from_enum(c) for c in ccs] if isinstance(ccs, tuple) else None
-        if wanted is not None and cc not in wanted:
-            return (f"the engine was built for compute capabilities {wanted}, this GPU ({device['name']}) is "
-                    f"{cc}: rebuild with `cmrt build BUNDLE --target tensorrt-rtx --compute-capability {cc}`")
-        return None
-    if isinstance(ccs, tuple) and cc not in ccs:
-        gpu = record.gpu.name if record.gpu else "another GPU"
-        return (f"the engine was built on {gpu} (compute capability {ccs[0]}), this GPU is {device['name']} "
-                f"({cc}): {rebuild}")
-    return None
-
-
-def _cc_from_enum(name: str) -> str:
-    digits = name.upper().removeprefix("SM")
-    return f"{digits[:-1]}.{digits[-1]}"
 
 
 def check_shapes(record: EngineRecord, feeds: dict[str, tuple[int, ...]]) -> None:
     """Refuse input shapes outside the engine's optimization profile, naming the range."""
-    from ..errors import InputError
-
     profile = record.profiles[0]
     for name, shape in feeds.items():
         if name not in profile:
@@ -113,34 +71,29 @@ def check_shapes(record: EngineRecord, feeds: dict[str, tuple[int, ...]]) -> Non
                              "backend onnxruntime")
 
 
-def engine_limits(record: EngineRecord) -> ShapeLimits:
-    """The batch and latent ranges of an engine's (first) optimization profile: what a runner
-    chunks batches and tiles latents to. A sampler's profile bounds the batch only."""
+def profile_limits(record: EngineRecord) -> dict[str, tuple[int, int] | None]:
+    """The batch and latent ranges of an engine's (first) optimization profile, as the runtime's
+    ``ShapeLimits`` fields (``batch``, ``latent_min``, ``latent_max``; None: unbounded): what a
+    runner chunks batches and tiles latents to. A sampler's profile bounds the batch only."""
     profile = record.profiles[0]
     if "latents" in profile:
         r = profile["latents"]
-        return ShapeLimits(batch=(r.min[0], r.max[0]), latent_min=(r.min[2], r.min[3]), latent_max=(r.max[2], r.max[3]))
+        return {"batch": (r.min[0], r.max[0]), "latent_min": (r.min[2], r.min[3]), "latent_max": (r.max[2], r.max[3])}
     first = next((profile[n] for n in sorted(profile) if n.startswith("noise_")), None)
-    return ShapeLimits() if first is None else ShapeLimits(batch=(first.min[0], first.max[0]))
+    return {"batch": None if first is None else (first.min[0], first.max[0]), "latent_min": None, "latent_max": None}
 
 
 # --- the backend ------------------------------------------------------------------------
-def _device() -> dict | None:
-    from ..exporter.tensorrt import cuda_device
-
-    return cuda_device()
-
-
 def usable(bundle: Bundle) -> bool:
     """True when the bundle has an engine whose library is installed and which fits this GPU
     (used to pick the default backend; never raises for a missing library or GPU)."""
     if not bundle.manifest.engines:
         return False
     record = select_engine(bundle)
-    module = ENGINE_TARGETS.get(record.target, (None,))[0]
+    module = TARGETS[record.target].module if record.target in TARGETS else None
     if module is None or importlib.util.find_spec(module) is None or importlib.util.find_spec("torch") is None:
         return False
-    device = _device()
+    device = cuda_device()
     if device is None:
         return False
     version = getattr(importlib.import_module(module), "__version__", "")
@@ -153,7 +106,7 @@ class TensorRTBackend:
     The GPU is the one current when the backend is opened; the stream, the engine, the context
     and every buffer live on it, and every run happens under it, whatever device is current then.
     Runs are ordered after the caller's current stream and outputs are handed back recorded on it
-    (see ``docs/tensorrt.md``).
+    (see ``docs/precision-and-tensorrt.md``).
 
     Args:
         bundle: an opened bundle with an engine (``cmrt build``).
@@ -165,17 +118,20 @@ class TensorRTBackend:
 
     precision = "fp16"
     thread_safe = False  # one execution context with bound buffers: runners serialize calls
+    #: The runtime's ``ShapeLimits`` of the engine's profile: set by the runtime's backend registry
+    #: (``cmrt.runtime.backends``, from ``profile_limits``); None: runners do not chunk or tile for it.
+    limits = None
 
     def __init__(self, bundle: Bundle, *, target: str | None = None, cuda_graph: bool = False) -> None:
         self.record = select_engine(bundle, target)
-        module, extra = ENGINE_TARGETS[self.record.target]
-        self.trt = require(module, extra, f"running the {self.record.target} engine")
+        target = TARGETS[self.record.target]
+        self.trt = load_library(target, f"running the {target.name} engine")
         import torch
 
-        device = _device()
+        device = cuda_device()
         if device is None:
             raise MissingDependencyError(f"backend tensorrt needs an NVIDIA GPU and a CUDA build of torch; none is "
-                                         f"visible: use backend onnxruntime, or `pip install 'cmrt[{extra}]'` "
+                                         f"visible: use backend onnxruntime, or `pip install 'cmrt[{target.extra}]'` "
                                          "on a GPU machine")
         problem = compatibility_problem(self.record, self.trt.__version__, device)
         if problem:
@@ -188,11 +144,10 @@ class TensorRTBackend:
             self.engine = self._deserialize(bundle.path / self.record.file)
             self.setup = self._create_context()
         self.context = self.setup.context
-        inputs, outputs = _trt.engine_io(self.trt, self.engine)
-        self.input_names = _trt.match_io(inputs, outputs, bundle.manifest.input_names, OUTPUT_NAME,
+        inputs, outputs = seam.engine_io(self.trt, self.engine)
+        self.input_names = seam.match_io(inputs, outputs, bundle.manifest.input_names, OUTPUT_NAME,
                                          file=self.record.file)
         self.output_names = outputs
-        self.limits = engine_limits(self.record)
         self.runner = self._runner()
         self.save_runtime_cache()
 
@@ -201,27 +156,27 @@ class TensorRTBackend:
             raise BundleError(f"{path} is listed in the manifest but missing: rebuild it with `cmrt build`")
         runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
         rebuild = f"rebuild it here with `cmrt build {path.parent} --target {self.record.target}`"
-        return _trt.deserialize(self.trt, runtime, path.read_bytes(), file=path.name, rebuild=rebuild)
+        return seam.deserialize(self.trt, runtime, path.read_bytes(), file=path.name, rebuild=rebuild)
 
-    def _create_context(self) -> _trt.ContextSetup:
+    def _create_context(self) -> seam.ContextSetup:
         rtx = self.record.target == "tensorrt-rtx"
         whole_graph = rtx and self.cuda_graph and hasattr(self.trt, "CudaGraphStrategy")
         blob = runtime_cache_blob(self.bundle_path, self.record) if rtx else None
-        return _trt.create_context(self.trt, self.engine, file=self.record.file, runtime_config=rtx,
+        return seam.create_context(self.trt, self.engine, file=self.record.file, runtime_config=rtx,
                                    whole_graph=whole_graph, cache_blob=blob)
 
-    def _runner(self) -> _trt.EngineRunner:
+    def _runner(self) -> seam.EngineRunner:
         torch, handle = self.torch, self.stream.cuda_stream
         capture = capturable = None
         if self.cuda_graph and not self.setup.whole_graph:
-            capture = _trt.torch_capture(torch, self.stream)
+            capture = seam.torch_capture(torch, self.stream)
             check = getattr(self.context, "is_stream_capturable", None)  # TensorRT-RTX only
             capturable = None if check is None else (lambda: bool(check(handle)))
 
         def allocate(name: str, shape: tuple):
             return torch.empty(shape, dtype=self._dtype(name), device=self.device)
 
-        return _trt.EngineRunner(self.context, inputs=self.input_names, outputs=self.output_names,
+        return seam.EngineRunner(self.context, inputs=self.input_names, outputs=self.output_names,
                                  allocate=allocate, stream_handle=handle, capture=capture, capturable=capturable,
                                  name=f"the {self.name} engine {self.record.file}")
 
@@ -234,7 +189,7 @@ class TensorRTBackend:
 
         Returns the new manifest record, or None (no change, not TensorRT-RTX, or not writable: warned).
         """
-        if self.setup.runtime_cache is None:
+        if self.setup is None or self.setup.runtime_cache is None:
             return None
         info = save_runtime_cache(self.bundle_path, self.record, self.setup.runtime_cache,
                                   library_version=self.trt.__version__, gpu=self.gpu)
@@ -269,7 +224,7 @@ class TensorRTBackend:
             out = buffers[OUTPUT_NAME]
             return out.clone() if out.dtype == self.torch.float32 else out.float()  # one copy either way
 
-        return _trt.run_ordered(self.torch, self.device, self.stream, work)
+        return seam.run_ordered(self.torch, self.device, self.stream, work)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         torch = self.torch
@@ -277,71 +232,34 @@ class TensorRTBackend:
         return self.run_torch(tensors).cpu().numpy()
 
     def close(self) -> None:
-        """Free the execution context, the engine and the cached buffers and graphs (in that order:
-        a context must go before its engine)."""
-        self.runner = self.context = self.setup = None
-        self.engine = None
+        """Wait for the stream, save the runtime cache, and free the execution context, the engine
+        and the cached buffers and graphs (a context goes before its engine), all with the engine's
+        GPU current, whatever device the caller has made current. Closing twice does nothing.
+
+        The stream is synchronized first: NvInferRuntime.h (``enqueueV3``) makes releasing memory
+        registered for the tensors before the stream is synchronized undefined behaviour, and the
+        buffers and the context's memory are freed here. The runtime cache is saved at close, as
+        TensorRT-RTX's demo does in ``Engine.deactivate`` (``demo/utils/engine.py``), so kernels
+        compiled lazily for shapes seen after open are kept for the next process.
+        """
+        if self.engine is None:
+            return
+        with self.torch.cuda.device(self.device):
+            try:
+                self.stream.synchronize()
+                self.save_runtime_cache()
+            finally:
+                self.runner = self.context = self.setup = None
+                self.engine = None
 
 
 def check_devices(feeds: dict[str, Any], device) -> None:
     """Refuse CUDA tensors on another GPU than the backend's, naming both (CPU tensors are fine)."""
-    from ..errors import InputError
-
     for name, value in feeds.items():
         where = getattr(value, "device", None)  # numpy arrays have a string device
         if getattr(where, "type", None) == "cuda" and where.index != device.index:
             raise InputError(f"{name} is on {where}, but this engine was loaded on {device}: move the inputs "
                              f"there (`.to('{device}')`), or open the backend while {where} is current")
-
-
-# --- the TensorRT-RTX runtime cache beside the engine ------------------------------------
-def runtime_cache_blob(bundle_path: Path, record: EngineRecord) -> bytes | None:
-    """The stored runtime cache for this engine, or None (none yet, or its SHA-256 does not match
-    the manifest's: warned, and rebuilt by the JIT)."""
-    info = record.runtime_cache
-    path = bundle_path / (info.file if info else _trt.RUNTIME_CACHE_FILE)
-    if not path.is_file():
-        return None
-    blob = path.read_bytes()
-    if info is not None and info.sha256 and hashlib.sha256(blob).hexdigest() != info.sha256:
-        warnings.warn(f"{path} does not match the SHA-256 recorded in the manifest: not used (it is rebuilt)",
-                      stacklevel=3)
-        return None
-    return blob
-
-
-def save_runtime_cache(bundle_path: Path, record: EngineRecord, cache, *, library_version: str,
-                       gpu: dict) -> RuntimeCache | None:
-    """Serialize ``cache`` and, when it differs from the file beside the engine, write it
-    atomically and record it in the manifest's engine record under ``runtime_cache``.
-
-    A bundle that cannot be written (read-only install) is warned about, not fatal: the next
-    process then compiles the kernels again. Returns the new record, or None.
-    """
-    data = _trt.serialize_runtime_cache(cache, file=record.file)
-    if data is None:
-        return None
-    name = record.runtime_cache.file if record.runtime_cache else _trt.RUNTIME_CACHE_FILE
-    digest = hashlib.sha256(memoryview(data)).hexdigest()
-    if record.runtime_cache and record.runtime_cache.sha256 == digest and (bundle_path / name).is_file():
-        return None
-    try:
-        path = write_bytes_atomic(bundle_path / name, data)
-        info = RuntimeCache(name, digest, path.stat().st_size, library_version, Gpu(**gpu))
-        _record_runtime_cache(bundle_path, record.target, info)
-    except OSError as exc:
-        warnings.warn(f"could not save the TensorRT-RTX runtime cache in {bundle_path} ({exc}): each process "
-                      "will JIT-compile the engine again", stacklevel=3)
-        return None
-    return info
-
-
-def _record_runtime_cache(bundle_path: Path, target: str, info: RuntimeCache) -> None:
-    bundle = Bundle.open(bundle_path, check_files=False)  # re-read: another process may have changed it
-    engines = dict(bundle.manifest.engines)
-    if target in engines:
-        engines[target] = replace(engines[target], runtime_cache=info)
-        bundle.update(engines=engines)
 
 
 def open_tensorrt(bundle: Bundle) -> TensorRTBackend:
