@@ -3,7 +3,6 @@ backend builds the session once; ``run`` only feeds it."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -12,6 +11,7 @@ import numpy as np
 from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import BundleError, ConfigError, MissingDependencyError, RunnerClosedError, require
 from .limits import ShapeLimits
+from .threads import THREADS_ENV, default_threads  # noqa: F401  (one home, shared with the OpenVINO backend)
 
 
 class Backend(Protocol):
@@ -36,21 +36,6 @@ class Backend(Protocol):
 #: cost in time (paired rounds at 256²).
 CPU_ARENA = True
 MEM_PATTERN = False
-#: The intra-op thread count of every session that is not given one (unset: one per physical core).
-#: Parallel processes on one machine set it (the tests: one per pytest-xdist worker's share of the cores).
-THREADS_ENV = "CMRT_THREADS"
-
-
-def default_threads() -> int:
-    """``$CMRT_THREADS`` if set, else 0 (ONNX Runtime's choice: one thread per physical core)."""
-    text = os.environ.get(THREADS_ENV, "").strip()
-    if not text:
-        return 0
-    if not text.isdigit() or int(text) < 1:
-        raise ConfigError(f"{THREADS_ENV}={text!r}: give a whole number of threads ≥ 1, or unset it")
-    return int(text)
-
-
 def session_options(threads: int | None = None, *, cpu_arena: bool = CPU_ARENA, mem_pattern: bool = MEM_PATTERN):
     """ONNX Runtime options for latency: all graph optimizations, sequential execution, spinning
     intra-op threads (``threads``, else ``default_threads()``: one per physical core unless

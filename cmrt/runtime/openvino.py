@@ -33,8 +33,8 @@ import numpy as np
 
 from ..bundle import OUTPUT_NAME, BackendRecord, Bundle, Cpu, ParityRecord
 from ..errors import BundleError, ConfigError, RunnerClosedError, require
-from .backends import default_threads
 from .limits import ShapeLimits
+from .threads import default_threads
 
 #: backend name → the precision it computes in (None: the bundle's record decides, ``resolve``).
 PRECISIONS: dict[str, str | None] = {"openvino": None, "openvino-bf16": "bf16", "openvino-f32": "fp32"}

@@ -127,8 +127,11 @@ def test_concurrent_calls_equal_serial(decoder_bundle):
         backend.run(feeds[0])
 
 
-def test_threads_as_asked(decoder_bundle):
+def test_threads_as_asked(decoder_bundle, monkeypatch):
     with ovb.OpenVinoBackend(decoder_bundle.path / "model.onnx", precision="fp32", threads=1) as b:
+        assert b.threads_used == 1
+    monkeypatch.setenv("CMRT_THREADS", "1")  # the default of every CPU backend, as ONNX Runtime's
+    with ovb.OpenVinoBackend(decoder_bundle.path / "model.onnx", precision="fp32") as b:
         assert b.threads_used == 1
     with pytest.raises(ConfigError, match="threads"):
         ovb.OpenVinoBackend(decoder_bundle.path / "model.onnx", threads=0)
