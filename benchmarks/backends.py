@@ -337,6 +337,38 @@ def onnxruntime_plain(p: Prepared) -> Call:
     return lambda: sess.run(None, feeds)[0]
 
 
+# --- reduced precision on the CPU (issue 23) -------------------------------------------
+def diffusers_bf16(p: Prepared) -> Call:
+    """diffusers' own decoder / pipeline with the same weights under ``torch.autocast("cpu",
+    dtype=torch.bfloat16)``: what a user gets by writing one line."""
+    import torch
+
+    call = diffusers_own(p)
+
+    def autocast_call():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return call().float()
+    return autocast_call
+
+
+def _openvino(p: Prepared, backend: str) -> Call:
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        raise Absent("openvino is not installed (pip install 'cmrt[openvino]')")
+    return _cmrt_call(p, backend)
+
+
+def openvino_bf16(p: Prepared) -> Call:
+    """``cmrt.Decoder``/``Sampler`` on OpenVINO with the BF16 precision hint (cmrt's FP32 graph)."""
+    return _openvino(p, "openvino-bf16")
+
+
+def openvino_f32(p: Prepared) -> Call:
+    """``cmrt.Decoder``/``Sampler`` on OpenVINO in FP32 (cmrt's FP32 graph)."""
+    return _openvino(p, "openvino-f32")
+
+
 # --- TensorRT --------------------------------------------------------------------------
 def tensorrt(p: Prepared) -> Call:
     """``cmrt.Decoder``/``Sampler`` on a TensorRT engine built from the bundle's FP16 graph."""
@@ -372,5 +404,8 @@ BENCH_BACKENDS: dict[str, BenchBackend] = {b.name: b for b in (
                  "single-step graphs stepped from a Python loop (vs the one-graph unrolled sampler)"),
     BenchBackend("onnxruntime-cuda", "fp32", CUDA, onnxruntime_cuda, "cmrt on ONNX Runtime CUDA"),
     BenchBackend("tensorrt", "fp16", CUDA, tensorrt, "cmrt on a TensorRT engine (FP16 graph)"),
+    BenchBackend("diffusers-bf16", "bf16", CPU, diffusers_bf16, "diffusers under torch.autocast('cpu', bfloat16)"),
+    BenchBackend("openvino-bf16", "bf16", CPU, openvino_bf16, "cmrt on OpenVINO, BF16 precision hint (FP32 graph)"),
+    BenchBackend("openvino-f32", "fp32", CPU, openvino_f32, "cmrt on OpenVINO in FP32"),
 )}
 BASELINE = "pytorch-eager"

@@ -46,7 +46,7 @@ KINDS = ("sampler", "decoder", "editor")
 #: What each kind of bundle computes by default; editing bundles name their task (``Task``).
 DEFAULT_TASKS = {"sampler": "sample", "decoder": "decode"}
 #: Manifest sections added within format 2, left out of ``cmrt.json`` when null.
-OPTIONAL_SECTIONS = ("norm_stats",)
+OPTIONAL_SECTIONS = ("norm_stats", "backends")
 Kind = Literal["sampler", "decoder", "editor"]
 Precision = Literal["fp32", "fp16"]
 
@@ -604,6 +604,8 @@ class Manifest:
         engines: target → engine.
         norm_stats: the shared-statistics graphs for tiled decoding, when exported (decoders,
             ``--tile-stats``), else null.
+        backends: "backend/CPU class" → a CPU backend's parity on the FP32 graph (``BackendRecord``,
+            e.g. OpenVINO BF16), else null.
         digest: SHA-256 of this manifest's canonical JSON without this field.
     """
 
@@ -625,6 +627,7 @@ class Manifest:
     precision: dict[str, PrecisionRecord] = field(default_factory=dict)
     engines: dict[str, EngineRecord] = field(default_factory=dict)
     norm_stats: NormStatsRecord | None = None
+    backends: dict[str, BackendRecord] | None = None
     format_version: int = FORMAT_VERSION
     digest: str = ""
 
@@ -955,6 +958,59 @@ def upgrade_bundle(path: str | Path) -> Bundle:
         Bundle(folder, manifest).save_manifest()
     return Bundle.open(folder)
 
+# --- backend parity records (``cmrt.runtime.openvino``) ----------------------------------------
+@dataclass(frozen=True)
+class Cpu:
+    """A CPU, as far as it decides a CPU backend's kernels and so its numerics.
+
+    Attributes:
+        model: ``/proc/cpuinfo``'s model name.
+        isa: the instruction-set class the kernels are chosen by ("amx-bf16", "avx512-bf16",
+            "avx512", "avx2", "baseline"): records apply to CPUs of the same class.
+        flags: the flags of that kind it has (e.g. avx512_bf16, amx_tile).
+    """
+
+    model: str
+    isa: str
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackendRecord:
+    """A CPU backend run on the stored parity inputs from the FP32 graph, like an engine's check
+    (``cmrt check --backend openvino-bf16``; ``cmrt export`` on a CPU with native BF16).
+
+    Attributes:
+        backend: e.g. "openvino-bf16".
+        precision: the precision it computes in ("bf16", "fp32"): which tolerances applied.
+        library: the Python module that ran it.
+        library_version: its version.
+        graph: the graph it ran.
+        graph_sha256: that graph's SHA-256.
+        cpu: the CPU it ran on.
+        when: UTC time of the check.
+        seconds: wall time of the run on the parity inputs (compilation excluded).
+        non_finite: NaN/Inf values in the outputs.
+        result: the comparison with the PyTorch outputs.
+    """
+
+    backend: str
+    precision: str
+    library: str
+    library_version: str
+    graph: str
+    graph_sha256: str
+    cpu: Cpu
+    when: str
+    seconds: float
+    non_finite: int
+    result: ParityRecord
+
+    @property
+    def passed(self) -> bool:
+        return self.result.passed
+
 
 if __name__ == "__main__":  # python -m cmrt.bundle > docs/manifest.schema.json
     print(json.dumps(manifest_schema(), indent=2, ensure_ascii=False))
+

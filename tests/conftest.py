@@ -47,6 +47,11 @@ from cmrt.models.zoo import randomize, random_model, tiny_cm_spec, tiny_decoder_
 if THREADS is not None:
     torch.set_num_threads(THREADS)
 
+# The suite runs as on a CPU without native BF16 (``cmrt.runtime.openvino.cpu_flags``' seam): exports
+# record no OpenVINO parity and runners keep ONNX Runtime FP32 by default on any machine;
+# tests/runtime/test_openvino.py sets the flags itself.
+os.environ.setdefault("CMRT_CPU_FLAGS", "")
+
 
 def _run_root(factory: pytest.TempPathFactory) -> Path:
     """A folder shared by every worker of this test run (and by nothing else)."""

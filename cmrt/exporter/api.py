@@ -23,6 +23,7 @@ from ..models.sources import load_model, refuse_options
 from ..models.spec import ModelSpec
 from ..models.unet import count_parameters
 from ..parity import compare
+from ..runtime.openvino import record_at_export
 from ..runtime.tiled.options import DEFAULT_STATS_FACTOR
 from ..editing import EDIT_TASKS, RGB
 from ..samplers import UnrolledConsistencySampler, UnrolledDecoderSampler, UnrolledEditor
@@ -231,6 +232,7 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
             _add_norm_stats(bundle, sampler, graph, feeds, reference)
         if precision == "fp16":
             _add_fp16(bundle, sampler, graph, model, feeds, io, job)
+        record_at_export(bundle)  # OpenVINO BF16's parity, on a CPU with native BF16 (cmrt.runtime.openvino)
     return Bundle.open(out)
 
 

@@ -3,7 +3,6 @@ backend builds the session once; ``run`` only feeds it."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -12,6 +11,7 @@ import numpy as np
 from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import BundleError, ConfigError, MissingDependencyError, RunnerClosedError, require
 from .limits import ShapeLimits
+from .threads import THREADS_ENV, default_threads  # noqa: F401  (one home, shared with the OpenVINO backend)
 
 
 class Backend(Protocol):
@@ -36,21 +36,6 @@ class Backend(Protocol):
 #: cost in time (paired rounds at 256²).
 CPU_ARENA = True
 MEM_PATTERN = False
-#: The intra-op thread count of every session that is not given one (unset: one per physical core).
-#: Parallel processes on one machine set it (the tests: one per pytest-xdist worker's share of the cores).
-THREADS_ENV = "CMRT_THREADS"
-
-
-def default_threads() -> int:
-    """``$CMRT_THREADS`` if set, else 0 (ONNX Runtime's choice: one thread per physical core)."""
-    text = os.environ.get(THREADS_ENV, "").strip()
-    if not text:
-        return 0
-    if not text.isdigit() or int(text) < 1:
-        raise ConfigError(f"{THREADS_ENV}={text!r}: give a whole number of threads ≥ 1, or unset it")
-    return int(text)
-
-
 def session_options(threads: int | None = None, *, cpu_arena: bool = CPU_ARENA, mem_pattern: bool = MEM_PATTERN):
     """ONNX Runtime options for latency: all graph optimizations, sequential execution, spinning
     intra-op threads (``threads``, else ``default_threads()``: one per physical core unless
@@ -148,18 +133,31 @@ def _tensorrt(bundle: Bundle) -> Backend:
     return backend
 
 
+def _openvino(name: str) -> Callable[[Bundle], Backend]:
+    def make(bundle: Bundle) -> Backend:
+        from .openvino import open_openvino  # imports no OpenVINO until the backend is opened
+
+        return open_openvino(bundle, name)
+    return make
+
+
 #: Backend name → factory(bundle). Other backends (TensorRT) register here.
 BACKENDS: dict[str, Callable[[Bundle], Backend]] = {
     "onnxruntime": _ort("auto"),
     "onnxruntime-cpu": _ort("cpu"),
     "onnxruntime-cuda": _ort("cuda"),
     "tensorrt": _tensorrt,
+    "openvino": _openvino("openvino"),
+    "openvino-bf16": _openvino("openvino-bf16"),
+    "openvino-f32": _openvino("openvino-f32"),
 }
 
 
 def default_backend_name(bundle: Bundle) -> str:
     """TensorRT when the user pointed at an engine, or when the bundle's engine can run here
-    (library installed, GPU it was built for); else ONNX Runtime."""
+    (library installed, GPU it was built for); else, on a CPU with native BF16, the fastest CPU
+    backend whose recorded parity passed on a CPU of its class (``openvino.default_choice``); else
+    ONNX Runtime."""
     if bundle.selected is not None and bundle.selected.endswith(".plan"):
         return "tensorrt"
     if bundle.selected is None and bundle.manifest.engines:
@@ -167,7 +165,9 @@ def default_backend_name(bundle: Bundle) -> str:
 
         if usable(bundle):  # an engine, its library and a GPU it was built for are all here
             return "tensorrt"
-    return "onnxruntime"
+    from .openvino import default_choice
+
+    return default_choice(bundle) or "onnxruntime"
 
 
 def open_backend(bundle: Bundle, name: "str | Backend | None" = None) -> Backend:

@@ -3,6 +3,7 @@ stored at export."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from ..bundle import OUTPUT_NAME, Bundle, EngineParity, Gpu, IntegrityReport, Pa
 from ..errors import ParityError
 from ..parity import ParityReport, compare
 from .backends import open_backend
+from .openvino import for_check, record_lines, record_parity
 
 
 @dataclass(frozen=True)
@@ -62,19 +64,24 @@ def check(engine: str | Path | Bundle, *, backend: str | None = None, record: bo
     integrity = bundle.verify()
     if not integrity.passed:
         return CheckReport(integrity, None, engine_lines(bundle))
-    runner = open_backend(bundle, backend)
+    runner = open_backend(bundle, for_check(bundle, backend))
     try:
         inputs, expected = bundle.parity_data()
+        t0 = time.perf_counter()
         actual = {OUTPUT_NAME: runner.run(inputs)}
+        seconds = time.perf_counter() - t0
     finally:
         runner.close()
     report = compare(actual, expected, backend=runner.name, precision=runner.precision)
+    if record:  # a CPU backend's own record (OpenVINO); nothing for the others
+        record_parity(bundle, runner, report, seconds, actual)
     target = getattr(runner, "engine_target", None)
     if record and target is not None:
         gpu = getattr(runner, "gpu", None)
         record_engine_parity(bundle, target, report, gpu=Gpu(**gpu) if isinstance(gpu, dict) else gpu,
                              library_version=getattr(runner, "library_version", None))
-    return CheckReport(integrity, report, engine_lines(bundle))
+    chosen = f"backend: {runner.name} [{runner.precision}]" + ("" if backend else " (the default here)")
+    return CheckReport(integrity, report, engine_lines(bundle) + record_lines(bundle) + (chosen,))
 
 
 def engine_lines(bundle: Bundle) -> tuple[str, ...]:

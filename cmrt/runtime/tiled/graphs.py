@@ -37,7 +37,8 @@ class NormGraphs:
     def usable(self) -> bool:
         """Whether the runner's backend can run these graphs: they are FP32 ONNX Runtime graphs."""
         backend = self.main()
-        return isinstance(backend, OnnxRuntimeBackend) and backend.precision == "fp32"
+        return (isinstance(backend, OnnxRuntimeBackend) and backend.precision == "fp32") or getattr(
+            backend, "norm_graphs_on_onnxruntime", False)  # OpenVINO: these FP32 graphs run on ONNX Runtime
 
     def backend(self, graph: str) -> Backend:
         """``graph`` ("statistics", "shared" or "shared-means") on the runner's ONNX Runtime device

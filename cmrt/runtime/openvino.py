@@ -1,0 +1,338 @@
+"""The OpenVINO backend, one room: open, run, close, its compiled-model cache, its parity record
+and when it is the default.
+
+OpenVINO reads the bundle's FP32 ONNX graph itself and computes in the precision its
+``INFERENCE_PRECISION_HINT`` asks for: ``openvino-bf16`` (BF16 matrix units: AVX512_BF16, AMX)
+or ``openvino-f32``; ``openvino`` is the precision this bundle's record allows on this CPU (BF16
+where its BF16 parity passed here, else FP32). The graph's batch and spatial axes stay dynamic,
+so chunked and tiled decodes run the same compiled model at other shapes.
+
+A BF16 result is a property of the CPU's instruction set as much as of the graph, so its parity
+is recorded like a TensorRT engine's: ``cmrt check BUNDLE --backend openvino-bf16`` (and
+``cmrt export`` on a CPU with native BF16) runs the stored parity inputs and writes a
+``BackendRecord`` (CPU model, instruction-set class and flags, OpenVINO version, time, max abs,
+PSNR, non-finite count, verdict) under ``manifest.backends["openvino-bf16/<isa class>"]``. On a
+CPU with native BF16, runners opened with ``backend=None`` choose ``openvino-bf16`` when such a
+record passed on a CPU of the same class (``default_choice``); a failed record is never chosen
+and a request for it is refused.
+
+The CPU's flags are read behind one seam, ``cpu_flags()``: ``$CMRT_CPU_FLAGS`` (space- or
+comma-separated; set but empty = no flags) replaces ``/proc/cpuinfo``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import queue
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle import OUTPUT_NAME, BackendRecord, Bundle, Cpu, ParityRecord
+from ..errors import BundleError, ConfigError, RunnerClosedError, require
+from .limits import ShapeLimits
+from .threads import default_threads
+
+#: backend name → the precision it computes in (None: the bundle's record decides, ``resolve``).
+PRECISIONS: dict[str, str | None] = {"openvino": None, "openvino-bf16": "bf16", "openvino-f32": "fp32"}
+#: cmrt's precision → OpenVINO's ``INFERENCE_PRECISION_HINT``.
+HINTS = {"bf16": "bf16", "fp32": "f32"}
+CPU_FLAGS_ENV = "CMRT_CPU_FLAGS"
+CACHE_ENV = "CMRT_CACHE_DIR"
+#: The flags the CPU plugin's kernels are chosen by (oneDNN's ISA tiers), as /proc/cpuinfo names them.
+ISA_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx512f",
+             "avx512bw", "avx2", "fma")
+#: Instruction-set classes with BF16 in hardware (``isa_class``).
+NATIVE_BF16 = ("amx-bf16", "avx512-bf16")
+#: The backends ``default_choice`` may pick, fastest first (measured: benchmarks/results/openvino.md).
+FASTEST = ("openvino-bf16",)
+#: Infer requests made up front; more are made when more threads call at once.
+REQUESTS = 2
+
+
+# --- the CPU ----------------------------------------------------------------------------------
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags: ``$CMRT_CPU_FLAGS`` when set (the seam tests use), else the first
+    ``flags`` line of ``/proc/cpuinfo`` (empty where there is none)."""
+    override = os.environ.get(CPU_FLAGS_ENV)
+    if override is not None:
+        return frozenset(override.replace(",", " ").split())
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def cpu_model() -> str:
+    """``/proc/cpuinfo``'s model name, else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def isa_class(flags: frozenset[str] | set[str]) -> str:
+    """The instruction-set class a CPU backend's kernels (and so its rounding) depend on."""
+    if {"amx_bf16", "amx_tile"} <= flags:
+        return "amx-bf16"
+    if "avx512_bf16" in flags:
+        return "avx512-bf16"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags else "baseline"
+
+
+def this_cpu() -> Cpu:
+    flags = cpu_flags()
+    return Cpu(cpu_model(), isa_class(flags), tuple(sorted(flags & set(ISA_FLAGS))))
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes BF16 in hardware (AVX512_BF16 or AMX)."""
+    return isa_class(cpu_flags()) in NATIVE_BF16
+
+
+def cache_dir() -> Path:
+    """OpenVINO's compiled-model cache: ``$CMRT_CACHE_DIR/openvino``, else ``~/.cache/cmrt/openvino``
+    (beside the traced-network cache, ``cmrt.exporter.trace.network_cache_dir``)."""
+    base = os.environ.get(CACHE_ENV)
+    root = Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cmrt"
+    return root / "openvino"
+
+
+def available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+# --- the backend ------------------------------------------------------------------------------
+class OpenVinoBackend:
+    """A graph compiled by OpenVINO for the CPU. ``precision``: "bf16" or "fp32" (the precision
+    hint); ``threads``: inference threads (None: ``$CMRT_THREADS`` when set, else OpenVINO's
+    latency default, one per physical core, as ONNX Runtime's); ``cache``: keep the compiled model in ``cache_dir()`` so a second
+    process loads it instead of compiling; ``output``: the graph output ``run`` returns.
+
+    Thread-safe: each call takes an infer request from a pool (one is made when all are busy) and
+    returns it after copying the output out.
+    """
+
+    thread_safe = True
+    limits = ShapeLimits()  # the graph's batch and latent axes stay dynamic
+    device = "cpu"
+    #: Tiled decodes with shared statistics (``norm`` "shared", "shared-means", "canvas") run their
+    #: FP32 statistics, shared-statistics and layer-synchronous segment graphs on ONNX Runtime's CPU
+    #: with this backend's threads; untiled and per-tile decodes run here.
+    norm_graphs_on_onnxruntime = True
+
+    def __init__(self, graph: str | Path, *, precision: str = "bf16", threads: int | None = None,
+                 cache: bool = True, output: str = OUTPUT_NAME, requests: int = REQUESTS) -> None:
+        if precision not in HINTS:
+            raise ConfigError(f"OpenVINO precision must be one of {sorted(HINTS)}, got {precision!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be a positive int or None, got {threads!r}")
+        ov = require("openvino", "openvino", "the OpenVINO backend")
+        self.graph, self.precision, self.threads, self.output = Path(graph), precision, threads, output
+        self.name = "openvino-bf16" if precision == "bf16" else "openvino-f32"
+        self.library_version = ov.get_version()
+        self.cache = cache_dir() if cache else None
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        threads = threads or default_threads() or None  # $CMRT_THREADS, as ONNX Runtime's sessions
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if self.cache is not None:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(self.cache)
+        t0 = time.perf_counter()
+        try:
+            self.compiled = ov.Core().compile_model(str(graph), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError with its whole log
+            raise BundleError(f"{graph} could not be compiled by OpenVINO ({str(exc).strip().splitlines()[0]}): "
+                              "re-export the bundle, or use backend='onnxruntime'") from None
+        self.compile_seconds = time.perf_counter() - t0
+        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        if output not in self.output_names:
+            raise BundleError(f"{graph} has no output {output!r} (it has {self.output_names}): re-export the bundle")
+        self.threads_used = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        self._pool: queue.SimpleQueue | None = queue.SimpleQueue()
+        for _ in range(requests):
+            self._pool.put(self.compiled.create_infer_request())
+
+    def _request(self):
+        pool, compiled = self._pool, self.compiled
+        if pool is None or compiled is None:
+            raise RunnerClosedError(f"the OpenVINO model of {self.graph} was closed")
+        try:
+            return pool, pool.get_nowait()
+        except queue.Empty:
+            return pool, compiled.create_infer_request()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        pool, request = self._request()
+        try:
+            request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+            return np.array(request.get_tensor(self.output).data, dtype=np.float32, copy=True)
+        finally:
+            pool.put(request)
+
+    def close(self) -> None:
+        """Free the compiled model and its requests (the disk cache stays)."""
+        self._pool, self.compiled = None, None
+
+    def __enter__(self) -> "OpenVinoBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --- records ------------------------------------------------------------------------------------
+def record_key(name: str, isa: str) -> str:
+    return f"{name}/{isa}"
+
+
+def recorded(bundle: Bundle, name: str, cpu: Cpu | None = None) -> BackendRecord | None:
+    """``name``'s record on this bundle for CPUs of ``cpu``'s class (default: this CPU), if it is
+    for the bundle's current FP32 graph."""
+    cpu = cpu or this_cpu()
+    rec = (bundle.manifest.backends or {}).get(record_key(name, cpu.isa))
+    graph = bundle.manifest.graphs.get("fp32")
+    if rec is None or graph is None or rec.graph_sha256 != graph.sha256:
+        return None
+    return rec
+
+
+def resolve(bundle: Bundle, name: str) -> str:
+    """The precision backend ``name`` computes in on this bundle: "openvino" means BF16 where the
+    bundle's BF16 record passed on a CPU of this class, else FP32."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"unknown OpenVINO backend {name!r}; choose one of {sorted(PRECISIONS)}")
+    precision = PRECISIONS[name]
+    if precision is not None:
+        return precision
+    rec = recorded(bundle, "openvino-bf16")
+    return "bf16" if rec is not None and rec.passed else "fp32"
+
+
+def open_openvino(bundle: Bundle, name: str, *, refuse_failed: bool = True, **options: Any) -> OpenVinoBackend:
+    """Open backend ``name`` on the bundle's FP32 graph. A precision whose recorded parity failed on
+    a CPU of this class is refused (``refuse_failed=False``: ``cmrt check`` re-checking it)."""
+    precision = resolve(bundle, name)
+    graph = bundle.manifest.graphs.get("fp32")
+    if graph is None:
+        raise BundleError(f"{bundle.path} has no FP32 graph, which the OpenVINO backend reads: re-export it")
+    if bundle.selected is not None and bundle.selected != graph.file:
+        raise ConfigError(f"backend {name!r} runs the FP32 graph {graph.file} in {precision}, not "
+                          f"{bundle.selected}: open the bundle folder {bundle.path}")
+    backend_name = "openvino-bf16" if precision == "bf16" else "openvino-f32"
+    rec = recorded(bundle, backend_name)
+    if refuse_failed and rec is not None and not rec.passed:
+        raise ConfigError(f"backend {name!r}: its recorded parity on {bundle.path} FAILED on {rec.cpu.model} "
+                          f"({rec.cpu.isa}, {_worst(rec)}): use backend='onnxruntime', or re-check with "
+                          f"`cmrt check {bundle.path} --backend {backend_name}`")
+    return OpenVinoBackend(bundle.path / graph.file, precision=precision, **options)
+
+
+def for_check(bundle: Bundle, name: "str | Any | None") -> "str | Any | None":
+    """What ``cmrt check`` opens for ``name``: an OpenVINO backend even where its record failed (a
+    re-check may pass), any other name unchanged."""
+    if isinstance(name, str) and name in PRECISIONS:
+        return open_openvino(bundle, name, refuse_failed=False)
+    return name
+
+
+def record_parity(bundle: Bundle, backend: Any, report: Any, seconds: float,
+                  actual: dict[str, np.ndarray]) -> BackendRecord | None:
+    """Write an OpenVINO backend's check result (a ``cmrt.parity.ParityReport`` on its outputs
+    ``actual``, run in ``seconds``) into the bundle's manifest (atomically); other backends record
+    nothing here."""
+    if not isinstance(backend, OpenVinoBackend):
+        return None
+    graph = bundle.manifest.graphs["fp32"]
+    non_finite = int(sum(int((~np.isfinite(v)).sum()) for v in actual.values()))
+    cpu = this_cpu()
+    rec = BackendRecord(backend.name, backend.precision, "openvino", backend.library_version, graph.file,
+                        graph.sha256, cpu, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        round(seconds, 6), non_finite, ParityRecord.of(report))
+    bundle.update(backends={**(bundle.manifest.backends or {}), record_key(backend.name, cpu.isa): rec})
+    return rec
+
+
+def check_and_record(bundle: Bundle, name: str = "openvino-bf16") -> BackendRecord:
+    """Run backend ``name`` on the stored parity inputs, compare with the stored PyTorch outputs
+    and record the result (passed or not) in the manifest."""
+    from ..parity import compare
+
+    backend = open_openvino(bundle, name, refuse_failed=False)
+    try:
+        inputs, expected = bundle.parity_data()
+        t0 = time.perf_counter()
+        actual = {OUTPUT_NAME: backend.run(inputs)}
+        seconds = time.perf_counter() - t0
+    finally:
+        backend.close()
+    report = compare(actual, expected, backend=backend.name, precision=backend.precision)
+    rec = record_parity(bundle, backend, report, seconds, actual)
+    assert rec is not None  # an OpenVinoBackend always records
+    return rec
+
+
+def record_at_export(bundle: Bundle) -> BackendRecord | None:
+    """``cmrt export``'s step: on a CPU with native BF16 and OpenVINO installed, check and record
+    ``openvino-bf16`` (a failure is recorded, so the backend is never chosen; the export stands)."""
+    if not native_bf16() or not available():
+        return None
+    return check_and_record(bundle, "openvino-bf16")
+
+
+# --- the default ----------------------------------------------------------------------------------
+def default_choice(bundle: Bundle) -> str | None:
+    """The fastest backend whose recorded parity passed on a CPU of this one's class, where the CPU
+    has native BF16 and OpenVINO is installed; None (ONNX Runtime FP32, as before) otherwise, and
+    when the user pointed at a graph other than the FP32 one."""
+    fp32 = bundle.manifest.graphs.get("fp32")
+    if fp32 is None or (bundle.selected is not None and bundle.selected != fp32.file):
+        return None
+    if not native_bf16() or not available():
+        return None
+    cpu = this_cpu()
+    for name in FASTEST:
+        rec = recorded(bundle, name, cpu)
+        if rec is not None and rec.passed:
+            return name
+    return None
+
+
+def record_lines(bundle: Bundle) -> tuple[str, ...]:
+    """What the manifest says of each CPU backend record, and which backend a runner opens here."""
+    lines = []
+    for key, rec in sorted((bundle.manifest.backends or {}).items()):
+        stale = "" if recorded(bundle, rec.backend, rec.cpu) is rec else " (for an older graph: re-check)"
+        verdict = "passed" if rec.passed else "FAILED"
+        lines.append(f"backend {key}: {verdict} on {rec.cpu.model} (OpenVINO {rec.library_version}, {rec.when}), "
+                     f"{_worst(rec)}{stale}")
+    return tuple(lines)
+
+
+def _worst(rec: BackendRecord) -> str:
+    outs = rec.result.outputs
+    worst = max((o.max_abs if o.max_abs is not None else float("inf")) for o in outs) if outs else float("nan")
+    psnrs = [o.psnr for o in outs if o.psnr is not None]
+    psnr = f", PSNR {min(psnrs):.1f} dB" if psnrs else ""
+    return f"max abs {worst:.3g}{psnr}, {rec.non_finite} non-finite"
+
+
+__all__ = ["OpenVinoBackend", "open_openvino", "default_choice", "check_and_record", "record_parity",
+           "record_at_export", "record_lines", "for_check", "cpu_flags", "this_cpu", "native_bf16", "isa_class",
+           "cache_dir"]
