@@ -30,6 +30,9 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(max_abs=2e-2, min_psnr=40.0),
     # FP32 GroupNorm statistics (``cmrt.exporter.norm_stats``): means and variances of activations
     "fp32-stats": Tolerance(max_abs=1e-4, relative=True),
+    # FP32 pipeline stages whose outputs are not images (``cmrt.exporter.pipeline``): text
+    # embeddings and latents, unbounded like the statistics
+    "fp32-features": Tolerance(max_abs=1e-4, relative=True),
 }
 
 
