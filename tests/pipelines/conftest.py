@@ -1,0 +1,68 @@
+"""Tiny diffusers text-to-image folders and their pipeline bundles, made once per test run.
+
+The folders are real diffusers layouts (``save_pretrained``) with random weights (``tiny.py``);
+the bundles are exported from them by ``cmrt.exporter.pipeline`` exactly as a user would.
+Under pytest-xdist the workers share one copy (a file lock guards the first build).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+
+def _shared(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object], done: str) -> Path:
+    from filelock import FileLock
+
+    base = factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "pipelines"
+    root.mkdir(exist_ok=True)
+    out = root / name
+    with FileLock(str(out) + ".lock"):
+        if not (out / done).is_file():
+            make(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lcm_folder(tmp_path_factory) -> Path:
+    """A tiny ``LatentConsistencyModelPipeline`` folder (UNet with ``time_cond_proj_dim``)."""
+    from tiny import save_sd_folder
+
+    return _shared(tmp_path_factory, "lcm-folder", lambda out: save_sd_folder(out, lcm=True), "model_index.json")
+
+
+@pytest.fixture(scope="session")
+def sd_folder(tmp_path_factory) -> Path:
+    """A tiny ``StableDiffusionPipeline`` folder (a plain UNet, for LCM-LoRA)."""
+    from tiny import save_sd_folder
+
+    return _shared(tmp_path_factory, "sd-folder", lambda out: save_sd_folder(out, lcm=False, seed=1),
+                   "model_index.json")
+
+
+def _bundle(factory, folder: Path, name: str, **options) -> Path:
+    from cmrt.exporter.pipeline import export_pipeline
+
+    return _shared(factory, name, lambda out: export_pipeline(folder, out=out, overwrite=True, **options),
+                   "pipeline.json")
+
+
+@pytest.fixture(scope="session")
+def lcm_bundles(tmp_path_factory, lcm_folder) -> Callable[[int], Path]:
+    """steps → the tiny LCM's pipeline bundle at that many steps (exported on first use)."""
+    return lambda steps: _bundle(tmp_path_factory, lcm_folder, f"lcm-{steps}", steps=steps)
+
+
+@pytest.fixture(scope="session")
+def lcm_bundle(lcm_bundles) -> Path:
+    return lcm_bundles(4)
