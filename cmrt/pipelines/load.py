@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import inspect
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import ConfigError, SourceError, require
 from . import lcm as L
@@ -94,7 +95,8 @@ def load_pipeline(folder: str | Path, *, lora: str | Path | None = None, lora_sc
 
     cls = getattr(diffusers, name)
     try:
-        pipe = cls.from_pretrained(str(folder), torch_dtype=torch.float32)
+        with _quiet():
+            pipe = cls.from_pretrained(str(folder), torch_dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise SourceError(f"{folder} could not be loaded as a {name} ({str(exc).splitlines()[0]})") from None
     pipe.set_progress_bar_config(disable=True)
@@ -111,6 +113,26 @@ def load_pipeline(folder: str | Path, *, lora: str | Path | None = None, lora_sc
     size = int(pipe.unet.config.sample_size) * vsf
     return PipelineParts(name, family, pipe, config, _default_guidance(cls), vsf, (size, size),
                          bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)), lora_info)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """diffusers' and transformers' loading progress bars and advice off (the CLI prints one line)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
+        dlog.enable_progress_bar()
+        tlog.enable_progress_bar()
 
 
 def _default_guidance(cls) -> float:
