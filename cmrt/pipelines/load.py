@@ -202,8 +202,7 @@ def _check_lora_keys(pipe, keys: list[str], path: Path) -> None:
 def _kohya_match(name: str, kohya_unet: set[str]) -> bool:
     # kohya names use the original SD block names (input_blocks_...); diffusers converts them, so
     # accept any name whose conversion diffusers does; a name already in diffusers' layout must match.
-    return name in kohya_unet or name.startswith(("input_blocks", "middle_block", "output_blocks", "down_blocks",
-                                                  "up_blocks", "mid_block"))
+    return name in kohya_unet or name.startswith(("input_blocks", "middle_block", "output_blocks"))
 
 
 __all__ = ["PIPELINES", "PipelineParts", "load_pipeline", "pipeline_class", "fuse_lora"]

@@ -66,3 +66,19 @@ def lcm_bundles(tmp_path_factory, lcm_folder) -> Callable[[int], Path]:
 @pytest.fixture(scope="session")
 def lcm_bundle(lcm_bundles) -> Path:
     return lcm_bundles(4)
+
+
+@pytest.fixture(scope="session")
+def lcm_lora(tmp_path_factory, sd_folder) -> Path:
+    """A random LoRA for the tiny SD UNet, in diffusers' key layout."""
+    from tiny import save_lcm_lora
+
+    folder = _shared(tmp_path_factory, "lora", lambda out: save_lcm_lora(sd_folder, out),
+                     "pytorch_lora_weights.safetensors")
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+@pytest.fixture(scope="session")
+def lora_bundle(tmp_path_factory, sd_folder, lcm_lora) -> Path:
+    """The tiny SD folder with the LoRA fused at scale 0.8, 2 LCM steps, CFG in the graph."""
+    return _bundle(tmp_path_factory, sd_folder, "lora-2", steps=2, lora=lcm_lora, lora_scale=0.8)

@@ -95,3 +95,27 @@ def save_sd_folder(out: Path, *, lcm: bool = True, seed: int = 0) -> Path:
 
     shutil.rmtree(out / "_tok")
     return out
+
+
+def save_lcm_lora(folder: Path, out: Path, *, rank: int = 4, seed: int = 2, std: float = 0.2) -> Path:
+    """A random LoRA for the UNet of ``folder`` in diffusers' key layout (``save_lora_weights``:
+    ``unet.<module>.lora.down/up.weight``, as the published LCM-LoRAs load), on the attention
+    projections as LCM-LoRA's training script targets them. Returns the .safetensors file."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet")
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
+                                                "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "time_emb_proj"]))
+    with torch.no_grad():  # peft zero-initializes lora_B: give it weights so the LoRA changes the images
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    out.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers, safe_serialization=True)
+    return out / "pytorch_lora_weights.safetensors"
