@@ -82,3 +82,16 @@ def lcm_lora(tmp_path_factory, sd_folder) -> Path:
 def lora_bundle(tmp_path_factory, sd_folder, lcm_lora) -> Path:
     """The tiny SD folder with the LoRA fused at scale 0.8, 2 LCM steps, CFG in the graph."""
     return _bundle(tmp_path_factory, sd_folder, "lora-2", steps=2, lora=lcm_lora, lora_scale=0.8)
+
+
+@pytest.fixture(scope="session")
+def cd_folder(tmp_path_factory) -> Path:
+    from tiny import save_consistency_decoder
+
+    return _shared(tmp_path_factory, "cd-folder", save_consistency_decoder, "config.json")
+
+
+@pytest.fixture(scope="session")
+def lcm_cd_bundle(tmp_path_factory, lcm_folder, cd_folder) -> Path:
+    """The tiny LCM at 2 steps with the consistency decoder as its last stage."""
+    return _bundle(tmp_path_factory, lcm_folder, "lcm-cd-2", steps=2, decoder=cd_folder)

@@ -119,3 +119,17 @@ def save_lcm_lora(folder: Path, out: Path, *, rank: int = 4, seed: int = 2, std:
     out.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers, safe_serialization=True)
     return out / "pytorch_lora_weights.safetensors"
+
+
+def save_consistency_decoder(out: Path, *, seed: int = 5, std: float = 0.2) -> Path:
+    """A tiny diffusers ``ConsistencyDecoderVAE`` folder (random weights; 32 channels per level)."""
+    from diffusers import ConsistencyDecoderVAE
+
+    torch.manual_seed(seed)
+    vae = ConsistencyDecoderVAE(encoder_block_out_channels=(32, 32, 32, 32), encoder_layers_per_block=1,
+                                decoder_block_out_channels=(32, 32, 32, 32), decoder_layers_per_block=1)
+    with torch.no_grad():  # diffusers' init leaves the decoder's output near zero: give it weight
+        for p in vae.decoder_unet.parameters():
+            p.normal_(0, std) if p.dim() > 1 else p.zero_()
+    vae.save_pretrained(str(out))
+    return out
