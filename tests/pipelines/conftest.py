@@ -95,3 +95,16 @@ def cd_folder(tmp_path_factory) -> Path:
 def lcm_cd_bundle(tmp_path_factory, lcm_folder, cd_folder) -> Path:
     """The tiny LCM at 2 steps with the consistency decoder as its last stage."""
     return _bundle(tmp_path_factory, lcm_folder, "lcm-cd-2", steps=2, decoder=cd_folder)
+
+
+@pytest.fixture(scope="session")
+def sdxl_folder(tmp_path_factory) -> Path:
+    """A tiny full-LCM ``StableDiffusionXLPipeline`` folder (as lcm-sdxl)."""
+    from tiny import save_sdxl_folder
+
+    return _shared(tmp_path_factory, "sdxl-folder", save_sdxl_folder, "model_index.json")
+
+
+@pytest.fixture(scope="session")
+def sdxl_bundle(tmp_path_factory, sdxl_folder) -> Path:
+    return _bundle(tmp_path_factory, sdxl_folder, "sdxl-2", steps=2)

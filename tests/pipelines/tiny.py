@@ -133,3 +133,25 @@ def save_consistency_decoder(out: Path, *, seed: int = 5, std: float = 0.2) -> P
             p.normal_(0, std) if p.dim() > 1 else p.zero_()
     vae.save_pretrained(str(out))
     return out
+
+
+def save_sdxl_folder(out: Path, *, time_cond_proj_dim: int | None = 32, seed: int = 3) -> Path:
+    """A tiny ``StableDiffusionXLPipeline`` folder: two text encoders (the second with a
+    projection: pooled embeddings), a UNet with ``text_time`` added conditions; with
+    ``time_cond_proj_dim`` a full LCM-SDXL (as ``latent-consistency/lcm-sdxl``)."""
+    import shutil
+
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vocab = write_tokenizer(out / "_tok")
+    tokenizer = CLIPTokenizer.from_pretrained(str(out / "_tok"))
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(), text_encoder=CLIPTextModel(text_encoder_config(vocab)).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(text_encoder_config(vocab, projection=HIDDEN)).eval(),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=tiny_unet(time_cond_proj_dim=time_cond_proj_dim, xl=True),
+        scheduler=lcm_scheduler())
+    pipe.save_pretrained(str(out))
+    shutil.rmtree(out / "_tok")
+    return out
