@@ -47,13 +47,11 @@ def export_run(a: argparse.Namespace) -> int:
         given.append("--task")
     if getattr(a, "tile_stats", False):
         given.append("--tile-stats")
-    if getattr(a, "precision", "fp32") != "fp32":
-        given.append("--precision")
     if given:
         raise ConfigError(f"{', '.join(given)} does not apply: {a.model} is a diffusers text-to-image folder, "
-                          "which takes --steps, --decoder, --lora, --lora-scale, --out, --overwrite")
+                          "which takes --steps, --decoder, --lora, --lora-scale, --precision, --out, --overwrite")
     out = export_pipeline(a.model, out=a.out, steps=a.steps, decoder=a.decoder, lora=a.lora, lora_scale=a.lora_scale,
-                          overwrite=a.overwrite)
+                          precision=a.precision, overwrite=a.overwrite)
     m = PipelineManifest.open(out)
     print(f"wrote {out} (pipeline: {m.pipeline}, {m.steps} LCM step(s), timesteps {list(m.timesteps)}, "
           f"guidance {m.guidance})")
@@ -86,6 +84,8 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None, help="image width, a multiple of 8 (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed (images equal diffusers' with this generator seed)")
     p.add_argument("--n", type=positive_int, default=1, help="number of images (the prompt repeated)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: the bundle's FP16 sampler and decoder graphs (cmrt export --precision fp16)")
     p.add_argument("--out", type=Path, default=Path("generated.png"), help="PNG to write (a grid when --n > 1)")
 
 
@@ -96,7 +96,7 @@ def generate_run(a: argparse.Namespace) -> int:
 
     check_writable(a.out, "--out")
     negatives = None if a.negative_prompt is None else [a.negative_prompt] * a.n
-    with Pipeline(a.bundle) as pipe:
+    with Pipeline(a.bundle, precision=a.precision) as pipe:
         images = pipe.generate([a.prompt] * a.n, negative_prompt=negatives, guidance_scale=a.guidance_scale,
                                height=a.height, width=a.width, seed=a.seed)
     save_grid(images, a.out, pad=0 if a.n == 1 else 2)  # one image: the image itself

@@ -54,7 +54,7 @@ INLINE_BELOW = 1024
 
 def export_pipeline(folder: str | Path, *, out: str | Path = "bundle", steps: int | None = None,
                     decoder: str | Path | None = None, lora: str | Path | None = None, lora_scale: float = 1.0,
-                    overwrite: bool = False) -> Path:
+                    precision: str = "fp32", overwrite: bool = False) -> Path:
     """Export a diffusers text-to-image folder to a pipeline bundle, each stage checked against PyTorch.
 
     Args:
@@ -65,12 +65,16 @@ def export_pipeline(folder: str | Path, *, out: str | Path = "bundle", steps: in
         decoder: a consistency decoder (OpenAI ``decoder.pt`` or a diffusers ``ConsistencyDecoderVAE``
             folder) as the last stage instead of the folder's VAE.
         lora: an LCM-LoRA ``.safetensors`` fused into the UNet at ``lora_scale``.
+        precision: "fp16" also writes FP16 sampler and (VAE) decoder graphs (``fp16_stage``), each
+            checked end to end against the FP32 PyTorch pipeline with the fp16 tolerances.
         overwrite: replace an existing ``out``.
 
     Returns:
         The bundle folder.
     """
     steps = _check_steps(steps)
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"--precision must be fp32 or fp16, got {precision!r}")
     parts = load_pipeline(folder, lora=lora, lora_scale=lora_scale)
     if steps > parts.lcm.original_inference_steps:
         raise ConfigError(f"--steps must be at most the scheduler's original_inference_steps "
@@ -86,6 +90,8 @@ def export_pipeline(folder: str | Path, *, out: str | Path = "bundle", steps: in
         stages["sampler"] = sampler
         stages["decoder"] = (_consistency_decoder_stage(decoder, latents, parts, tmp) if decoder is not None
                              else _vae_stage(parts, latents, tmp))
+        if precision == "fp16":
+            stages |= fp16_stages(stages, parts, tmp, decoder is None)
         _manifest(parts, layout, tokenizers, stages, folder).save(tmp)
     return Path(out)
 
@@ -198,6 +204,159 @@ def _consistency_decoder_stage(decoder: str | Path, latents: torch.Tensor, parts
     bundle = export(decoder, out=tmp / "decoder", steps=2)
     m = bundle.manifest
     return StageRecord("decoder", None, m.inputs, m.outputs, None, dict(m.parity), bundle="decoder")
+
+
+# --- FP16 -------------------------------------------------------------------------------------------
+def fp16_stages(stages: dict[str, StageRecord], parts: PipelineParts, tmp: Path,
+                vae: bool) -> dict[str, StageRecord]:
+    """FP16 graphs of the sampler and (``vae``) the VAE decoder, with cmrt's FP16 pass
+    (``precision``: calibrate, keep sampler arithmetic, normalization statistics and large values
+    in FP32, convert), each verified end to end: FP16 sampler → FP32 decoder, and FP32 sampler
+    latents → FP16 decoder, against the FP32 PyTorch images (fp16 tolerances: max abs, PSNR ≥ 40 dB).
+    A consistency decoder stage keeps its own bundle's precision (``cmrt export --precision fp16``)."""
+    from dataclasses import replace
+
+    sampler_feeds, latents = _stored(tmp, "sampler")
+    decoder_feeds, images = _stored(tmp, "decoder") if vae else (None, None)
+    out = {"sampler": stages["sampler"]}
+    graph = _make_fp16(tmp / "sampler.onnx", "/unet/", [sampler_feeds])
+    out_latents = _run_onnx(graph, sampler_feeds, ["latents"])["latents"]
+    if vae:
+        decoded = _run_onnx(tmp / "decoder.onnx", {"latents": out_latents}, ["images"])
+        report = compare(decoded, images, backend="onnxruntime-cpu", precision="fp16")
+        out["sampler"] = replace(stages["sampler"], graphs={"fp16": _graph_record(graph, tmp)},
+                                 parity={**stages["sampler"].parity, "onnxruntime-cpu/fp16": ParityRecord.of(report)})
+        dgraph = _make_fp16(tmp / "decoder.onnx", "/vae/", [decoder_feeds])
+        dreport = compare(_run_onnx(dgraph, decoder_feeds, ["images"]), images, backend="onnxruntime-cpu",
+                          precision="fp16")
+        out["decoder"] = replace(stages["decoder"], graphs={"fp16": _graph_record(dgraph, tmp)},
+                                 parity={**stages["decoder"].parity, "onnxruntime-cpu/fp16": ParityRecord.of(dreport)})
+        report.raise_if_failed()
+        dreport.raise_if_failed()
+    else:
+        report = compare({"latents": out_latents}, latents, backend="onnxruntime-cpu", precision="fp16")
+        out["sampler"] = replace(stages["sampler"], graphs={"fp16": _graph_record(graph, tmp)},
+                                 parity={**stages["sampler"].parity, "onnxruntime-cpu/fp16": ParityRecord.of(report)})
+        report.raise_if_failed()
+    return out
+
+
+def _stored(tmp: Path, name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    with np.load(tmp / "parity" / f"{name}.npz", allow_pickle=False) as data:
+        inputs = {k[len("input/"):]: data[k] for k in data.files if k.startswith("input/")}
+        outputs = {k[len("output/"):]: data[k] for k in data.files if k.startswith("output/")}
+    return inputs, outputs
+
+
+def _make_fp16(fp32: Path, network: str, cases: list[dict[str, np.ndarray]]) -> Path:
+    """``<stage>.fp16.onnx`` beside ``fp32``: calibrated (``precision.calibrate``), the network's
+    nodes (TorchScript names under ``network``) in FP16 except normalization statistics and values
+    beyond ``precision.SAFE_ABS_MAX``; everything outside the network in FP32."""
+    import onnx
+
+    from . import precision as P
+
+    model = onnx.load(str(fp32))
+    model = onnx.shape_inference.infer_shapes(model)
+    _drop_float_to_float_casts(model)
+    probe = fp32.with_name(fp32.stem + ".inferred.onnx")
+    _save_probe(model, probe)
+    try:
+        peaks = P.calibrate(probe, cases)
+    finally:
+        for f in (probe, probe.with_name(probe.name + ".data")):
+            f.unlink(missing_ok=True)
+    keep = []
+    for node in model.graph.node:
+        if node.op_type in ("Constant", "Shape", "Cast"):
+            continue
+        seen = [peaks[t] for t in (*node.input, *node.output) if t in peaks]
+        if not node.name.startswith(network) or P.is_normalization(node) or (seen and max(seen) > P.SAFE_ABS_MAX):
+            keep.append(node.name)
+    keep += _shape_arithmetic(model)
+    _unshare_initializers(model, set(keep))
+    out = fp32.with_name(fp32.stem + ".fp16.onnx")
+    P.save_graph(P.convert(model, keep, io="fp32"), out)
+    return out
+
+
+def _drop_float_to_float_casts(model) -> int:
+    """``Cast(to=FLOAT)`` of a tensor that is already FP32 (the UNet's ``t_emb.to(sample.dtype)``)
+    becomes ``Identity``: a no-op in the FP32 graph, but onnxconverter-common would keep it casting
+    to FP32 inside the FP16 region. Needs the shape-inferred types. Returns how many."""
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
+    types |= {i.name: i.data_type for i in model.graph.initializer}
+    n = 0
+    for node in model.graph.node:
+        to = next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+        if to == 1 and types.get(node.input[0]) == 1:
+            node.op_type = "Identity"
+            del node.attribute[:]
+            n += 1
+    return n
+
+
+def _shape_arithmetic(model) -> list[str]:
+    """Float arithmetic on shapes (attention's 1/√d from ``Cast(shape → FLOAT)``): the converter
+    leaves such Casts FP32, so the nodes fed only by them (and constants) stay FP32 too, and
+    the converter casts their result where it meets the FP16 region."""
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
+    constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants |= {i.name for i in model.graph.initializer}
+    derived: set[str] = set()
+    names = []
+    for node in model.graph.node:  # topological order
+        if node.op_type == "Cast":
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            if to == 1 and types.get(node.input[0]) != 1:
+                derived.update(node.output)
+            continue
+        inputs = [i for i in node.input if i and i not in constants]
+        if inputs and all(i in derived for i in inputs) and node.op_type not in ("Shape",):
+            derived.update(node.output)
+            names.append(node.name)
+    return names
+
+
+def _unshare_initializers(model, keep: set[str]) -> None:
+    """Give FP32-kept nodes their own copy of an initializer they share with FP16 nodes: the
+    TorchScript exporter folds equal constants into one (e.g. the GroupNorm weights of ones), and
+    the converter leaves a shared initializer FP32 without a Cast for its FP16 consumers."""
+    import onnx
+
+    inits = {i.name: i for i in model.graph.initializer}
+    users: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name in inits:
+                users.setdefault(name, []).append(node)
+    for name, nodes in users.items():
+        kept = [n for n in nodes if n.name in keep]
+        if not kept or len(kept) == len(nodes):
+            continue
+        copy = onnx.TensorProto()
+        copy.CopyFrom(inits[name])
+        copy.name = f"{name}.fp32"
+        model.graph.initializer.append(copy)
+        for node in kept:
+            for i, x in enumerate(node.input):
+                if x == name:
+                    node.input[i] = copy.name
+
+
+def _save_probe(model, path: Path) -> None:
+    """Save a copy (saving with external data moves the weights out of the saved proto)."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=INLINE_BELOW)
+
+
+def _graph_record(path: Path, tmp: Path) -> GraphRecord:
+    files = tuple(_file_record(f, tmp) for f in (path, path.with_name(path.name + ".data")) if f.exists())
+    return GraphRecord(path.name, files, PIPELINE_OPSET, io="fp32")
 
 
 # --- export + check -------------------------------------------------------------------------------

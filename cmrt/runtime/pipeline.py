@@ -57,15 +57,24 @@ class Pipeline:
     Args:
         bundle: the pipeline bundle folder.
         device: "cpu", "cuda" or "auto" (CUDA when onnxruntime-gpu and a GPU are present).
+        precision: "fp32", or "fp16" for the FP16 sampler and decoder graphs
+            (``cmrt export --precision fp16``); the text encoders stay FP32.
     """
 
-    def __init__(self, bundle: str | Path, *, device: str = "auto") -> None:
+    def __init__(self, bundle: str | Path, *, device: str = "auto", precision: str = "fp32") -> None:
         self.path = Path(bundle)
         self.manifest = PipelineManifest.open(self.path)
         device = _device(device)
         m = self.manifest
+        if precision not in ("fp32", "fp16"):
+            raise ConfigError(f"precision must be fp32 or fp16, got {precision!r}")
+        if precision == "fp16" and not any("fp16" in s.graphs for s in m.stages.values()):
+            raise ConfigError(f"{self.path} has no FP16 graphs: export it with `cmrt export --precision fp16`, "
+                              "or use precision='fp32'")
+        self.precision = precision
         self._stages: dict[str, Any] | None = {
-            name: _Stage(self.path / s.graph.file, device) for name, s in m.stages.items() if s.graph is not None}
+            name: _Stage(self.path / s.graphs.get(precision, s.graph).file, device)
+            for name, s in m.stages.items() if s.graph is not None}
         self._decoder = None
         decoder = m.stages["decoder"]
         if decoder.bundle is not None:

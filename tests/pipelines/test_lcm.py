@@ -184,3 +184,32 @@ def test_threads_share_one_pipeline(lcm_bundle):
         with ThreadPoolExecutor(3) as pool:
             together = list(pool.map(lambda s: pipe.generate("a cat", seed=s, height=32, width=32), range(3)))
     assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+
+
+def test_fp16_stages(lcm_folder, lcm_pipe, tmp_path):
+    """--precision fp16: FP16 sampler and decoder graphs, each ≥ 40 dB against the FP32 pipeline at
+    export (recorded), and the FP16 pipeline at run time within the fp16 tolerances of diffusers."""
+    from cmrt.bundle import PipelineManifest
+    from cmrt.exporter.pipeline import export_pipeline
+
+    out = export_pipeline(lcm_folder, out=tmp_path / "b", steps=2, precision="fp16")
+    m = PipelineManifest.open(out)
+    for name in ("sampler", "decoder"):
+        record = m.stages[name].parity["onnxruntime-cpu/fp16"]
+        assert record.passed and record.outputs[0].psnr >= 40
+        assert "fp16" in m.stages[name].graphs
+    assert m.stages["text_encoder"].graphs == {}
+    with Pipeline(out, precision="fp16") as pipe:
+        images = pipe.generate(PROMPTS, guidance_scale=8.5, height=40, width=56, seed=1)
+    expected = diffusers_images(lcm_pipe, PROMPTS, steps=2, guidance=8.5, height=40, width=56, seed=1)
+    assert np.abs(images - expected).max() <= parity.TOLERANCES["fp16"].max_abs
+    assert parity.psnr(images, expected) >= parity.TOLERANCES["fp16"].min_psnr
+    with Pipeline(out) as pipe32:
+        assert np.abs(pipe32.generate(PROMPTS, guidance_scale=8.5, height=40, width=56, seed=1) - expected).max() <= 1e-4
+
+
+def test_fp16_needs_fp16_graphs(lcm_bundle):
+    from cmrt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no FP16 graphs"):
+        Pipeline(lcm_bundle, precision="fp16")
