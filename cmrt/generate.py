@@ -71,9 +71,17 @@ def refuse_pipeline_options(a: argparse.Namespace) -> None:
                               "is not one")
 
 
-def generate_args(p: argparse.ArgumentParser) -> None:
-    from .cli import positive_int
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
 
+
+def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="a pipeline bundle (cmrt export --model DIFFUSERS_FOLDER)")
     p.add_argument("prompt", help="the text prompt")
     p.add_argument("--negative-prompt", default=None,
@@ -83,7 +91,7 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=None, help="image height, a multiple of 8 (default: the model's)")
     p.add_argument("--width", type=int, default=None, help="image width, a multiple of 8 (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed (images equal diffusers' with this generator seed)")
-    p.add_argument("--n", type=positive_int, default=1, help="number of images (the prompt repeated)")
+    p.add_argument("--n", type=_count, default=1, help="number of images (the prompt repeated)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="fp16: the bundle's FP16 sampler and decoder graphs (cmrt export --precision fp16)")
     p.add_argument("--out", type=Path, default=Path("generated.png"), help="PNG to write (a grid when --n > 1)")
