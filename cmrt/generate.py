@@ -15,7 +15,7 @@ from .errors import ConfigError
 
 #: ``cmrt export`` options that a pipeline folder does not take (they set up other exports).
 _NOT_FOR_PIPELINES = {"sigmas": "--sigmas", "timesteps": "--timesteps", "grid": "--grid", "clip": "--clip/--no-clip",
-                      "factor": "--factor", "arch": "--arch", "image_size": "--image-size", "embedding": "--embedding"}
+                      "factor": "--factor", "arch": "--arch", "image_size": "--image-size"}
 
 
 def export_options(p: argparse.ArgumentParser) -> None:
@@ -49,9 +49,10 @@ def export_run(a: argparse.Namespace) -> int:
         given.append("--tile-stats")
     if given:
         raise ConfigError(f"{', '.join(given)} does not apply: {a.model} is a diffusers text-to-image folder, "
-                          "which takes --steps, --decoder, --lora, --lora-scale, --precision, --out, --overwrite")
+                          "which takes --steps, --decoder (with --embedding, --trust), --lora, --lora-scale, --precision, --out, "
+                          "--overwrite")
     out = export_pipeline(a.model, out=a.out, steps=a.steps, decoder=a.decoder, lora=a.lora, lora_scale=a.lora_scale,
-                          precision=a.precision, overwrite=a.overwrite)
+                          precision=a.precision, overwrite=a.overwrite, embedding=a.embedding, trust=a.trust)
     m = PipelineManifest.open(out)
     print(f"wrote {out} (pipeline: {m.pipeline}, {m.steps} LCM step(s), timesteps {list(m.timesteps)}, "
           f"guidance {m.guidance})")

@@ -54,7 +54,8 @@ INLINE_BELOW = 1024
 
 def export_pipeline(folder: str | Path, *, out: str | Path = "bundle", steps: int | None = None,
                     decoder: str | Path | None = None, lora: str | Path | None = None, lora_scale: float = 1.0,
-                    precision: str = "fp32", overwrite: bool = False) -> Path:
+                    precision: str = "fp32", overwrite: bool = False, embedding: str | Path | None = None,
+                    trust: bool = False) -> Path:
     """Export a diffusers text-to-image folder to a pipeline bundle, each stage checked against PyTorch.
 
     Args:
@@ -68,6 +69,7 @@ def export_pipeline(folder: str | Path, *, out: str | Path = "bundle", steps: in
         precision: "fp16" also writes FP16 sampler and (VAE) decoder graphs (``fp16_stage``), each
             checked end to end against the FP32 PyTorch pipeline with the fp16 tolerances.
         overwrite: replace an existing ``out``.
+        embedding, trust: load options of OpenAI's ``decoder.pt`` (``cmrt.export``), with ``decoder``.
 
     Returns:
         The bundle folder.
@@ -88,7 +90,8 @@ def export_pipeline(folder: str | Path, *, out: str | Path = "bundle", steps: in
         stages, texts = _text_encoder_stages(parts, tmp)
         sampler, latents = _sampler_stage(parts, layout, texts, tmp)
         stages["sampler"] = sampler
-        stages["decoder"] = (_consistency_decoder_stage(decoder, latents, parts, tmp) if decoder is not None
+        stages["decoder"] = (_consistency_decoder_stage(decoder, tmp, embedding=embedding, trust=trust)
+                             if decoder is not None
                              else _vae_stage(parts, latents, tmp))
         if precision == "fp16":
             stages |= fp16_stages(stages, parts, tmp, decoder is None)
@@ -194,14 +197,14 @@ def _check_decoder_channels(decoder: str | Path, parts: PipelineParts) -> None:
                           f"channels{' (SDXL latent space)' if parts.family == 'sdxl' else ''}")
 
 
-def _consistency_decoder_stage(decoder: str | Path, latents: torch.Tensor, parts: PipelineParts,
-                               tmp: Path) -> StageRecord:
+def _consistency_decoder_stage(decoder: str | Path, tmp: Path, **options) -> StageRecord:
     """The consistency decoder as its own cmrt decoder bundle in ``decoder/`` (``cmrt.export``,
     parity-checked there); the pipeline divides the sampler's latents by the VAE's scaling factor
     before it, as the pipelines do before ``vae.decode``."""
     from .api import export
 
-    bundle = export(decoder, out=tmp / "decoder", steps=2)
+    options = {k: v for k, v in options.items() if v not in (None, False)}
+    bundle = export(decoder, out=tmp / "decoder", steps=2, **options)
     m = bundle.manifest
     return StageRecord("decoder", None, m.inputs, m.outputs, None, dict(m.parity), bundle="decoder")
 
