@@ -33,9 +33,13 @@ def test_lcm_with_consistency_decoder_equals_diffusers(lcm_cd_bundle, references
         expected = vae.decode(latents / pipe.vae.config.scaling_factor, generator=g).sample.clamp(-1, 1).numpy()
     with Pipeline(lcm_cd_bundle) as runner:
         images = runner.generate(prompts, guidance_scale=6.0, height=32, width=40, seed=4)
+        whole = runner.generate(prompts, guidance_scale=6.0, height=32, width=40, seed=4, tile=5)
         tiled = runner.generate(prompts, guidance_scale=6.0, height=32, width=40, seed=4, tile=4)
     assert np.abs(images - expected).max() <= parity.TOLERANCES["fp32"].max_abs
-    assert tiled.shape == images.shape and np.isfinite(tiled).all()
+    # tile= reaches the decoder with the same seeded noise: one tile covering the 4×5 latents is the
+    # plain decode; smaller tiles (blended, each normalized by its own statistics) a different one
+    assert np.array_equal(whole, images)
+    assert tiled.shape == images.shape and np.isfinite(tiled).all() and not np.array_equal(tiled, images)
 
 
 def test_manifest_keeps_the_decoder_bundle(lcm_cd_bundle):
