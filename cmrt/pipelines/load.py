@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,8 +149,8 @@ def fuse_lora(pipe, lora: str | Path, scale: float) -> dict:
     path = Path(lora)
     if not path.is_file():
         raise ConfigError(f"--lora {path} does not exist: pass an LCM-LoRA .safetensors file")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not float(scale) == float(scale):
-        raise ConfigError(f"--lora-scale must be a number, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ConfigError(f"--lora-scale must be a finite number, got {scale!r}")
     keys = _lora_keys(path)
     _check_lora_keys(pipe, keys, path)
     import warnings
@@ -178,31 +179,38 @@ def _lora_keys(path: Path) -> list[str]:
 
 
 def _check_lora_keys(pipe, keys: list[str], path: Path) -> None:
-    """Every LoRA key must name a module of the UNet or a text encoder (diffusers' ``unet.``/
-    ``text_encoder.`` prefixes, PEFT's ``lora_A``/``lora_B``, or kohya's ``lora_unet_``/``lora_te_``
-    names with ``lora_down``/``lora_up``); the first that names none is reported."""
-    unet_modules = {n for n, _ in pipe.unet.named_modules()}
-    kohya_unet = {n.replace(".", "_") for n in unet_modules}
+    """Every LoRA key must name a module of the UNet or a text encoder, in one of the layouts
+    diffusers' ``load_lora_weights`` reads: PEFT/diffusers (``unet.<module>.lora_A/lora_B`` or
+    ``.lora.down/up``, with or without the ``unet.`` prefix), the older attention-processor layout
+    (``<attn>.processor.to_q_lora.down``), kohya's ``lora_unet_<module with _>.lora_down/up`` and
+    ``.alpha`` (diffusers' or SD's original block names), and ``text_encoder.``/``lora_te`` keys.
+    The first key that names no module is reported with the UNet's class."""
+    modules = {n for n, _ in pipe.unet.named_modules() if n}
+    kohya = {n.replace(".", "_") for n in modules}
     for key in keys:
-        if key.startswith(("text_encoder", "lora_te")):
+        if key.startswith(("text_encoder", "lora_te")) or _unet_module(key, modules, kohya):
             continue
-        stem = key.split(".lora")[0].split(".alpha")[0]
-        if stem.startswith("unet."):
-            module = stem[len("unet."):].replace(".lora_linear_layer", "")
-            if module in unet_modules or module.removesuffix(".processor") in unet_modules:
-                continue
-        elif stem.startswith("lora_unet_"):
-            if _kohya_match(stem[len("lora_unet_"):], kohya_unet):
-                continue
         raise ConfigError(f"--lora {path}: key {key!r} matches no module of this {type(pipe.unet).__name__} "
                           "(an LCM-LoRA for another base model? lcm-lora-sdv1-5 fits SD 1.x UNets, "
                           "lcm-lora-sdxl SDXL UNets)")
 
 
-def _kohya_match(name: str, kohya_unet: set[str]) -> bool:
-    # kohya names use the original SD block names (input_blocks_...); diffusers converts them, so
-    # accept any name whose conversion diffusers does; a name already in diffusers' layout must match.
-    return name in kohya_unet or name.startswith(("input_blocks", "middle_block", "output_blocks"))
+_PROCESSOR_NAMES = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out.0"}
+
+
+def _unet_module(key: str, modules: set[str], kohya: set[str]) -> bool:
+    stem = key.split(".alpha")[0]
+    for marker in (".lora_A", ".lora_B", ".lora.", ".lora_down", ".lora_up", ".lora_linear_layer"):
+        stem = stem.split(marker)[0]
+    if stem.startswith("lora_unet_"):
+        name = stem[len("lora_unet_"):]
+        # SD's original block names (input_blocks_…): diffusers converts them; diffusers' names must match
+        return name in kohya or name.startswith(("input_blocks", "middle_block", "output_blocks"))
+    stem = stem.removeprefix("unet.")
+    if ".processor." in stem:
+        module, attr = stem.split(".processor.", 1)
+        stem = f"{module}.{_PROCESSOR_NAMES.get(attr.split('.')[0], attr)}"
+    return stem in modules
 
 
 __all__ = ["PIPELINES", "PipelineParts", "load_pipeline", "pipeline_class", "fuse_lora"]

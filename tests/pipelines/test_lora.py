@@ -80,3 +80,23 @@ def test_truncated_lora_is_refused(sd_folder, lcm_lora, tmp_path):
     with pytest.raises(ConfigError, match="--lora .*not a readable safetensors") as info:
         export_pipeline(sd_folder, out=tmp_path / "b", lora=cut)
     assert isinstance(info.value, CmrtError) and isinstance(info.value, ValueError)
+
+
+def test_lora_key_layouts_diffusers_reads(sd_folder):
+    """The key layouts of published LoRAs map onto the UNet's modules; others do not."""
+    from diffusers import UNet2DConditionModel
+
+    from cmrt.pipelines.load import _unet_module
+
+    unet = UNet2DConditionModel.from_pretrained(str(sd_folder), subfolder="unet")
+    modules = {n for n, _ in unet.named_modules() if n}
+    kohya = {n.replace(".", "_") for n in modules}
+    attn = "down_blocks.1.attentions.0.transformer_blocks.0.attn1"
+    good = [f"unet.{attn}.to_q.lora_A.weight", f"{attn}.to_k.lora_B.weight", f"unet.{attn}.to_out.0.lora.down.weight",
+            f"unet.{attn}.processor.to_out_lora.up.weight", f"unet.{attn}.processor.to_v_lora.down.weight",
+            f"lora_unet_{attn.replace('.', '_')}_to_q.lora_down.weight", f"lora_unet_{attn.replace('.', '_')}_to_q.alpha",
+            "lora_unet_input_blocks_4_1_proj_in.lora_up.weight"]
+    bad = [f"unet.{attn}.to_z.lora_A.weight", "unet.down_blocks.7.resnets.0.conv1.lora_A.weight",
+           "lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight", "something_else.weight"]
+    assert all(_unet_module(k, modules, kohya) for k in good)
+    assert not any(_unet_module(k, modules, kohya) for k in bad)
