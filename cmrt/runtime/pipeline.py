@@ -319,4 +319,36 @@ def _size(value, default: int, name: str, factor: int) -> int:
     return int(value)
 
 
-__all__ = ["Pipeline"]
+
+
+def check_pipeline(bundle: str | Path, *, device: str = "cpu") -> dict[str, Any]:
+    """Re-check a pipeline bundle: every listed file's SHA-256, and every stage's graph(s) on
+    ONNX Runtime against the PyTorch outputs stored at export (``parity/<stage>.npz``), with the
+    precision each was recorded under. Returns "stage/backend/precision" → ``ParityReport``;
+    raises ``IntegrityError`` on a changed file and ``ParityError`` on a failed stage."""
+    from .._io import sha256_file
+    from ..errors import IntegrityError
+    from ..parity import compare
+
+    path = Path(bundle)
+    m = PipelineManifest.open(path)
+    changed = [r.file for r in m.files() if sha256_file(path / r.file) != r.sha256]
+    if changed:
+        raise IntegrityError(f"{path}: {', '.join(changed)} changed after export (SHA-256 differs): "
+                             "re-export the bundle")
+    reports = {}
+    for name, stage in m.stages.items():
+        if stage.graph is None or stage.parity_inputs is None:
+            continue  # a nested cmrt bundle: `cmrt check` checks it
+        with np.load(path / stage.parity_inputs.file, allow_pickle=False) as data:
+            inputs = {k[len("input/"):]: data[k] for k in data.files if k.startswith("input/")}
+            outputs = {k[len("output/"):]: data[k] for k in data.files if k.startswith("output/")}
+        (key, recorded), = ((k, r) for k, r in stage.parity.items() if k.endswith("fp32") or "fp32-" in k)
+        actual = _Stage(path / stage.graph.file, _device(device)).run(inputs)
+        reports[f"{name}/{key}"] = compare(actual, outputs, backend=recorded.backend, precision=recorded.precision)
+    for report in reports.values():
+        report.raise_if_failed()
+    return reports
+
+
+__all__ = ["Pipeline", "check_pipeline"]

@@ -213,3 +213,23 @@ def test_fp16_needs_fp16_graphs(lcm_bundle):
 
     with pytest.raises(ConfigError, match="no FP16 graphs"):
         Pipeline(lcm_bundle, precision="fp16")
+
+
+def test_check_pipeline_rechecks_every_stage(lcm_bundle, tmp_path):
+    import shutil
+
+    from cmrt.errors import IntegrityError
+    from cmrt.runtime.pipeline import check_pipeline
+
+    reports = check_pipeline(lcm_bundle)
+    assert set(reports) == {"text_encoder/onnxruntime-cpu/fp32-features", "sampler/onnxruntime-cpu/fp32-features",
+                            "decoder/onnxruntime-cpu/fp32"}
+    assert all(r.passed for r in reports.values())
+    copy = tmp_path / "b"
+    shutil.copytree(lcm_bundle, copy)
+    vocab = next(p for p in (copy / "tokenizer").iterdir() if p.suffix == ".json")
+    data = bytearray(vocab.read_bytes())
+    data[-2] = ord(" ") if data[-2] != ord(" ") else ord("\n")  # same size, other contents
+    vocab.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="tokenizer/"):
+        check_pipeline(copy)
