@@ -66,7 +66,7 @@ def export_pipeline(folder: str | Path, *, out: str | Path = "bundle", steps: in
         decoder: a consistency decoder (OpenAI ``decoder.pt`` or a diffusers ``ConsistencyDecoderVAE``
             folder) as the last stage instead of the folder's VAE.
         lora: an LCM-LoRA ``.safetensors`` fused into the UNet at ``lora_scale``.
-        precision: "fp16" also writes FP16 sampler and (VAE) decoder graphs (``fp16_stage``), each
+        precision: "fp16" also writes FP16 sampler and (VAE) decoder graphs (``fp16_stages``), each
             checked end to end against the FP32 PyTorch pipeline with the fp16 tolerances.
         overwrite: replace an existing ``out``.
         embedding, trust: load options of OpenAI's ``decoder.pt`` (``cmrt.export``), with ``decoder``.
