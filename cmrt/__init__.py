@@ -4,6 +4,7 @@
     images = cmrt.Sampler(bundle.path).sample(8, seed=0)     # numpy in/out, or torch in/out
     images = cmrt.Decoder("decoder-bundle").decode(latents, seed=0)
     edited = cmrt.Editor("inpaint-bundle").edit(image, mask=mask, seed=0)   # cmrt export --task inpaint
+    images = cmrt.Pipeline("lcm-bundle").generate("a cat", seed=0)         # cmrt export --model LCM_FOLDER
     report = cmrt.check("bundle", backend="onnxruntime-cpu")
 
 ``import cmrt`` is cheap: torch, onnx and onnxruntime load when first used.
@@ -27,11 +28,15 @@ if TYPE_CHECKING:
     from .runtime.editor import Editor
     from .runtime.sampler import Sampler
     from .runtime.check import CheckReport, check
+    from .runtime.pipeline import Pipeline
+    from .exporter.pipeline import export_pipeline
 
 _LAZY = {
     "Decoder": ("cmrt.runtime.decoder", "Decoder"),
     "Sampler": ("cmrt.runtime.sampler", "Sampler"),
     "Editor": ("cmrt.runtime.editor", "Editor"),
+    "Pipeline": ("cmrt.runtime.pipeline", "Pipeline"),
+    "export_pipeline": ("cmrt.exporter.pipeline", "export_pipeline"),
     "slerp": ("cmrt.editing", "slerp"),
     "export": ("cmrt.exporter.api", "export"),
     "check": ("cmrt.runtime.check", "check"),
@@ -39,7 +44,7 @@ _LAZY = {
     "CheckReport": ("cmrt.runtime.check", "CheckReport"),
 }
 
-__all__ = ["Decoder", "Sampler", "Editor", "slerp", "export", "check", "ParityReport", "CheckReport", "CmrtError", "InputError",
+__all__ = ["Decoder", "Sampler", "Editor", "Pipeline", "export_pipeline", "slerp", "export", "check", "ParityReport", "CheckReport", "CmrtError", "InputError",
            "InputTypeError", "ConfigError", "SourceError", "BundleError", "IntegrityError", "BundleNotFoundError",
            "OutputExistsError", "RunnerClosedError", "EngineBuildError", "MissingDependencyError", "ParityError",
            "ServerError",

@@ -1011,6 +1011,168 @@ class BackendRecord:
         return self.result.passed
 
 
+# --- pipeline bundles (text → latents → image) --------------------------------------------
+PIPELINE_MANIFEST = "pipeline.json"
+PIPELINE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One stage of a pipeline bundle: its graph, I/O, stored parity inputs and parity results.
+
+    Attributes:
+        name: "text_encoder", "text_encoder_2", "sampler" or "decoder".
+        graph: the stage's ONNX graph (null for a decoder kept as its own cmrt bundle).
+        inputs: graph inputs, in order.
+        outputs: graph outputs.
+        parity_inputs: the stored inputs and PyTorch outputs of the stage's parity check.
+        parity: "backend/precision" → comparison with PyTorch at export.
+        bundle: a sub-folder holding the stage as a cmrt bundle of its own (a consistency decoder),
+            else null.
+        graphs: other precisions of the stage ("fp16" → graph), when exported.
+    """
+
+    name: str
+    graph: GraphRecord | None
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parity_inputs: FileRecord | None
+    parity: dict[str, ParityRecord] = field(default_factory=dict)
+    bundle: str | None = None
+    graphs: dict[str, GraphRecord] = field(default_factory=dict)
+
+    def files(self) -> list[FileRecord]:
+        out = [f for g in ([self.graph] if self.graph else []) + list(self.graphs.values()) for f in g.files]
+        return out + ([self.parity_inputs] if self.parity_inputs else [])
+
+
+@dataclass(frozen=True)
+class TokenizerRecord:
+    """A tokenizer's files, copied from the diffusers folder.
+
+    Attributes:
+        folder: its sub-folder in the bundle ("tokenizer", "tokenizer_2").
+        max_length: the text encoder's context (longer prompts are truncated).
+        files: the files (names relative to the bundle), with sizes and SHA-256.
+    """
+
+    folder: str
+    max_length: int
+    files: tuple[FileRecord, ...]
+
+
+@dataclass(frozen=True)
+class PipelineManifest:
+    """A text-to-image pipeline bundle (``pipeline.json``): tokenizers, text encoder(s), the
+    K-step LCM sampler as one graph, and the decoder stage.
+
+    Attributes:
+        format_version: this record's format (1).
+        kind: "pipeline".
+        pipeline: the diffusers class the folder named.
+        family: "sd" (SD 1.x/2.x-class) or "sdxl".
+        steps: LCM steps K (inputs noise_0 … noise_{K-1}: the initial latents, then each step's noise).
+        timesteps: the LCM timesteps.
+        guidance: "embedding" (full LCM: the w-embedding) or "cfg" (classifier-free guidance with
+            negative prompts, when guidance_scale > 1).
+        default_guidance_scale: the diffusers pipeline's own default.
+        default_height: default image height.
+        default_width: default image width.
+        vae_scale_factor: image pixels per latent pixel.
+        vae_scaling_factor: the VAE's latent scaling factor (latents are divided by it before decoding).
+        latent_channels: the UNet's latent channels.
+        force_zeros_for_empty_prompt: SDXL: no negative prompt means zero negative embeddings.
+        tokenizers: the tokenizers' files, one per text encoder.
+        stages: stage name → record.
+        scheduler: the LCM scheduler settings used.
+        lora: the fused LCM-LoRA (file, SHA-256, scale), else null.
+        source: where the pipeline came from.
+        versions: library versions at export.
+        created: UTC time of the export.
+        digest: SHA-256 of this record's canonical JSON without this field.
+    """
+
+    pipeline: str
+    family: Literal["sd", "sdxl"]
+    steps: int
+    timesteps: tuple[int, ...]
+    guidance: Literal["embedding", "cfg"]
+    default_guidance_scale: float
+    default_height: int
+    default_width: int
+    vae_scale_factor: int
+    vae_scaling_factor: float
+    latent_channels: int
+    force_zeros_for_empty_prompt: bool
+    tokenizers: tuple[TokenizerRecord, ...]
+    stages: dict[str, StageRecord]
+    scheduler: dict[str, Any]
+    lora: dict[str, Any] | None
+    source: SourceInfo
+    versions: Versions
+    created: str
+    kind: Literal["pipeline"] = "pipeline"
+    format_version: int = PIPELINE_FORMAT_VERSION
+    digest: str = ""
+
+    def files(self) -> list[FileRecord]:
+        """Every file the record lists (stage graphs, parity data, tokenizer files)."""
+        return [f for s in self.stages.values() for f in s.files()] + [f for t in self.tokenizers for f in t.files]
+
+    def to_dict(self) -> dict:
+        d = to_json(self)
+        d["digest"] = manifest_digest(d)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = PIPELINE_MANIFEST) -> "PipelineManifest":
+        """Read the record, checking every field; ``BundleError`` names the first bad one."""
+        if not isinstance(d, dict):
+            raise BundleError(f"{where} is not a JSON object: re-export the pipeline bundle")
+        version = d.get("format_version")
+        if not isinstance(version, int) or version > PIPELINE_FORMAT_VERSION:
+            raise BundleError(f"{where} has format version {version!r}, which this cmrt does not understand: "
+                              "upgrade cmrt (`pip install -U cmrt`)")
+        try:
+            return from_json(cls, d)
+        except TypedJsonError as exc:
+            raise BundleError(f"{where}: field {exc}: re-export the pipeline bundle with `cmrt export`") from None
+
+    def save(self, folder: Path) -> None:
+        write_json_atomic(Path(folder) / PIPELINE_MANIFEST, self.to_dict())
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "PipelineManifest":
+        """Read ``folder/pipeline.json`` and check that every listed file exists with its size."""
+        folder = Path(folder)
+        path = folder / PIPELINE_MANIFEST
+        if not path.is_file():
+            raise BundleNotFoundError(f"{folder} has no {PIPELINE_MANIFEST}: it is not a cmrt pipeline bundle "
+                                      "(make one with `cmrt export --model DIFFUSERS_FOLDER`)")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{path} is not valid JSON ({exc}): re-export the pipeline bundle") from None
+        manifest = cls.from_dict(data, str(path))
+        if isinstance(data, dict) and data.get("digest") != manifest_digest(to_json(manifest)):
+            raise IntegrityError(f"{path}: its contents do not match its digest (edited after export)")
+        for rec in manifest.files():
+            f = folder / rec.file
+            if not f.is_file():
+                raise BundleNotFoundError(f"{f} is listed in {PIPELINE_MANIFEST} but missing: re-export the bundle")
+            if f.stat().st_size != rec.bytes:
+                raise IntegrityError(f"{f} has {f.stat().st_size} bytes, {PIPELINE_MANIFEST} records {rec.bytes}: "
+                                     "the file was truncated or changed after export; re-export the bundle")
+        return manifest
+
+
+def pipeline_schema() -> dict:
+    """The JSON Schema of ``pipeline.json`` (shipped as ``docs/pipeline.schema.json``)."""
+    return json_schema(PipelineManifest, title="cmrt pipeline bundle manifest (pipeline.json)",
+                       description=f"Format version {PIPELINE_FORMAT_VERSION}. Written by cmrt.exporter.pipeline.",
+                       field_docs=field_docs_from_docstrings)
+
+
 if __name__ == "__main__":  # python -m cmrt.bundle > docs/manifest.schema.json
     print(json.dumps(manifest_schema(), indent=2, ensure_ascii=False))
 

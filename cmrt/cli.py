@@ -44,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                "decode latents (a .npy/.safetensors file, or an image it encodes first) with a decoder bundle into a PNG"),
     "edit": ("cmrt.cli", "_edit_args", "_edit_run",
              "edit an image (inpaint with a mask, colorize, superres, stroke, denoise) with an editor bundle into a PNG"),
+    "generate": ("cmrt.generate", "generate_args", "generate_run",
+                 "text → images with a pipeline bundle (an exported LCM / LCM-LoRA) into a PNG"),
     "upgrade": ("cmrt.cli", "_upgrade_args", "_upgrade_run",
                 "upgrade a bundle made by an older cmrt to this manifest format, in place"),
     "build": ("cmrt.exporter.cli", "_build_args", "_build_run",
@@ -162,11 +164,18 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                         "model.shared.onnx, model.shared-means.onnx, reading model.onnx's weights) with which a "
                         "tiled decode shares GroupNorm statistics across its tiles "
                         "(Decoder.decode(norm='canvas'|'shared'|'shared-means'))")
+    from .generate import export_options
+
+    export_options(p)
 
 
 def _export_run(a: argparse.Namespace) -> int:
     from .exporter.api import export
+    from .generate import export_run, is_pipeline_source, refuse_pipeline_options
 
+    if is_pipeline_source(a.model):  # a diffusers text-to-image folder: a pipeline bundle
+        return export_run(a)
+    refuse_pipeline_options(a)
     bundle = export(a.model, out=a.out, steps=a.steps, sigmas=a.sigmas, timesteps=a.timesteps, grid=a.grid,
                     clip=a.clip, overwrite=a.overwrite, precision=a.precision, io=a.io, arch=a.arch,
                     image_size=a.image_size, trust=a.trust, embedding=a.embedding, cache=a.cache, task=a.task,

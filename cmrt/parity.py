@@ -36,6 +36,9 @@ TOLERANCES: dict[str, Tolerance] = {
     "bf16": Tolerance(max_abs=0.16, min_psnr=40.0),
     # FP32 GroupNorm statistics (``cmrt.graphs.norm_stats``): means and variances of activations
     "fp32-stats": Tolerance(max_abs=1e-4, relative=True),
+    # FP32 pipeline stages whose outputs are not images (``cmrt.exporter.pipeline``): text
+    # embeddings and latents, unbounded like the statistics
+    "fp32-features": Tolerance(max_abs=1e-4, relative=True),
 }
 
 
