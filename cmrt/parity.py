@@ -30,7 +30,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(max_abs=2e-2, min_psnr=40.0),
     # BF16 compute of the FP32 graph (OpenVINO's precision hint, ``cmrt.runtime.openvino``): FP16's
     # class in BF16's units — the same PSNR floor on the images, the max-abs bound scaled by the
-    # ratio of unit roundoffs (2^-8 / 2^-11 = 8). Measured (benchmarks/results/openvino.md): the
+    # ratio of unit roundoffs (2^-8 / 2^-11 = 8). Measured (benchmarks/RESULTS.md, "Reduced precision on the CPU"): the
     # official-depth decoder's parity inputs at max abs 0.026 and 59.8 dB, past FP16's 2e-2 bound
     # at 20 dB above its PSNR floor.
     "bf16": Tolerance(max_abs=0.16, min_psnr=40.0),

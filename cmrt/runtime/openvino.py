@@ -47,7 +47,7 @@ ISA_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_fp16", "
              "avx512bw", "avx2", "fma")
 #: Instruction-set classes with BF16 in hardware (``isa_class``).
 NATIVE_BF16 = ("amx-bf16", "avx512-bf16")
-#: The backends ``default_choice`` may pick, fastest first (measured: benchmarks/results/openvino.md).
+#: The backends ``default_choice`` may pick, fastest first (measured: benchmarks/RESULTS.md, "Reduced precision on the CPU").
 FASTEST = ("openvino-bf16",)
 #: Infer requests made up front; more are made when more threads call at once.
 REQUESTS = 2
