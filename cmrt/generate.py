@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._args import positive_int
 from .errors import ConfigError
 
 #: ``cmrt export`` options that a pipeline folder does not take (they set up other exports).
@@ -72,15 +73,6 @@ def refuse_pipeline_options(a: argparse.Namespace) -> None:
                               "is not one")
 
 
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
-
 
 def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="a pipeline bundle (cmrt export --model DIFFUSERS_FOLDER)")
@@ -92,7 +84,7 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=None, help="image height, a multiple of 8 (default: the model's)")
     p.add_argument("--width", type=int, default=None, help="image width, a multiple of 8 (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed (images equal diffusers' with this generator seed)")
-    p.add_argument("--n", type=_count, default=1, help="number of images (the prompt repeated)")
+    p.add_argument("--n", type=positive_int, default=1, help="number of images (the prompt repeated)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="fp16: the bundle's FP16 sampler and decoder graphs (cmrt export --precision fp16)")
     p.add_argument("--out", type=Path, default=Path("generated.png"), help="PNG to write (a grid when --n > 1)")

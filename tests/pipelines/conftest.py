@@ -7,12 +7,13 @@ Under pytest-xdist the workers share one copy (a file lock guards the first buil
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 import pytest
+
+from tests.conftest import run_shared
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -20,25 +21,12 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 
-def _shared(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object], done: str) -> Path:
-    from filelock import FileLock
-
-    base = factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "pipelines"
-    root.mkdir(exist_ok=True)
-    out = root / name
-    with FileLock(str(out) + ".lock"):
-        if not (out / done).is_file():
-            make(out)
-    return out
-
-
 @pytest.fixture(scope="session")
 def lcm_folder(tmp_path_factory) -> Path:
     """A tiny ``LatentConsistencyModelPipeline`` folder (UNet with ``time_cond_proj_dim``)."""
     from tiny import save_sd_folder
 
-    return _shared(tmp_path_factory, "lcm-folder", lambda out: save_sd_folder(out, lcm=True), "model_index.json")
+    return run_shared(tmp_path_factory, "lcm-folder", lambda out: save_sd_folder(out, lcm=True), "model_index.json")
 
 
 @pytest.fixture(scope="session")
@@ -46,14 +34,14 @@ def sd_folder(tmp_path_factory) -> Path:
     """A tiny ``StableDiffusionPipeline`` folder (a plain UNet, for LCM-LoRA)."""
     from tiny import save_sd_folder
 
-    return _shared(tmp_path_factory, "sd-folder", lambda out: save_sd_folder(out, lcm=False, seed=1),
+    return run_shared(tmp_path_factory, "sd-folder", lambda out: save_sd_folder(out, lcm=False, seed=1),
                    "model_index.json")
 
 
 def _bundle(factory, folder: Path, name: str, **options) -> Path:
     from cmrt.exporter.pipeline import export_pipeline
 
-    return _shared(factory, name, lambda out: export_pipeline(folder, out=out, overwrite=True, **options),
+    return run_shared(factory, name, lambda out: export_pipeline(folder, out=out, overwrite=True, **options),
                    "pipeline.json")
 
 
@@ -73,7 +61,7 @@ def lcm_lora(tmp_path_factory, sd_folder) -> Path:
     """A random LoRA for the tiny SD UNet, in diffusers' key layout."""
     from tiny import save_lcm_lora
 
-    folder = _shared(tmp_path_factory, "lora", lambda out: save_lcm_lora(sd_folder, out),
+    folder = run_shared(tmp_path_factory, "lora", lambda out: save_lcm_lora(sd_folder, out),
                      "pytorch_lora_weights.safetensors")
     return folder / "pytorch_lora_weights.safetensors"
 
@@ -88,7 +76,7 @@ def lora_bundle(tmp_path_factory, sd_folder, lcm_lora) -> Path:
 def cd_folder(tmp_path_factory) -> Path:
     from tiny import save_consistency_decoder
 
-    return _shared(tmp_path_factory, "cd-folder", save_consistency_decoder, "config.json")
+    return run_shared(tmp_path_factory, "cd-folder", save_consistency_decoder, "config.json")
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +90,7 @@ def sdxl_folder(tmp_path_factory) -> Path:
     """A tiny full-LCM ``StableDiffusionXLPipeline`` folder (as lcm-sdxl)."""
     from tiny import save_sdxl_folder
 
-    return _shared(tmp_path_factory, "sdxl-folder", save_sdxl_folder, "model_index.json")
+    return run_shared(tmp_path_factory, "sdxl-folder", save_sdxl_folder, "model_index.json")
 
 
 @pytest.fixture(scope="session")
