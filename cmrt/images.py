@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._io import write_atomic
+
 
 def to_uint8(images: Any) -> np.ndarray:
     """(B, C, H, W) floats in [-1, 1] → (B, H, W, C) uint8."""
@@ -48,8 +50,10 @@ def save_grid(images: Any, path: str | Path, cols: int | None = None, scale: int
         cols = cols or math.ceil(math.sqrt(b))
         img = caption(img, (h * scale, w * scale), cols, pad * scale, labels, row_labels)
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    _replace_atomically(tmp, path, img.save)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown file extension: {path.suffix}")  # PIL's own check, made before the write
+    write_atomic(path, lambda tmp: img.save(tmp, format=fmt))
 
 
 def caption_font_size(cell_width: int) -> int:
@@ -155,16 +159,11 @@ def save_images(images: Any, path: str | Path) -> None:
     path = Path(path)
     if path.suffix.lower() == ".npy":
         a = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
-        _replace_atomically(path.with_name(f".{path.stem}.tmp.npy"), path, lambda tmp: np.save(tmp, a))
+        write_atomic(path, lambda tmp: _save_npy(tmp, a))
         return
     save_grid(images, path)
 
 
-def _replace_atomically(tmp: Path, path: Path, write: Any) -> None:
-    """``write(tmp)``, then rename ``tmp`` to ``path``; on any failure (Ctrl-C included) ``tmp`` goes."""
-    try:
-        write(tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _save_npy(path: Path, a: np.ndarray) -> None:
+    with path.open("wb") as f:  # a file object: np.save would add ".npy" to a bare temporary name
+        np.save(f, a)

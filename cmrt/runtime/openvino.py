@@ -60,25 +60,25 @@ def cpu_flags() -> frozenset[str]:
     override = os.environ.get(CPU_FLAGS_ENV)
     if override is not None:
         return frozenset(override.replace(",", " ").split())
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return frozenset(line.partition(":")[2].split())
+    return frozenset(_cpuinfo_field("flags").split())
 
 
 def cpu_model() -> str:
     """``/proc/cpuinfo``'s model name, else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
     import platform
 
-    return platform.processor() or "unknown CPU"
+    return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
+
+
+def _cpuinfo_field(name: str) -> str:
+    """The value of ``/proc/cpuinfo``'s first ``name`` line; "" where the file cannot be read
+    (OSError: no such file off Linux) or has no such line."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    line = next((ln for ln in text.splitlines() if ln.startswith(name)), "")
+    return line.partition(":")[2].strip()
 
 
 def isa_class(flags: frozenset[str] | set[str]) -> str:
