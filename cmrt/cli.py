@@ -217,16 +217,31 @@ def _check_run(a: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+#: ``--backend``: what the runners choose when it is not given.
+BACKEND_HELP = ("backend name (default: the fastest backend whose recorded parity passed on a CPU like this one, "
+                "else onnxruntime)")
+
+
 # --- sample ------------------------------------------------------------------------------------
 def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="a sampler bundle")
-    p.add_argument("--n", type=positive_int, default=16, help="number of images")
+    _generation_args(p, n=16, n_help="number of images", per="image", out=Path("samples.png"),
+                     out_help="PNG grid to write; a .npy name keeps the raw values")
+
+
+def _generation_args(p: argparse.ArgumentParser, *, n: int, n_help: str, per: str, out: Path, out_help: str) -> None:
+    """The options ``sample`` and ``edit`` share: count, seed, class labels, backend, output file."""
+    p.add_argument("--n", type=positive_int, default=n, help=n_help)
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--class-labels", "--labels", dest="labels", type=int_list, default=None,
-                   help="class labels, one per image or one for all (default: drawn from the seed)")
-    p.add_argument("--backend", default=None, help="backend name (default: onnxruntime)")
-    p.add_argument("--out", type=Path, default=Path("samples.png"),
-                   help="PNG grid to write; a .npy name keeps the raw values")
+                   help=f"class labels, one per {per} or one for all (default: drawn from the seed)")
+    p.add_argument("--backend", default=None, help=BACKEND_HELP)
+    p.add_argument("--out", type=Path, default=out, help=out_help)
+
+
+def _labels(a: argparse.Namespace):
+    """``--class-labels`` as the runners take it: None, one label for all, or one per image."""
+    return None if a.labels is None else (a.labels[0] if len(a.labels) == 1 else a.labels)
 
 
 def _sample_run(a: argparse.Namespace) -> int:
@@ -235,9 +250,8 @@ def _sample_run(a: argparse.Namespace) -> int:
     from .runtime.sampler import Sampler
 
     check_writable(a.out, "--out")
-    labels = None if a.labels is None else (a.labels[0] if len(a.labels) == 1 else a.labels)
     with Sampler(a.bundle, backend=a.backend) as sampler:
-        images = sampler.sample(a.n, class_labels=labels, seed=a.seed)
+        images = sampler.sample(a.n, class_labels=_labels(a), seed=a.seed)
     save_images(images, a.out)
     print(f"wrote {a.out} ({a.n} images)")
     return 0
@@ -286,7 +300,7 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
                    help="latent pixels shared by neighbouring tiles (default: the runtime's, wider for --norm canvas)")
     p.add_argument("--norm", choices=NORM_CHOICES, default=None,
                    help="GroupNorm statistics of a tiled decode (default: canvas for --tile-stats bundles, else tile)")
-    p.add_argument("--backend", default=None, help="backend name (default: onnxruntime)")
+    p.add_argument("--backend", default=None, help=BACKEND_HELP)
 
 
 def _read_latents(path: Path, encoder: str, size: int | tuple[int, int] | None):
@@ -355,13 +369,8 @@ def _edit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", type=Path, default=None,
                    help="inpaint: a mask image, white = generate, black = keep (gray levels in between), resized to "
                         "the bundle's size")
-    p.add_argument("--n", type=positive_int, default=1, help="edits of the image, each with its own noise")
-    p.add_argument("--seed", type=int, default=0, help="noise seed")
-    p.add_argument("--class-labels", "--labels", dest="labels", type=int_list, default=None,
-                   help="class labels, one per edit or one for all (default: drawn from the seed)")
-    p.add_argument("--backend", default=None, help="backend name (default: onnxruntime)")
-    p.add_argument("--out", type=Path, default=Path("edited.png"),
-                   help="PNG grid of the edits; a .npy name keeps the raw values")
+    _generation_args(p, n=1, n_help="edits of the image, each with its own noise", per="edit",
+                     out=Path("edited.png"), out_help="PNG grid of the edits; a .npy name keeps the raw values")
 
 
 def _edit_run(a: argparse.Namespace) -> int:
@@ -385,8 +394,7 @@ def _edit_run(a: argparse.Namespace) -> int:
             mask = np.repeat(read_mask(a.mask, size=(h, w)), a.n, axis=0)
         elif a.mask is not None:
             raise ConfigError(f"--mask applies to inpainting; this bundle's task is {editor.task}: drop --mask")
-        labels = None if a.labels is None else (a.labels[0] if len(a.labels) == 1 else a.labels)
-        images = editor.edit(np.repeat(image, a.n, axis=0), mask=mask, class_labels=labels, seed=a.seed)
+        images = editor.edit(np.repeat(image, a.n, axis=0), mask=mask, class_labels=_labels(a), seed=a.seed)
     save_images(images, a.out)
     print(f"wrote {a.out} ({a.n} edit(s), {editor.task}, {images.shape[2]}x{images.shape[3]})")
     return 0
