@@ -50,7 +50,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pipelines",),                                  # text → latents → image, over models and samplers
     ("models", "samplers"),
     ("editing",),
-    ("schedules", "parity", "_io", "_typed", "_args", "images"),
+    ("schedules", "parity", "_typed", "_args", "images"),
+    ("_io",),                                        # atomic writes, digests: what writes files uses it
     ("errors",),
 )
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}

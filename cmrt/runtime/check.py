@@ -3,15 +3,15 @@ stored at export."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..bundle import OUTPUT_NAME, Bundle, EngineParity, Gpu, IntegrityReport, ParityRecord
+from ..bundle import Bundle, EngineParity, Gpu, IntegrityReport, ParityRecord
 from ..errors import ParityError
-from ..parity import ParityReport, compare
+from ..parity import ParityReport
 from .backends import open_backend
 from .openvino import for_check, record_lines, record_parity
+from .stored import run_stored_inputs
 
 
 @dataclass(frozen=True)
@@ -65,16 +65,10 @@ def check(engine: str | Path | Bundle, *, backend: str | None = None, record: bo
     if not integrity.passed:
         return CheckReport(integrity, None, engine_lines(bundle))
     runner = open_backend(bundle, for_check(bundle, backend))
-    try:
-        inputs, expected = bundle.parity_data()
-        t0 = time.perf_counter()
-        actual = {OUTPUT_NAME: runner.run(inputs)}
-        seconds = time.perf_counter() - t0
-    finally:
-        runner.close()
-    report = compare(actual, expected, backend=runner.name, precision=runner.precision)
+    run = run_stored_inputs(bundle, runner)
+    report = run.report
     if record:  # a CPU backend's own record (OpenVINO); nothing for the others
-        record_parity(bundle, runner, report, seconds, actual)
+        record_parity(bundle, runner, run)
     target = getattr(runner, "engine_target", None)
     if record and target is not None:
         gpu = getattr(runner, "gpu", None)

@@ -34,6 +34,7 @@ import numpy as np
 from ..bundle import OUTPUT_NAME, BackendRecord, Bundle, Cpu, ParityRecord
 from ..errors import BundleError, ConfigError, RunnerClosedError, require
 from .limits import ShapeLimits
+from .stored import StoredRun, run_stored_inputs
 from .threads import default_threads
 
 #: backend name → the precision it computes in (None: the bundle's record decides, ``resolve``).
@@ -252,19 +253,17 @@ def for_check(bundle: Bundle, name: "str | Any | None") -> "str | Any | None":
     return name
 
 
-def record_parity(bundle: Bundle, backend: Any, report: Any, seconds: float,
-                  actual: dict[str, np.ndarray]) -> BackendRecord | None:
-    """Write an OpenVINO backend's check result (a ``cmrt.parity.ParityReport`` on its outputs
-    ``actual``, run in ``seconds``) into the bundle's manifest (atomically); other backends record
-    nothing here."""
+def record_parity(bundle: Bundle, backend: Any, run: StoredRun) -> BackendRecord | None:
+    """Write an OpenVINO backend's check result (``run``: its stored-input run) into the bundle's
+    manifest (atomically); other backends record nothing here."""
     if not isinstance(backend, OpenVinoBackend):
         return None
     graph = bundle.manifest.graphs["fp32"]
-    non_finite = int(sum(int((~np.isfinite(v)).sum()) for v in actual.values()))
+    non_finite = int(sum(int((~np.isfinite(v)).sum()) for v in run.actual.values()))
     cpu = this_cpu()
     rec = BackendRecord(backend.name, backend.precision, "openvino", backend.library_version, graph.file,
                         graph.sha256, cpu, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                        round(seconds, 6), non_finite, ParityRecord.of(report))
+                        round(run.seconds, 6), non_finite, ParityRecord.of(run.report))
     bundle.update(backends={**(bundle.manifest.backends or {}), record_key(backend.name, cpu.isa): rec})
     return rec
 
@@ -272,18 +271,8 @@ def record_parity(bundle: Bundle, backend: Any, report: Any, seconds: float,
 def check_and_record(bundle: Bundle, name: str = "openvino-bf16") -> BackendRecord:
     """Run backend ``name`` on the stored parity inputs, compare with the stored PyTorch outputs
     and record the result (passed or not) in the manifest."""
-    from ..parity import compare
-
     backend = open_openvino(bundle, name, refuse_failed=False)
-    try:
-        inputs, expected = bundle.parity_data()
-        t0 = time.perf_counter()
-        actual = {OUTPUT_NAME: backend.run(inputs)}
-        seconds = time.perf_counter() - t0
-    finally:
-        backend.close()
-    report = compare(actual, expected, backend=backend.name, precision=backend.precision)
-    rec = record_parity(bundle, backend, report, seconds, actual)
+    rec = record_parity(bundle, backend, run_stored_inputs(bundle, backend))
     assert rec is not None  # an OpenVinoBackend always records
     return rec
 

@@ -17,6 +17,7 @@ import pytest
 import cmrt
 from cmrt.bundle import MANIFEST, Bundle, manifest_schema
 from cmrt.errors import ConfigError
+from cmrt.runtime.stored import StoredRun
 from cmrt.parity import compare, psnr
 from cmrt.runtime import openvino as ovb
 from cmrt.runtime.backends import default_backend_name, open_backend
@@ -210,7 +211,7 @@ def test_failed_record_is_never_chosen_and_refused(decoder_bundle, bundle_copy, 
     actual = {"images": backend.run(inputs) + 0.1}
     report = compare(actual, expected, backend=backend.name, precision=backend.precision)
     assert not report.passed
-    rec = ovb.record_parity(bundle, backend, report, 0.01, actual)
+    rec = ovb.record_parity(bundle, backend, StoredRun(report, 0.01, actual))
     backend.close()
     assert not rec.passed and not Bundle.open(bundle.path).manifest.backends["openvino-bf16/avx512-bf16"].passed
     assert default_backend_name(Bundle.open(bundle.path)) == "onnxruntime"
