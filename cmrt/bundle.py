@@ -868,17 +868,22 @@ class Bundle:
 
 def read_manifest_json(folder: Path) -> dict:
     """The raw ``cmrt.json`` of a bundle folder (not yet checked)."""
-    mpath = folder / MANIFEST
-    if not mpath.is_file():
-        raise BundleNotFoundError(f"{folder} has no {MANIFEST}: it is not a cmrt bundle "
-                                  "(make one with `cmrt export`)")
-    try:
-        data = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mpath} is not valid JSON ({exc}): re-export the bundle") from None
+    data = _read_json(folder / MANIFEST, missing=f"{folder} has no {MANIFEST}: it is not a cmrt bundle "
+                      "(make one with `cmrt export`)", fix="re-export the bundle")
     if not isinstance(data, dict):
-        raise BundleError(f"{mpath} is not a JSON object: re-export the bundle")
+        raise BundleError(f"{folder / MANIFEST} is not a JSON object: re-export the bundle")
     return data
+
+
+def _read_json(path: Path, *, missing: str, fix: str) -> Any:
+    """``path``'s JSON; ``BundleNotFoundError(missing)`` when there is no such file, ``BundleError``
+    naming ``fix`` when it is not JSON."""
+    if not path.is_file():
+        raise BundleNotFoundError(missing)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}): {fix}") from None
 
 
 def save_parity(path: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> FileRecord:
@@ -1146,13 +1151,8 @@ class PipelineManifest:
         """Read ``folder/pipeline.json`` and check that every listed file exists with its size."""
         folder = Path(folder)
         path = folder / PIPELINE_MANIFEST
-        if not path.is_file():
-            raise BundleNotFoundError(f"{folder} has no {PIPELINE_MANIFEST}: it is not a cmrt pipeline bundle "
-                                      "(make one with `cmrt export --model DIFFUSERS_FOLDER`)")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{path} is not valid JSON ({exc}): re-export the pipeline bundle") from None
+        data = _read_json(path, missing=f"{folder} has no {PIPELINE_MANIFEST}: it is not a cmrt pipeline bundle "
+                          "(make one with `cmrt export --model DIFFUSERS_FOLDER`)", fix="re-export the pipeline bundle")
         manifest = cls.from_dict(data, str(path))
         if isinstance(data, dict) and data.get("digest") != manifest_digest(to_json(manifest)):
             raise IntegrityError(f"{path}: its contents do not match its digest (edited after export)")
