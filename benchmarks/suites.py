@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Sequence
 
 from cmrt.errors import ConfigError
 
-from . import edit, measure, paired
+from . import edit, lcm, measure, paired
 from .backends import BASELINE, BENCH_BACKENDS, CPU, CUDA, Absent, Prepared
 from .cases import DEFAULT_CACHE, GIGA, MODELS, Case, cached_bundle, case_flops, prepare, weights_digest
 
@@ -50,6 +50,10 @@ def _edit_suite(cache: Path, log: Callable[[str], None]) -> dict:
     return edit.run(cache, log=log)
 
 
+def _lcm_suite(cache: Path, log: Callable[[str], None]) -> dict:
+    return lcm.suite(cache, log)
+
+
 _SLOW_COMPILE = ("left out of this suite: inductor compiles the unrolled UNets for minutes on a 2-core CPU; "
                  "ask for it with --backend torch-compile")
 _QUICK = _grid("decoder-reduced", (64, 256), (2,)) + _grid("digits", (16,), (1, 2, 4))
@@ -67,6 +71,10 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           gpu_cases=_grid("decoder-official", (512, 1024), (2,)), warmup=1, repeats=3),
     Suite("edit", "editing graphs (inpaint, superres ×4, stroke, colorize at 2 and 4 evaluations, denoise) on "
           "ONNX Runtime CPU vs the same PyTorch editor in eager mode, paired rounds", (), runner=_edit_suite),
+    Suite("lcm", "text to image: an SD 1.5-sized latent consistency model (random weights, the published "
+          "configurations), 512², 4 steps, batch 1: cmrt's Pipeline on ONNX Runtime FP32 (and its default backend) vs "
+          "diffusers' LatentConsistencyModelPipeline FP32 and BF16 autocast and optimum-intel's OpenVINO pipeline, per "
+          "stage, paired rounds (minutes per round on a 2-core CPU; benchmarks/lcm.py)", (), runner=_lcm_suite),
     Suite("smoke", "tiny models, for tests and a first look (seconds)",
           _grid("tiny-decoder", (16,), (2,)) + _grid("tiny-cm", (16,), (2,)), warmup=1, repeats=2, min_seconds=0.0,
           gemm_size=SMOKE_GEMM_SIZE),
