@@ -106,10 +106,13 @@ def _stderr_file(path: Path):
 def watched(cmd: list[str], max_gib: float, log_path: Path, env: dict | None = None) -> dict:
     """Run ``cmd``, sampling its resident set (with its children); stop it above ``max_gib`` or
     when the machine's available memory falls under ``MIN_AVAILABLE_GIB``. Returns the wall time,
-    the peak RSS seen, how it ended, the phase running at the peak and at the end, and its stdout."""
+    its CPU time (user + system), the peak RSS seen, how it ended, the phase running at the peak and at the end, and its stdout."""
+    import resource
+
     import psutil
 
     t0 = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with _stderr_file(log_path) as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         watched_proc = psutil.Process(proc.pid)
@@ -128,9 +131,11 @@ def watched(cmd: list[str], max_gib: float, log_path: Path, env: dict | None = N
                 break
             time.sleep(POLL_S)
         out, _ = proc.communicate()
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     text = log_path.read_text()
     phases = [l[len(PHASE):].split(" ", 2) for l in text.splitlines() if l.startswith(PHASE)]
-    result = {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss_gib": round(peak, 2),
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    result = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_s, 1), "peak_rss_gib": round(peak, 2),
               "returncode": proc.returncode, "stopped": stopped,
               "phase_at_peak": _phase_at(phases, peak_t), "phase_at_end": _phase_at(phases, time.time())}
     lines = [l for l in (out or "").strip().splitlines() if l.startswith("{")]
