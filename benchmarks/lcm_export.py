@@ -175,18 +175,18 @@ def build_folder(size: str, work: Path, max_gib: float) -> tuple[Path, dict]:
 def measure_export(size: str, work: Path, max_gib: float, steps: int = 4) -> dict:
     """Build (once) and export the ``size`` folder in a watched fresh process, cold network cache."""
     from benchmarks import measure
-    from benchmarks.lcm_models import parameter_counts, weights_bytes
+    from benchmarks.lcm_models import fp32_bytes, parameter_counts
 
     work.mkdir(parents=True, exist_ok=True)
     folder, build = build_folder(size, work, max_gib)
-    weights = weights_bytes(folder)
+    weights = fp32_bytes(folder)  # the weights as the exporter holds them (an FP16 folder is loaded as FP32)
     load = measure.load_average()
     env = {**os.environ, "CMRT_CACHE_DIR": str(work / f"cache-{size}-{time.time_ns()}")}
     cmd = [sys.executable, "-m", "benchmarks.lcm_export", "--child", str(folder), str(work / f"bundle-{size}"),
            "--steps", str(steps)]
     result = watched(cmd, max_gib, work / f"export-{size}.log", env=env)
     result |= {"size": size, "steps": steps, "parameters": parameter_counts(folder),
-               "weights_gib": round(weights / GIB, 2), "peak_over_weights": round(result["peak_rss_gib"] * GIB / weights, 2),
+               "weights_fp32_gib": round(weights / GIB, 2), "peak_over_weights": round(result["peak_rss_gib"] * GIB / weights, 2),
                "load_1m_before": load, "load_1m_after": measure.load_average(), "max_gib": max_gib,
                "folder_build": build}
     return result
