@@ -103,9 +103,10 @@ def _stderr_file(path: Path):
         yield f
 
 
-def watched(cmd: list[str], max_gib: float, log_path: Path, env: dict | None = None) -> dict:
+def watched(cmd: list[str], max_gib: float, log_path: Path, env: dict | None = None,
+            min_available_gib: float = MIN_AVAILABLE_GIB) -> dict:
     """Run ``cmd``, sampling its resident set (with its children); stop it above ``max_gib`` or
-    when the machine's available memory falls under ``MIN_AVAILABLE_GIB``. Returns the wall time,
+    when the machine's available memory falls under ``min_available_gib``. Returns the wall time,
     its CPU time (user + system), the peak RSS seen, how it ended, the phase running at the peak and at the end, and its stdout."""
     import resource
 
@@ -124,9 +125,9 @@ def watched(cmd: list[str], max_gib: float, log_path: Path, env: dict | None = N
                 break
             if rss > peak:
                 peak, peak_t = rss, time.time()
-            if rss > max_gib or _available_gib() < MIN_AVAILABLE_GIB:
+            if rss > max_gib or _available_gib() < min_available_gib:
                 stopped = (f"stopped at {rss:.1f} GiB RSS (limit {max_gib} GiB)" if rss > max_gib else
-                           f"stopped at {rss:.1f} GiB RSS: the machine had under {MIN_AVAILABLE_GIB} GiB available")
+                           f"stopped at {rss:.1f} GiB RSS: the machine had under {min_available_gib} GiB available")
                 proc.kill()
                 break
             time.sleep(POLL_S)
@@ -159,14 +160,14 @@ def _phase_at(phases: list[list[str]], t: float) -> str | None:
     return " > ".join(open_) if open_ else None
 
 
-def build_folder(size: str, work: Path, max_gib: float) -> tuple[Path, dict]:
+def build_folder(size: str, work: Path, max_gib: float, min_available_gib: float = MIN_AVAILABLE_GIB) -> tuple[Path, dict]:
     """The random-weight folder of ``size`` under ``work`` (built once, in a watched process)."""
     folder = work / size
     info: dict = {}
     if not (folder / "model_index.json").is_file():
         cmd = [sys.executable, "-c", "import sys; from pathlib import Path; from benchmarks.lcm_models import "
                "save_folder; save_folder(sys.argv[1], Path(sys.argv[2]))", size, str(folder)]
-        info = watched(cmd, max_gib, work / f"build-{size}.log")
+        info = watched(cmd, max_gib, work / f"build-{size}.log", min_available_gib=min_available_gib)
         if info["returncode"] != 0:
             raise RuntimeError(f"building the {size} folder failed: {info}")
     return folder, info
