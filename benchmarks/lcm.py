@@ -40,6 +40,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks import measure, paired
+from benchmarks.backends import Absent  # a contender that cannot run here (the reason is its message)
 
 PROMPT = "a photograph of an astronaut riding a horse"
 SEED = 0
@@ -51,10 +52,6 @@ MAX_GIB = 18.0  # the suite's process stops itself above this resident set (a sh
 STAGES = ("text", "sampler", "decoder")
 REFERENCE = "diffusers-fp32"
 CMRT = "cmrt-ort-fp32"
-
-
-class Absent(Exception):
-    """A contender that cannot run here (the reason is its message)."""
 
 
 @dataclass
