@@ -52,11 +52,12 @@ class Pipeline:
 
     def __init__(self, bundle: str | Path, *, device: str = "auto", precision: str = "fp32",
                  backend: str | None = None) -> None:
-        from .stages import check_backend_name
+        from .stages import check_backend_name, check_precision
 
         self.path = Path(bundle)
         self.manifest = PipelineManifest.open(self.path)
         backend = check_backend_name(backend)
+        check_precision(backend, precision)
         device = _device("cpu" if device == "auto" and backend is not None and backend.startswith("openvino")
                          else device)
         m = self.manifest

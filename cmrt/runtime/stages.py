@@ -51,6 +51,13 @@ def check_backend_name(backend: Any) -> str | None:
     return backend
 
 
+def check_precision(backend: str | None, precision: str) -> None:
+    """``precision`` other than FP32 picks ONNX Runtime's FP16 graphs: refused with another backend."""
+    if precision != "fp32" and backend not in (None, *ORT):
+        raise ConfigError(f"precision={precision!r} picks ONNX Runtime's FP16 graphs; backend {backend!r} runs "
+                          "its own precision: drop precision, or use backend='onnxruntime'")
+
+
 def is_features(stage: StageRecord) -> bool:
     """The stage outputs features (embeddings, latents), not images: its tiers are "*-features"."""
     return any(key.endswith("-features") for key in stage.parity)
@@ -69,9 +76,7 @@ def stage_backend(folder: Path, stage: StageRecord, backend: str | None, *, devi
     ``recheck``: ``cmrt check``, which runs a failed precision again and checks a text encoder in
     the BF16 it asks for."""
     ort = f"onnxruntime-{device}"
-    if precision != "fp32" and backend not in (None, *ORT):
-        raise ConfigError(f"precision={precision!r} picks ONNX Runtime's FP16 graphs; backend {backend!r} runs "
-                          "its own precision: drop precision, or use backend='onnxruntime'")
+    check_precision(backend, precision)
     if backend is None:
         return ort if precision != "fp32" else _default(stage, ort)
     if backend in ORT:
