@@ -10,6 +10,7 @@ import numpy as np
 
 from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import BundleError, ConfigError, MissingDependencyError, RunnerClosedError, require
+from .inputs import as_float32_output
 from .limits import ShapeLimits
 from .threads import THREADS_ENV, default_threads  # noqa: F401  (one home, shared with the OpenVINO backend)
 
@@ -116,12 +117,6 @@ class OnnxRuntimeBackend:
     def close(self) -> None:
         """Free the session (its weights and arenas)."""
         self.session = None
-
-
-def as_float32_output(value) -> np.ndarray:
-    """An output as numpy, float ones as float32 (an FP16-I/O graph's outputs are float16)."""
-    value = np.asarray(value)
-    return value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value
 
 
 def _as_graph_dtype(value: np.ndarray, ort_type: str | None) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..bundle import OUTPUT_NAME, BackendRecord, Bundle, Cpu, GraphRecord, ParityRecord
 from ..errors import BundleError, ConfigError, RunnerClosedError, require
-from .backends import as_float32_output
+from .inputs import as_float32_output
 from .limits import ShapeLimits
 from .stored import StoredRun, run_stored_inputs
 from .threads import default_threads

@@ -121,6 +121,10 @@ class TensorRTBackend:
     #: The runtime's ``ShapeLimits`` of the engine's profile: set by the runtime's backend registry
     #: (``cmrt.runtime.backends``, from ``profile_limits``); None: runners do not chunk or tile for it.
     limits = None
+    #: The TensorRT-RTX runtime cache is kept beside the engine (False: a pipeline stage's engine).
+    persist_cache = True
+    #: The output ``run`` returns (a pipeline stage's first output; ``run_all`` returns every one).
+    output = OUTPUT_NAME
 
     def __init__(self, bundle: Bundle, *, target: str | None = None, cuda_graph: bool = False) -> None:
         self._open(bundle.path, select_engine(bundle, target), bundle.manifest.input_names, [OUTPUT_NAME],
