@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cmrt import parity
-from cmrt.bundle import PIPELINE_MANIFEST, PipelineManifest, pipeline_schema, update_stages
+from cmrt.bundle import PIPELINE_MANIFEST, PipelineManifest, ProfileRange, pipeline_schema, update_stages
 from cmrt.cli import main
 from cmrt.errors import CmrtError, ConfigError, InputTypeError, MissingDependencyError
 from cmrt.runtime import openvino as ovb
@@ -87,6 +87,18 @@ def test_openvino_f32_pipeline_within_fp32(lcm_bundle, fp32_images):
         assert set(pipe.stage_backends.values()) == {("openvino-f32", "fp32")}
         images = pipe.generate(PROMPTS, **CALL)
     assert np.abs(images - fp32_images).max() <= parity.TOLERANCES["fp32"].max_abs
+
+
+def test_consistency_decoder_stage_takes_the_backend(lcm_cd_bundle):
+    """A consistency-decoder stage is a cmrt bundle of its own: its ``Decoder`` opens the same backend."""
+    call = {"height": 32, "width": 40, "seed": 2}
+    with Pipeline(lcm_cd_bundle, backend="onnxruntime-cpu") as pipe:
+        assert pipe.stage_backends["decoder"] == ("onnxruntime-cpu", "fp32")
+        ref = pipe.generate("a cat", **call)
+    with Pipeline(lcm_cd_bundle, backend="openvino-f32") as pipe:
+        assert set(pipe.stage_backends.values()) == {("openvino-f32", "fp32")}
+        images = pipe.generate("a cat", **call)
+    assert np.abs(images - ref).max() <= parity.TOLERANCES["fp32"].max_abs
 
 
 # --- records ------------------------------------------------------------------------------------------
@@ -219,7 +231,7 @@ def test_rtx_engines_build_per_stage_on_the_cpu(lcm16_bundle, tmp_path, capsys):
         assert e.file == f"{name}.tensorrt-rtx.plan" and e.graph == graph and e.strongly_typed
         assert e.graph_sha256 == (s.graph if graph == "fp32" else s.graphs["fp16"]).sha256
         assert e.library_version == trt.__version__ and e.validity.header_ok and not e.parity.checked
-        assert e.profiles == ({k: T.ProfileRange(*v) for k, v in stage_profile_shapes(s, profile).items()},)
+        assert e.profiles == ({k: ProfileRange(*v) for k, v in stage_profile_shapes(s, profile).items()},)
         assert T.validity_problem(T.engine_validity(trt, (folder / e.file).read_bytes())) is None
     assert any(f.file == "sampler.tensorrt-rtx.plan" for f in m.files())
     lines = check_pipeline_report(folder, backend="onnxruntime").lines()  # integrity covers the plans
