@@ -51,21 +51,20 @@ def pipe(lcm_bundle):
 
 # --- the Python model without a server ----------------------------------------------------------
 def test_merged_requests_equal_their_own_calls(lcm_bundle, pipe):
-    runner = Pipeline(lcm_bundle)
     calls = []
-    generate = runner.generate
-
-    def counting(prompt, **kw):
-        calls.append(len(prompt))
-        return generate(prompt, **kw)
-
-    runner.generate = counting
-    server = PipelineRequestServer(runner, FakePb)
     requests = [request("a cat", "a dog", seed=1), request("blue", seed=2),
                 request("red", seed=3, size=(SIZE, 48)),  # another size: a call of its own
                 request("a cat", seed=4, guidance=2.0),  # another guidance scale: a call of its own
                 request("", seed=5)]
-    responses = server.execute(requests)
+    with Pipeline(lcm_bundle) as runner:
+        generate = runner.generate
+
+        def counting(prompt, **kw):
+            calls.append(len(prompt))
+            return generate(prompt, **kw)
+
+        runner.generate = counting
+        responses = PipelineRequestServer(runner, FakePb).execute(requests)
     assert sorted(calls) == [1, 1, 4]  # the three requests of one size and guidance as one call
     for req, resp in zip(requests, responses):
         assert resp.error is None
@@ -78,10 +77,10 @@ def test_merged_requests_equal_their_own_calls(lcm_bundle, pipe):
 
 
 def test_a_bad_request_in_a_merged_group_gets_its_own_message(lcm_bundle, pipe):
-    server = PipelineRequestServer(Pipeline(lcm_bundle), FakePb)
     requests = [request("a cat", seed=1, size=(SIZE, 20)), request("a dog", seed=2, size=(SIZE, 20)),
                 request("ok", seed=3), request("also ok", seed=-1)]
-    bad_width, also_bad, good, bad_seed = server.execute(requests)
+    with Pipeline(lcm_bundle) as runner:
+        bad_width, also_bad, good, bad_seed = PipelineRequestServer(runner, FakePb).execute(requests)
     assert "width must be a positive multiple of 8" in bad_width.error.message
     assert "width must be a positive multiple of 8" in also_bad.error.message
     assert bad_seed.error.code == FakePb.TritonError.INVALID_ARG and "seed must be in [0, 2**63)" in bad_seed.error.message
@@ -231,3 +230,22 @@ def test_concurrent_requests_merge_and_stay_equal_to_generate(pipeline_server, l
         assert np.abs(images - ref).max() <= ATOL, i
     after = _batch_sizes(pipeline_server, name)
     assert any(b > 1 and n > before.get(b, 0) for b, n in after.items()), f"no merged execution: {after}"
+
+
+@pytest.mark.integration
+def test_docs_pipeline_client_snippet(pipeline_server, lcm_bundle, pipe):
+    """docs/serving.md's pipeline client example, run as written against this server."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    block = re.search(r"<!-- serve-pipeline-client-test:start -->\s*```python\n(.*?)```\s*"
+                      r"<!-- serve-pipeline-client-test:end -->", doc, re.S)
+    assert block, "docs/serving.md lost its tested pipeline client block"
+    code = block.group(1).replace('"localhost:8000", "lcm"', f'"{pipeline_server.http_url}", "{lcm_bundle.name}"')
+    assert pipeline_server.http_url in code, "the snippet's URL/model line changed: update this test"
+    scope: dict = {}
+    exec(compile(code, "docs/serving.md", "exec"), scope)  # noqa: S102 - the repository's own docs
+    ref = pipe.generate(["a photo of a cat", "a watercolor of a lighthouse"], seed=7, guidance_scale=4.0,
+                        height=64, width=64)
+    assert np.abs(scope["images"] - ref).max() <= ATOL
