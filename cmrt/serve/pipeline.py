@@ -124,7 +124,8 @@ def generate_merged(pipe: Any, members: Sequence[PromptRequest]) -> list[np.ndar
     from ..runtime.inputs import draw_noise, generator
 
     m, first = pipe.manifest, members[0]
-    h, w = (first.height or m.default_height), (first.width or m.default_width)
+    h = m.default_height if first.height is None else first.height
+    w = m.default_width if first.width is None else first.width
     f = m.vae_scale_factor
     per_request = [draw_noise((len(r.prompts), m.latent_channels, h // f, w // f), m.steps, generator(r.seed))
                    for r in members]

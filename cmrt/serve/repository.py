@@ -4,7 +4,8 @@
 REPO/
   <name>/config.pbtxt        cmrt's runtime in Triton's Python backend, dynamic batching
   <name>/1/model.py          imports cmrt.serve.model.TritonPythonModel
-  <name>/1/bundle/           the bundle (hard links where the file system allows, else copies)
+  <name>/1/bundle/           the bundle (hard links where the file system allows, else copies);
+                             a pipeline bundle (pipeline.json) gets this model only, run by cmrt.Pipeline
   <name>_onnx/config.pbtxt   the FP32 graph on onnxruntime_onnx: the caller passes noise_0..noise_{k-1}
   <name>_onnx/1/model.onnx   (+ model.onnx.data)
   <name>_trt/config.pbtxt    the bundle's `tensorrt` engine on tensorrt_plan (when it has one)
@@ -195,7 +196,6 @@ def _write_models(repo: Path, bundle: Bundle, plan: list[ModelEntry], o: Reposit
         if entry.platform == "python":
             (version / MODEL_PY).write_text(MODEL_PY_TEXT)
             _link_files(bundle.path, version / BUNDLE_DIR, _bundle_files(bundle))
-            # (a pipeline bundle's sub-folders too: tokenizers, parity data, a consistency decoder's bundle)
         elif entry.platform == "onnxruntime_onnx":
             graph = bundle.manifest.graphs["fp32"]
             _link_files(bundle.path, version, [f.file for f in graph.files])

@@ -103,12 +103,15 @@ def test_repository_of_a_pipeline_bundle(pipeline_repo, lcm_bundle):
         str(p.relative_to(lcm_bundle)) for p in lcm_bundle.rglob("*") if p.is_file())  # tokenizer/, parity/ too
 
 
-def test_backend_a_pipeline_cannot_run_on_is_refused(lcm_bundle, tmp_path):
-    from cmrt.errors import ConfigError
+def test_cli_writes_a_pipeline_model_and_refuses_a_backend_in_one_line(lcm_bundle, tmp_path, capsys):
+    from cmrt.cli import main
 
-    with pytest.raises(ConfigError, match="--backend tensorrt does not apply to .*a pipeline runs on ONNX Runtime"):
-        write_repository([lcm_bundle], tmp_path / "r", options=RepositoryOptions(backend="tensorrt"))
-    assert not (tmp_path / "r").exists()
+    assert main(["triton", str(lcm_bundle), "--out", str(tmp_path / "r"), "--max-batch", "4"]) == 0
+    assert f"{lcm_bundle.name} (python, max batch 4)" in capsys.readouterr().out
+    assert main(["triton", str(lcm_bundle), "--out", str(tmp_path / "x"), "--backend", "tensorrt"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--backend tensorrt does not apply to" in err
+    assert "a pipeline runs on ONNX Runtime" in err and not (tmp_path / "x").exists()
 
 
 # --- a real Triton server -----------------------------------------------------------------------
