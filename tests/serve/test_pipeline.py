@@ -14,7 +14,8 @@ from cmrt.parity import tolerance_for
 from cmrt.runtime.pipeline import Pipeline
 from cmrt.serve.model import PipelineRequestServer
 from cmrt.serve.repository import RepositoryOptions, write_repository
-from tests.pipelines.conftest import lcm_bundle, lcm_bundles, lcm_folder  # noqa: F401 (the cached tiny bundle)
+from tests.pipelines.conftest import (cd_folder, lcm_bundle, lcm_bundles, lcm_cd_bundle, lcm_folder,  # noqa: F401
+                                      lcm_lora, lora_bundle, sd_folder)  # the cached tiny bundles
 from tests.serve.helpers import CLIENT_TIMEOUT_S, MAX_BATCH, QUEUE_DELAY_US, START_TIMEOUT_S, FakePb, http_client
 
 ATOL = tolerance_for("fp32").max_abs  # a merged call runs the rows in a larger batch
@@ -43,6 +44,28 @@ def request(*prompts: str, seed=None, guidance=None, size=(SIZE, SIZE), negative
     return r
 
 
+def _served(bundle, requests: list[dict]) -> tuple[list, list[int]]:
+    """The responses of one execution over ``requests``, and the prompt count of every ``generate`` call."""
+    calls = []
+    with Pipeline(bundle) as runner:
+        generate = runner.generate
+
+        def counting(prompt, **kw):
+            calls.append(len(prompt))
+            return generate(prompt, **kw)
+
+        runner.generate = counting
+        return PipelineRequestServer(runner, FakePb).execute(requests), calls
+
+
+def _own_call(pipe, req: dict) -> np.ndarray:
+    """What ``req`` must return: its own ``generate`` call."""
+    decode = lambda name: [p.decode() for p in req[name][:, 0]] if name in req else None  # noqa: E731
+    scale = float(req["guidance_scale"][0, 0]) if "guidance_scale" in req else None
+    return pipe.generate(decode("prompt"), negative_prompt=decode("negative_prompt"), seed=int(req["seed"][0, 0]),
+                         guidance_scale=scale, height=int(req["height"][0, 0]), width=int(req["width"][0, 0]))
+
+
 @pytest.fixture(scope="module")
 def pipe(lcm_bundle):
     with Pipeline(lcm_bundle) as p:
@@ -51,28 +74,15 @@ def pipe(lcm_bundle):
 
 # --- the Python model without a server ----------------------------------------------------------
 def test_merged_requests_equal_their_own_calls(lcm_bundle, pipe):
-    calls = []
     requests = [request("a cat", "a dog", seed=1), request("blue", seed=2),
                 request("red", seed=3, size=(SIZE, 48)),  # another size: a call of its own
                 request("a cat", seed=4, guidance=2.0),  # another guidance scale: a call of its own
                 request("", seed=5)]
-    with Pipeline(lcm_bundle) as runner:
-        generate = runner.generate
-
-        def counting(prompt, **kw):
-            calls.append(len(prompt))
-            return generate(prompt, **kw)
-
-        runner.generate = counting
-        responses = PipelineRequestServer(runner, FakePb).execute(requests)
+    responses, calls = _served(lcm_bundle, requests)
     assert sorted(calls) == [1, 1, 4]  # the three requests of one size and guidance as one call
     for req, resp in zip(requests, responses):
-        assert resp.error is None
-        prompts = [p.decode() for p in req["prompt"][:, 0]]
-        scale = float(req["guidance_scale"][0, 0]) if "guidance_scale" in req else None
-        ref = pipe.generate(prompts, seed=int(req["seed"][0, 0]), guidance_scale=scale,
-                            height=int(req["height"][0, 0]), width=int(req["width"][0, 0]))
-        assert resp.outputs["images"].shape == ref.shape
+        ref = _own_call(pipe, req)
+        assert resp.error is None and resp.outputs["images"].shape == ref.shape
         assert np.abs(resp.outputs["images"] - ref).max() <= ATOL
 
 
@@ -86,6 +96,28 @@ def test_a_bad_request_in_a_merged_group_gets_its_own_message(lcm_bundle, pipe):
     assert bad_seed.error.code == FakePb.TritonError.INVALID_ARG and "seed must be in [0, 2**63)" in bad_seed.error.message
     assert good.error is None
     assert np.abs(good.outputs["images"] - pipe.generate("ok", seed=3, height=SIZE, width=SIZE)).max() <= ATOL
+
+
+def test_merged_requests_with_negative_prompts_under_cfg(lora_bundle):
+    """LCM-LoRA with classifier-free guidance: negative prompts concatenated in order, per request."""
+    requests = [request("a cat", "a dog", seed=1, guidance=2.0, negative=["blurry", "dark"]),
+                request("blue", seed=2, guidance=2.0, negative=["red"]),
+                request("green", seed=3, guidance=2.0)]  # without negative prompts: a call of its own
+    responses, calls = _served(lora_bundle, requests)
+    assert sorted(calls) == [1, 3]
+    with Pipeline(lora_bundle) as pipe:
+        for req, resp in zip(requests, responses):
+            assert resp.error is None and np.abs(resp.outputs["images"] - _own_call(pipe, req)).max() <= ATOL
+
+
+def test_a_consistency_decoder_stage_never_merges(lcm_cd_bundle):
+    """Its noise continues each seed's generator after the LCM's: one call per request, each exact."""
+    requests = [request("a cat", seed=1), request("a dog", seed=2)]
+    responses, calls = _served(lcm_cd_bundle, requests)
+    assert calls == [1, 1]
+    with Pipeline(lcm_cd_bundle) as pipe:
+        for req, resp in zip(requests, responses):
+            assert resp.error is None and np.array_equal(resp.outputs["images"], _own_call(pipe, req))
 
 
 def test_repository_of_a_pipeline_bundle(pipeline_repo, lcm_bundle):
