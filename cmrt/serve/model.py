@@ -1,5 +1,6 @@
 """cmrt's runtime as a model of Triton's Python backend (``<model>/1/model.py`` imports
-``TritonPythonModel`` from here).
+``TritonPythonModel`` from here). A pipeline bundle is served by ``PipelineRequestServer``
+(prompt strings in; ``cmrt.serve.pipeline``); the rest of this docstring is about the other bundles.
 
 One ``execute`` receives the requests Triton's dynamic batcher merged. Each request is prepared
 on its own by ``Decoder.feeds`` / ``Sampler.feeds`` / ``Editor.feeds``: cmrt's input checks, and its noise drawn from
@@ -162,8 +163,9 @@ def _input_names(runner: Any) -> list[str]:
 
 class PipelineRequestServer(RequestServer):
     """Serves prompt requests with a ``cmrt.Pipeline`` (``cmrt.serve.pipeline``): each request is
-    ``generate`` with its own arguments; requests of equal size, guidance scale and negative-prompt
-    use run as one call where their seeds allow (``mergeable``)."""
+    ``generate`` with its own arguments and seed; requests of equal size, guidance scale and
+    negative-prompt use run as one call, each with its own seeded noise, where the bundle allows
+    (``mergeable``: not with a consistency decoder stage)."""
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)

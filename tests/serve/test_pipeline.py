@@ -1,7 +1,8 @@
 """A pipeline bundle (the tiny full LCM of tests/pipelines, 4 steps) served by ``cmrt triton`` /
 ``cmrt serve``: prompt strings in, images out. Without a server: requests merged into one
-``generate`` call stay equal to their own calls, a bad request in a merged group gets its own
-message. On a real Triton server (one for the module): a seeded request of two prompts equals
+``generate`` call stay equal to their own calls (negative prompts under CFG too, on the LCM-LoRA
+bundle), a bad request in a merged group gets its own message, a consistency decoder stage never
+merges. On a real Triton server (one for the module): a seeded request of two prompts equals
 ``cmrt.Pipeline.generate`` with that seed, the guidance scale per request changes the image, bad
 requests come back as errors and the model keeps serving."""
 
