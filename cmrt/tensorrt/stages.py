@@ -16,6 +16,7 @@ directly once it has an FP16 graph.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 from .._io import write_bytes_atomic
@@ -91,13 +92,22 @@ def build_stages(bundle: str | Path, *, target: str | None = None, profile: Prof
     graphs = {s.name: stage_graph(s) for s in stages}  # every stage buildable before the first build
     trt = load_library(tgt)
     gpu = None if tgt.builds_without_gpu else _require_gpu(tgt)
-    records = {}
-    for s in stages:
-        name, graph = graphs[s.name]
-        shapes = stage_profile_shapes(s, profile)
-        built = build_plan(trt, tgt, folder / graph.file, shapes, workspace_gb=workspace_gb,
-                           compute_capabilities=ccs, gpu=gpu)
-        path = write_bytes_atomic(folder / f"{s.name}.{tgt.name}.plan", built.plan)
+    done: list[tuple] = []  # (stage, graph key, graph, shapes, built plan without its bytes, partial file)
+    try:
+        for s in stages:
+            name, graph = graphs[s.name]
+            shapes = stage_profile_shapes(s, profile)
+            built = build_plan(trt, tgt, folder / graph.file, shapes, workspace_gb=workspace_gb,
+                               compute_capabilities=ccs, gpu=gpu)
+            partial = write_bytes_atomic(folder / f".{s.name}.{tgt.name}.plan.partial", built.plan)
+            done.append((s, name, graph, shapes, replace(built, plan=None, config=None), partial))
+    except BaseException:  # a later stage failed: no plan is replaced, none is left half-recorded
+        for *_, partial in done:
+            partial.unlink(missing_ok=True)
+        raise
+    records: dict[str, EngineRecord] = {}
+    for s, name, graph, shapes, built, partial in done:  # every stage built: the plans take their names
+        path = partial.replace(folder / f"{s.name}.{tgt.name}.plan")
         records[s.name] = engine_record(tgt, trt, path, name, graph, shapes, profile, built, gpu, ccs, workspace_gb)
     with bundle_lock(folder):
         current = PipelineManifest.open(folder).stages
