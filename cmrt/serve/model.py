@@ -52,7 +52,7 @@ def open_runner(bundle: str | Path, backend: str | None = None):
     if is_pipeline_bundle(bundle):
         from ..runtime.pipeline import Pipeline
 
-        return Pipeline(bundle, device=pipeline_device(backend, bundle))
+        return Pipeline(bundle, device=pipeline_device(backend, bundle), backend=backend)
     from ..runtime.decoder import Decoder
     from ..runtime.editor import Editor
     from ..runtime.sampler import Sampler
