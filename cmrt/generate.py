@@ -90,7 +90,8 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (images equal diffusers' with this generator seed)")
     p.add_argument("--n", type=positive_int, default=1, help="number of images (the prompt repeated)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp16: the bundle's FP16 sampler and decoder graphs on ONNX Runtime (cmrt export --precision fp16)")
+                   help="fp16: the bundle's FP16 sampler and decoder graphs on ONNX Runtime "
+                        "(cmrt export --precision fp16)")
     p.add_argument("--backend", default=None,
                    help="onnxruntime, onnxruntime-cpu, onnxruntime-cuda, openvino-bf16, openvino-f32, openvino, "
                         "tensorrt for every stage (default: per stage, a stage engine that runs here, else OpenVINO "

@@ -6,9 +6,10 @@
 Tokenization runs in Python with transformers' ``CLIPTokenizer`` on the bundle's own tokenizer
 files (the ``diffusers`` extra); the text encoder(s), the K-step LCM sampler and the decoder each
 run on a backend (``backend=``, chosen per stage by ``cmrt.runtime.stages``: ONNX Runtime,
-OpenVINO in BF16 or FP32, or the stage's TensorRT engine). A seed draws every random tensor from one ``torch.Generator().manual_seed(seed)``
-in the order diffusers' pipelines draw them: the initial latents, each step's noise, then a
-consistency decoder's noise, so a seeded call equals diffusers' pipeline with that generator.
+OpenVINO in BF16 or FP32, or the stage's TensorRT engine). A seed draws every random tensor from
+one ``torch.Generator().manual_seed(seed)`` in the order diffusers' pipelines draw them: the
+initial latents, each step's noise, then a consistency decoder's noise, so a seeded call equals
+diffusers' pipeline with that generator.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ from ..bundle import EngineRecord, PipelineManifest, StageRecord, update_stages
 from ..errors import BundleError, ConfigError
 from .builder import ProfileSpec, _check_target_options, _require_gpu, build_plan, engine_record
 from .runtime_cache import bundle_lock
-from .targets import TARGETS, compatibility_problem, cuda_device, load_library, parse_compute_capabilities, resolve_target
+from .targets import (TARGETS, compatibility_problem, cuda_device, load_library, parse_compute_capabilities,
+                      resolve_target)
 
 #: Stages built from their FP32 graph (the rest from their FP16 graph).
 FP32_STAGES = ("text_encoder", "text_encoder_2")
