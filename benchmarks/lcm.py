@@ -184,7 +184,8 @@ def cmrt_contenders(bundle: Path, resolution: int) -> list[Contender]:
     out = [_cmrt(CMRT, "fp32", cmrt.Pipeline(bundle, **options), resolution)]
     if takes_backend:
         pipe = cmrt.Pipeline(bundle)
-        out.append(_cmrt("cmrt-default", str(getattr(pipe, "backend", "default")), pipe, resolution))
+        chosen = ", ".join(f"{n} {b} [{p}]" for n, (b, p) in getattr(pipe, "stage_backends", {}).items())
+        out.append(_cmrt("cmrt-default", chosen or "default", pipe, resolution))
     else:
         out.append(_absent("cmrt-default", "default", "cmrt.Pipeline takes no backend argument in this checkout: its "
                                                       "default is ONNX Runtime FP32, timed as cmrt-ort-fp32"))
@@ -193,10 +194,11 @@ def cmrt_contenders(bundle: Path, resolution: int) -> list[Contender]:
 
 def _cmrt(name: str, precision: str, pipe, resolution: int) -> Contender:
     clock = Clock()
-    stages = getattr(pipe, "_stages", None) or {}
+    stages = getattr(pipe, "_stages", None) or {}  # stage name → its open backend (cmrt.runtime.stages)
     for stage, label in (("text_encoder", "text"), ("sampler", "sampler"), ("decoder", "decoder")):
-        if hasattr(stages.get(stage), "run"):
-            clock.wrap(stages[stage], "run", label)
+        method = next((m for m in ("run_all", "run") if hasattr(stages.get(stage), m)), None)
+        if method is not None:
+            clock.wrap(stages[stage], method, label)
     return Contender(name, precision, lambda: np.asarray(pipe.generate(PROMPT, height=resolution, width=resolution,
                                                                        seed=SEED, guidance_scale=GUIDANCE)), clock)
 

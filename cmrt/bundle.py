@@ -1019,6 +1019,8 @@ class BackendRecord:
 # --- pipeline bundles (text → latents → image) --------------------------------------------
 PIPELINE_MANIFEST = "pipeline.json"
 PIPELINE_FORMAT_VERSION = 1
+#: Stage sections added within format 1 (left out of the JSON while null).
+STAGE_OPTIONAL_SECTIONS = ("backends", "engines")
 
 
 @dataclass(frozen=True)
@@ -1035,6 +1037,11 @@ class StageRecord:
         bundle: a sub-folder holding the stage as a cmrt bundle of its own (a consistency decoder),
             else null.
         graphs: other precisions of the stage ("fp16" → graph), when exported.
+        backends: CPU backend runs of the stored inputs from the FP32 graph, "openvino-bf16/<isa
+            class>" → record (``cmrt check BUNDLE --backend openvino-bf16``; ``cmrt export`` on a
+            CPU with native BF16), as a bundle's ``backends``; null when none.
+        engines: TensorRT / TensorRT-RTX engines of the stage, target → record (``cmrt build``);
+            null when none.
     """
 
     name: str
@@ -1045,9 +1052,12 @@ class StageRecord:
     parity: dict[str, ParityRecord] = field(default_factory=dict)
     bundle: str | None = None
     graphs: dict[str, GraphRecord] = field(default_factory=dict)
+    backends: dict[str, BackendRecord] | None = None
+    engines: dict[str, EngineRecord] | None = None
 
     def files(self) -> list[FileRecord]:
         out = [f for g in ([self.graph] if self.graph else []) + list(self.graphs.values()) for f in g.files]
+        out += [FileRecord(e.file, e.bytes, e.sha256) for e in (self.engines or {}).values()]
         return out + ([self.parity_inputs] if self.parity_inputs else [])
 
 
@@ -1125,8 +1135,18 @@ class PipelineManifest:
         return [f for s in self.stages.values() for f in s.files()] + [f for t in self.tokenizers for f in t.files]
 
     def to_dict(self) -> dict:
-        d = to_json(self)
+        d = self._json()
         d["digest"] = manifest_digest(d)
+        return d
+
+    def _json(self) -> dict:
+        """``to_json``, less the stage sections added within format 1 when they are null, so the
+        digest of a record written before they existed still matches."""
+        d = to_json(self)
+        for stage in d["stages"].values():
+            for key in STAGE_OPTIONAL_SECTIONS:
+                if stage.get(key) is None:
+                    stage.pop(key, None)
         return d
 
     @classmethod
@@ -1154,7 +1174,7 @@ class PipelineManifest:
         data = _read_json(path, missing=f"{folder} has no {PIPELINE_MANIFEST}: it is not a cmrt pipeline bundle "
                           "(make one with `cmrt export --model DIFFUSERS_FOLDER`)", fix="re-export the pipeline bundle")
         manifest = cls.from_dict(data, str(path))
-        if isinstance(data, dict) and data.get("digest") != manifest_digest(to_json(manifest)):
+        if isinstance(data, dict) and data.get("digest") != manifest_digest(manifest._json()):
             raise IntegrityError(f"{path}: its contents do not match its digest (edited after export)")
         for rec in manifest.files():
             f = folder / rec.file
@@ -1164,6 +1184,20 @@ class PipelineManifest:
                 raise IntegrityError(f"{f} has {f.stat().st_size} bytes, {PIPELINE_MANIFEST} records {rec.bytes}: "
                                      "the file was truncated or changed after export; re-export the bundle")
         return manifest
+
+
+def update_stages(folder: str | Path, changes: dict[str, dict[str, Any]]) -> PipelineManifest:
+    """Replace fields of stage records (stage → field → value) in ``folder``'s ``pipeline.json``,
+    re-read now, and save it atomically with a new digest. Returns the new record."""
+    folder = Path(folder)
+    m = PipelineManifest.open(folder)
+    unknown = sorted(set(changes) - set(m.stages))
+    if unknown:
+        raise BundleError(f"{folder / PIPELINE_MANIFEST} has no stage {unknown[0]!r}")
+    stages = {name: replace(s, **changes.get(name, {})) for name, s in m.stages.items()}
+    m = replace(m, stages=stages)
+    m.save(folder)
+    return m
 
 
 def pipeline_schema() -> dict:

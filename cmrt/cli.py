@@ -203,15 +203,22 @@ def _export_run(a: argparse.Namespace) -> int:
 
 # --- check -------------------------------------------------------------------------------------
 def _check_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", type=Path, help="bundle folder (or a graph/engine inside it)")
+    p.add_argument("bundle", type=Path, help="bundle folder (or a graph/engine inside it), or a pipeline bundle "
+                   "folder (every stage is run on its stored inputs)")
     p.add_argument("--backend", default=None, help="onnxruntime, onnxruntime-cpu, onnxruntime-cuda, tensorrt, "
-                   "openvino, openvino-bf16, openvino-f32 (default: the bundle's default choice, printed)")
+                   "openvino, openvino-bf16, openvino-f32 (default: the bundle's default choice, per stage for a "
+                   "pipeline bundle, printed); OpenVINO results are recorded in the manifest")
 
 
 def _check_run(a: argparse.Namespace) -> int:
+    from .bundle import PIPELINE_MANIFEST
     from .runtime.check import check
+    from .runtime.pipeline import check_pipeline_report
 
-    report = check(a.bundle, backend=a.backend)
+    if a.bundle.is_dir() and (a.bundle / PIPELINE_MANIFEST).is_file():  # a pipeline bundle: every stage
+        report = check_pipeline_report(a.bundle, backend=a.backend)
+    else:
+        report = check(a.bundle, backend=a.backend)
     print("\n".join(report.lines()))
     print("PASS" if report.passed else "FAIL")
     return 0 if report.passed else 1

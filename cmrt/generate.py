@@ -61,6 +61,10 @@ def export_run(a: argparse.Namespace) -> int:
         for r in stage.parity.values():
             print(f"parity {name} {r.backend} [{r.precision}]: " + ", ".join(
                 f"{o.name} max abs {o.max_abs:.3g}" for o in r.outputs))
+    from .runtime.stages import record_lines
+
+    for line in record_lines(m):
+        print(line)
     return 0
 
 
@@ -86,7 +90,13 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (images equal diffusers' with this generator seed)")
     p.add_argument("--n", type=positive_int, default=1, help="number of images (the prompt repeated)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp16: the bundle's FP16 sampler and decoder graphs (cmrt export --precision fp16)")
+                   help="fp16: the bundle's FP16 sampler and decoder graphs on ONNX Runtime "
+                        "(cmrt export --precision fp16)")
+    p.add_argument("--backend", default=None,
+                   help="onnxruntime, onnxruntime-cpu, onnxruntime-cuda, openvino-bf16, openvino-f32, openvino, "
+                        "tensorrt for every stage (default: per stage, a stage engine that runs here, else OpenVINO "
+                        "BF16 where the stage's recorded parity passed on a CPU like this one, else onnxruntime; "
+                        "printed)")
     p.add_argument("--out", type=Path, default=Path("generated.png"), help="PNG to write (a grid when --n > 1)")
 
 
@@ -97,7 +107,8 @@ def generate_run(a: argparse.Namespace) -> int:
 
     check_writable(a.out, "--out")
     negatives = None if a.negative_prompt is None else [a.negative_prompt] * a.n
-    with Pipeline(a.bundle, precision=a.precision) as pipe:
+    with Pipeline(a.bundle, precision=a.precision, backend=a.backend) as pipe:
+        print(pipe.describe())
         images = pipe.generate([a.prompt] * a.n, negative_prompt=negatives, guidance_scale=a.guidance_scale,
                                height=a.height, width=a.width, seed=a.seed)
     save_grid(images, a.out, pad=0 if a.n == 1 else 2)  # one image: the image itself

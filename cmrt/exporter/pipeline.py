@@ -13,7 +13,10 @@ bundle/
 
 Every stage is compared with its PyTorch source on ONNX Runtime (CPU) at export, on realistic
 inputs (the real text encoder's embeddings, the real sampler's latents); a failed check raises
-``ParityError`` and leaves nothing behind (``staged_dir``).
+``ParityError`` and leaves nothing behind (``staged_dir``). On a CPU with native BF16 and OpenVINO
+installed, every graph stage's ``openvino-bf16`` run is then recorded in ``pipeline.json``
+(``cmrt.runtime.stages.record_at_export``; a failed one is recorded, never chosen, and the export
+stands).
 
 The graphs are traced with torch.onnx's TorchScript exporter: on a tiny 4-step LCM the dynamo
 exporter took 244 s plus 145 s of optimization here and put a guard of batch ≤ 63 on the UNet's
@@ -40,6 +43,7 @@ from ..errors import ConfigError
 from ..parity import compare
 from ..pipelines.load import PipelineParts, load_pipeline
 from ..pipelines.modules import SamplerLayout, TextEncoderStage, UnrolledLCM, VaeDecoderStage, any_latent_size
+from ..runtime.stages import record_at_export as record_stages_at_export
 from .onnx import describe_io
 
 PIPELINE_OPSET = 17  # the TorchScript exporter's well-trodden opset; TensorRT and ORT parse it
@@ -96,6 +100,7 @@ def export_pipeline(folder: str | Path, *, out: str | Path = "bundle", steps: in
         if precision == "fp16":
             stages |= fp16_stages(stages, parts, tmp, decoder is None)
         _manifest(parts, layout, tokenizers, stages, folder).save(tmp)
+        record_stages_at_export(tmp)  # OpenVINO BF16's parity per stage, on a CPU with native BF16
     return Path(out)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import BundleError, ConfigError, MissingDependencyError, RunnerClosedError, require
+from .inputs import as_float32_output
 from .limits import ShapeLimits
 from .threads import THREADS_ENV, default_threads  # noqa: F401  (one home, shared with the OpenVINO backend)
 
@@ -17,7 +18,11 @@ from .threads import THREADS_ENV, default_threads  # noqa: F401  (one home, shar
 class Backend(Protocol):
     """What runners need of a backend. ``thread_safe``: ``run`` may be called from several threads
     at once (else the runner serializes calls); ``limits``: the batch and latent shapes one run
-    accepts (an engine's optimization profile), which runners chunk and tile to."""
+    accepts (an engine's optimization profile), which runners chunk and tile to.
+
+    ``run`` returns the bundle's one output; the stages of a pipeline bundle have several inputs
+    and some several outputs, so their backends also have ``run_all``: every output by name
+    (float outputs as float32). ONNX Runtime, OpenVINO and TensorRT backends have both."""
 
     name: str  # e.g. "onnxruntime-cpu"
     precision: str  # "fp32" or "fp16": which tolerances apply
@@ -26,6 +31,8 @@ class Backend(Protocol):
     limits: ShapeLimits
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
 
@@ -98,6 +105,14 @@ class OnnxRuntimeBackend:
             raise RunnerClosedError(f"the ONNX Runtime session of {self.graph} was closed")
         feeds = {k: _as_graph_dtype(v, self._input_types.get(k)) for k, v in feeds.items()}
         return np.asarray(session.run([self.output], feeds)[0], dtype=np.float32)
+
+    def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output of the graph by name (float outputs as float32)."""
+        session = self.session
+        if session is None:
+            raise RunnerClosedError(f"the ONNX Runtime session of {self.graph} was closed")
+        feeds = {k: _as_graph_dtype(v, self._input_types.get(k)) for k, v in feeds.items()}
+        return {name: as_float32_output(v) for name, v in zip(self.output_names, session.run(None, feeds))}
 
     def close(self) -> None:
         """Free the session (its weights and arenas)."""

@@ -194,3 +194,9 @@ def labels_array(x: Any) -> np.ndarray:
     if isinstance(x, (list, tuple)):
         return np.asarray(x)
     return to_numpy(x, "class_labels")
+
+
+def as_float32_output(value) -> np.ndarray:
+    """A backend's output as numpy, float ones as float32 (an FP16-I/O graph's outputs are float16)."""
+    value = np.asarray(value)
+    return value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value

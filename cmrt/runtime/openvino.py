@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import OUTPUT_NAME, BackendRecord, Bundle, Cpu, ParityRecord
+from ..bundle import OUTPUT_NAME, BackendRecord, Bundle, Cpu, GraphRecord, ParityRecord
 from ..errors import BundleError, ConfigError, RunnerClosedError, require
+from .inputs import as_float32_output
 from .limits import ShapeLimits
 from .stored import StoredRun, run_stored_inputs
 from .threads import default_threads
@@ -187,6 +188,16 @@ class OpenVinoBackend:
         finally:
             pool.put(request)
 
+    def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output of the graph by name (float outputs as float32), copied out."""
+        pool, request = self._request()
+        try:
+            request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+            return {name: as_float32_output(np.array(request.get_tensor(name).data, copy=True))
+                    for name in self.output_names}
+        finally:
+            pool.put(request)
+
     def close(self) -> None:
         """Free the compiled model and its requests (the disk cache stays)."""
         self._pool, self.compiled = None, None
@@ -203,27 +214,47 @@ def record_key(name: str, isa: str) -> str:
     return f"{name}/{isa}"
 
 
-def recorded(bundle: Bundle, name: str, cpu: Cpu | None = None) -> BackendRecord | None:
-    """``name``'s record on this bundle for CPUs of ``cpu``'s class (default: this CPU), if it is
-    for the bundle's current FP32 graph."""
+def valid_record(records: dict[str, BackendRecord] | None, name: str, graph: GraphRecord | None,
+                 cpu: Cpu | None = None) -> BackendRecord | None:
+    """``name``'s record among ``records`` (a bundle's, or a pipeline stage's) for CPUs of
+    ``cpu``'s class (default: this CPU), if it is for ``graph`` as it is now (its SHA-256)."""
     cpu = cpu or this_cpu()
-    rec = (bundle.manifest.backends or {}).get(record_key(name, cpu.isa))
-    graph = bundle.manifest.graphs.get("fp32")
+    rec = (records or {}).get(record_key(name, cpu.isa))
     if rec is None or graph is None or rec.graph_sha256 != graph.sha256:
         return None
     return rec
 
 
-def resolve(bundle: Bundle, name: str) -> str:
-    """The precision backend ``name`` computes in on this bundle: "openvino" means BF16 where the
-    bundle's BF16 record passed on a CPU of this class, else FP32."""
+def recorded(bundle: Bundle, name: str, cpu: Cpu | None = None) -> BackendRecord | None:
+    """``name``'s record on this bundle for CPUs of ``cpu``'s class (default: this CPU), if it is
+    for the bundle's current FP32 graph."""
+    return valid_record(bundle.manifest.backends, name, bundle.manifest.graphs.get("fp32"), cpu)
+
+
+def precision_for(name: str, records: dict[str, BackendRecord] | None, graph: GraphRecord | None) -> str:
+    """The precision backend ``name`` computes in for a graph with these records: "openvino"
+    means BF16 where the graph's BF16 record passed on a CPU of this class, else FP32."""
     if name not in PRECISIONS:
         raise ConfigError(f"unknown OpenVINO backend {name!r}; choose one of {sorted(PRECISIONS)}")
     precision = PRECISIONS[name]
     if precision is not None:
         return precision
-    rec = recorded(bundle, "openvino-bf16")
+    rec = valid_record(records, "openvino-bf16", graph)
     return "bf16" if rec is not None and rec.passed else "fp32"
+
+
+def resolve(bundle: Bundle, name: str) -> str:
+    """The precision backend ``name`` computes in on this bundle (``precision_for``)."""
+    return precision_for(name, bundle.manifest.backends, bundle.manifest.graphs.get("fp32"))
+
+
+def refuse_failed_record(name: str, rec: BackendRecord | None, where: str, recheck: str) -> None:
+    """``ConfigError`` when ``rec`` (the record of the precision backend ``name`` would run) failed:
+    ``where`` names what it ran on, ``recheck`` the command that checks it again."""
+    if rec is not None and not rec.passed:
+        raise ConfigError(f"backend {name!r}: its recorded parity on {where} FAILED on {rec.cpu.model} "
+                          f"({rec.cpu.isa}, {_worst(rec)}): use backend='onnxruntime', or re-check with "
+                          f"`{recheck}`")
 
 
 def open_openvino(bundle: Bundle, name: str, *, refuse_failed: bool = True, **options: Any) -> OpenVinoBackend:
@@ -237,11 +268,9 @@ def open_openvino(bundle: Bundle, name: str, *, refuse_failed: bool = True, **op
         raise ConfigError(f"backend {name!r} runs the FP32 graph {graph.file} in {precision}, not "
                           f"{bundle.selected}: open the bundle folder {bundle.path}")
     backend_name = "openvino-bf16" if precision == "bf16" else "openvino-f32"
-    rec = recorded(bundle, backend_name)
-    if refuse_failed and rec is not None and not rec.passed:
-        raise ConfigError(f"backend {name!r}: its recorded parity on {bundle.path} FAILED on {rec.cpu.model} "
-                          f"({rec.cpu.isa}, {_worst(rec)}): use backend='onnxruntime', or re-check with "
-                          f"`cmrt check {bundle.path} --backend {backend_name}`")
+    if refuse_failed:
+        refuse_failed_record(name, recorded(bundle, backend_name), str(bundle.path),
+                             f"cmrt check {bundle.path} --backend {backend_name}")
     return OpenVinoBackend(bundle.path / graph.file, precision=precision, **options)
 
 
@@ -258,14 +287,18 @@ def record_parity(bundle: Bundle, backend: Any, run: StoredRun) -> BackendRecord
     manifest (atomically); other backends record nothing here."""
     if not isinstance(backend, OpenVinoBackend):
         return None
-    graph = bundle.manifest.graphs["fp32"]
-    non_finite = int(sum(int((~np.isfinite(v)).sum()) for v in run.actual.values()))
-    cpu = this_cpu()
-    rec = BackendRecord(backend.name, backend.precision, "openvino", backend.library_version, graph.file,
-                        graph.sha256, cpu, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                        round(run.seconds, 6), non_finite, ParityRecord.of(run.report))
-    bundle.update(backends={**(bundle.manifest.backends or {}), record_key(backend.name, cpu.isa): rec})
+    rec = backend_record(backend, run, bundle.manifest.graphs["fp32"])
+    bundle.update(backends={**(bundle.manifest.backends or {}), record_key(rec.backend, rec.cpu.isa): rec})
     return rec
+
+
+def backend_record(backend: OpenVinoBackend, run: StoredRun, graph: GraphRecord) -> BackendRecord:
+    """The record of ``backend``'s run of stored inputs on ``graph`` (on this CPU, now)."""
+    non_finite = int(sum(int((~np.isfinite(v)).sum()) for v in run.actual.values()
+                         if np.issubdtype(np.asarray(v).dtype, np.floating)))
+    return BackendRecord(backend.name, backend.precision, "openvino", backend.library_version, graph.file,
+                         graph.sha256, this_cpu(), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         round(run.seconds, 6), non_finite, ParityRecord.of(run.report))
 
 
 def check_and_record(bundle: Bundle, name: str = "openvino-bf16") -> BackendRecord:
@@ -293,11 +326,17 @@ def default_choice(bundle: Bundle) -> str | None:
     fp32 = bundle.manifest.graphs.get("fp32")
     if fp32 is None or (bundle.selected is not None and bundle.selected != fp32.file):
         return None
-    if not native_bf16() or not available():
+    return fastest_passed(bundle.manifest.backends, fp32)
+
+
+def fastest_passed(records: dict[str, BackendRecord] | None, graph: GraphRecord | None) -> str | None:
+    """The fastest CPU backend whose record for ``graph`` passed on a CPU of this one's class, where
+    this CPU has native BF16 and OpenVINO is installed; else None."""
+    if graph is None or not native_bf16() or not available():
         return None
     cpu = this_cpu()
     for name in FASTEST:
-        rec = recorded(bundle, name, cpu)
+        rec = valid_record(records, name, graph, cpu)
         if rec is not None and rec.passed:
             return name
     return None
@@ -305,13 +344,15 @@ def default_choice(bundle: Bundle) -> str | None:
 
 def record_lines(bundle: Bundle) -> tuple[str, ...]:
     """What the manifest says of each CPU backend record, and which backend a runner opens here."""
-    lines = []
-    for key, rec in sorted((bundle.manifest.backends or {}).items()):
-        stale = "" if recorded(bundle, rec.backend, rec.cpu) is rec else " (for an older graph: re-check)"
-        verdict = "passed" if rec.passed else "FAILED"
-        lines.append(f"backend {key}: {verdict} on {rec.cpu.model} (OpenVINO {rec.library_version}, {rec.when}), "
-                     f"{_worst(rec)}{stale}")
-    return tuple(lines)
+    return tuple(record_line(f"backend {key}", rec, recorded(bundle, rec.backend, rec.cpu) is rec)
+                 for key, rec in sorted((bundle.manifest.backends or {}).items()))
+
+
+def record_line(what: str, rec: BackendRecord, current: bool) -> str:
+    """One line on a backend record (``current``: for the graph as it is now)."""
+    stale = "" if current else " (for an older graph: re-check)"
+    verdict = "passed" if rec.passed else "FAILED"
+    return f"{what}: {verdict} on {rec.cpu.model} (OpenVINO {rec.library_version}, {rec.when}), {_worst(rec)}{stale}"
 
 
 def _worst(rec: BackendRecord) -> str:
@@ -322,6 +363,7 @@ def _worst(rec: BackendRecord) -> str:
     return f"max abs {worst:.3g}{psnr}, {rec.non_finite} non-finite"
 
 
-__all__ = ["OpenVinoBackend", "open_openvino", "default_choice", "check_and_record", "record_parity",
+__all__ = ["OpenVinoBackend", "open_openvino", "default_choice", "fastest_passed", "valid_record", "precision_for",
+           "refuse_failed_record", "backend_record", "record_line", "check_and_record", "record_parity",
            "record_at_export", "record_lines", "for_check", "cpu_flags", "this_cpu", "native_bf16", "isa_class",
            "cache_dir"]

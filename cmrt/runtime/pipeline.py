@@ -4,10 +4,12 @@
         images = pipe.generate("a photo of a cat", seed=0)      # (1, 3, H, W) in [-1, 1]
 
 Tokenization runs in Python with transformers' ``CLIPTokenizer`` on the bundle's own tokenizer
-files (the ``diffusers`` extra); the text encoder(s), the K-step LCM sampler and the decoder run
-on ONNX Runtime. A seed draws every random tensor from one ``torch.Generator().manual_seed(seed)``
-in the order diffusers' pipelines draw them: the initial latents, each step's noise, then a
-consistency decoder's noise, so a seeded call equals diffusers' pipeline with that generator.
+files (the ``diffusers`` extra); the text encoder(s), the K-step LCM sampler and the decoder each
+run on a backend (``backend=``, chosen per stage by ``cmrt.runtime.stages``: ONNX Runtime,
+OpenVINO in BF16 or FP32, or the stage's TensorRT engine). A seed draws every random tensor from
+one ``torch.Generator().manual_seed(seed)`` in the order diffusers' pipelines draw them: the
+initial latents, each step's noise, then a consistency decoder's noise, so a seeded call equals
+diffusers' pipeline with that generator.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,44 +30,37 @@ from .inputs import as_float32, check_shape as _check_shape, generator, is_torch
 logger = logging.getLogger("cmrt.pipeline")
 
 
-class _Stage:
-    """One graph of the bundle on an ONNX Runtime session (``run`` is thread-safe)."""
-
-    def __init__(self, path: Path, device: str) -> None:
-        from ..errors import BundleError
-        from .backends import session_options
-
-        ort = require("onnxruntime", "onnxruntime", "running a pipeline bundle")
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
-                     if device == "cuda" else ["CPUExecutionProvider"])
-        try:
-            self.session = ort.InferenceSession(str(path), session_options(), providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise BundleError(f"{path} could not be loaded by ONNX Runtime ({str(exc).splitlines()[0]}): "
-                              "re-export the bundle") from None
-        self.outputs = [o.name for o in self.session.get_outputs()]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
-
-
 class Pipeline:
-    """A pipeline bundle opened on ONNX Runtime: ``generate(prompt, ...)`` → images.
+    """A pipeline bundle opened on backends: ``generate(prompt, ...)`` → images.
 
-    A context manager; ``close()`` frees the sessions. Calls from several threads are safe (the
-    sessions run concurrently; tokenization is serialized).
+    A context manager; ``close()`` frees every stage's backend. Calls from several threads are
+    safe (stages on thread-safe backends run concurrently, an engine's calls one at a time;
+    tokenization is serialized).
 
     Args:
         bundle: the pipeline bundle folder.
-        device: "cpu", "cuda" or "auto" (CUDA when onnxruntime-gpu and a GPU are present).
-        precision: "fp32", or "fp16" for the FP16 sampler and decoder graphs
+        device: ONNX Runtime's device: "cpu", "cuda" or "auto" (CUDA when onnxruntime-gpu and a
+            GPU are present; the CPU with an OpenVINO backend).
+        precision: "fp32", or "fp16" for ONNX Runtime on the FP16 sampler and decoder graphs
             (``cmrt export --precision fp16``); the text encoders stay FP32.
+        backend: None (the default per stage: a stage engine that runs here, else OpenVINO BF16
+            where the stage's recorded parity passed on a CPU of this class, else ONNX Runtime),
+            or one of "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "openvino-bf16",
+            "openvino-f32", "openvino", "tensorrt" for every stage (``cmrt.runtime.stages``: a
+            text encoder stays FP32 unless its own BF16 record passed). ``stage_backends`` says
+            what each stage runs.
     """
 
-    def __init__(self, bundle: str | Path, *, device: str = "auto", precision: str = "fp32") -> None:
+    def __init__(self, bundle: str | Path, *, device: str = "auto", precision: str = "fp32",
+                 backend: str | None = None) -> None:
+        from .stages import check_backend_name, check_precision
+
         self.path = Path(bundle)
         self.manifest = PipelineManifest.open(self.path)
-        device = _device(device)
+        backend = check_backend_name(backend)
+        check_precision(backend, precision)
+        device = _device("cpu" if device == "auto" and backend is not None and backend.startswith("openvino")
+                         else device)
         m = self.manifest
         if precision not in ("fp32", "fp16"):
             raise ConfigError(f"precision must be fp32 or fp16, got {precision!r}")
@@ -72,18 +68,24 @@ class Pipeline:
             raise ConfigError(f"{self.path} has no FP16 graphs: export it with `cmrt export --precision fp16`, "
                               "or use precision='fp32'")
         self.precision = precision
-        self._stages: dict[str, Any] | None = {
-            name: _Stage(self.path / s.graphs.get(precision, s.graph).file, device)
-            for name, s in m.stages.items() if s.graph is not None}
+        self._tokenizers = [_tokenizer(self.path / t.folder) for t in m.tokenizers]
+        from .stages import open_stages
+
+        self._stages: dict[str, Any] | None = open_stages(self.path, m, backend, device=device, precision=precision)
         self._decoder = None
         decoder = m.stages["decoder"]
         if decoder.bundle is not None:
             from .decoder import Decoder
 
-            self._decoder = Decoder(self.path / decoder.bundle,
-                                    backend="onnxruntime-cuda" if device == "cuda" else "onnxruntime-cpu")
-        self._tokenizers = [_tokenizer(self.path / t.folder) for t in m.tokenizers]
+            try:
+                self._decoder = Decoder(self.path / decoder.bundle,
+                                        backend=_nested_backend(self.path / decoder.bundle, backend, device, precision))
+            except BaseException:
+                for b in self._stages.values():
+                    b.close()
+                raise
         self._lock = threading.Lock()
+        self._stage_locks = {name: threading.Lock() for name in self._stages}
         self.steps = m.steps
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -91,14 +93,33 @@ class Pipeline:
     def closed(self) -> bool:
         return self._stages is None
 
+    @property
+    def backends(self) -> dict[str, Any]:
+        """Stage name → its open backend (``.name``, ``.precision``); a consistency-decoder stage's
+        is its ``Decoder``'s."""
+        stages = dict(self._live())
+        if self._decoder is not None:
+            stages["decoder"] = self._decoder.backend
+        return stages
+
+    @property
+    def stage_backends(self) -> dict[str, tuple[str, str]]:
+        """Stage name → (backend, precision) it runs on, e.g. ``("openvino-bf16", "bf16")``."""
+        return {name: (b.name, b.precision) for name, b in self.backends.items()}
+
+    def describe(self) -> str:
+        """One line: each stage's backend and precision."""
+        return "stages: " + ", ".join(f"{n} {b} [{p}]" for n, (b, p) in self.stage_backends.items())
+
     def close(self) -> None:
-        """Free the sessions; later calls raise ``RunnerClosedError``. Idempotent."""
+        """Free every stage's backend; later calls raise ``RunnerClosedError``. Idempotent."""
         with self._lock:
             stages, self._stages = self._stages, None
             decoder, self._decoder = self._decoder, None
         if decoder is not None:
             decoder.close()
-        del stages
+        for backend in (stages or {}).values():
+            backend.close()
 
     def __enter__(self) -> "Pipeline":
         self._live()
@@ -157,7 +178,7 @@ class Pipeline:
             g = generator(seed)
             arrays = self._draw_noise(g, len(prompts), h, w)
         feeds |= {f"noise_{i}": a for i, a in enumerate(arrays)}
-        latents = stages["sampler"].run(feeds)["latents"]
+        latents = self._run(stages, "sampler", feeds)["latents"]
         images = self._decode(stages, latents, g, tile)
         if like is not None:
             import torch
@@ -190,16 +211,24 @@ class Pipeline:
 
     def _encode(self, stages, prompts: list[str]) -> dict[str, np.ndarray]:
         hidden, pooled = [], None
-        for (name, stage), tokenizer in zip(((n, stages[n]) for n in _encoder_names(self.manifest)),
-                                            self._tokenizers):
+        for name, tokenizer in zip(_encoder_names(self.manifest), self._tokenizers):
             ids = self._tokenize(tokenizer, prompts, name)
-            out = stage.run({"input_ids": ids})
+            out = self._run(stages, name, {"input_ids": ids})
             hidden.append(out["prompt_embeds"])
             pooled = out.get("pooled", pooled)
         result = {"prompt_embeds": hidden[0] if len(hidden) == 1 else np.concatenate(hidden, axis=-1)}
         if pooled is not None:
             result["pooled"] = pooled
         return result
+
+    def _run(self, stages: dict[str, Any], name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output of stage ``name``; a backend that is not thread-safe (an engine's context)
+        runs one call at a time."""
+        backend = stages[name]
+        if backend.thread_safe:
+            return backend.run_all(feeds)
+        with self._stage_locks[name]:
+            return backend.run_all(feeds)
 
     def _tokenize(self, tokenizer, prompts: list[str], name: str) -> np.ndarray:
         """Token ids padded and truncated to the encoder's context, as diffusers' ``encode_prompt``;
@@ -242,7 +271,7 @@ class Pipeline:
 
     def _decode(self, stages, latents: np.ndarray, g, tile: int | None) -> np.ndarray:
         if self._decoder is None:
-            return stages["decoder"].run({"latents": latents})["images"]
+            return self._run(stages, "decoder", {"latents": latents})["images"]
         import torch
 
         unscaled = latents / np.float32(self.manifest.vae_scaling_factor)
@@ -255,6 +284,21 @@ class Pipeline:
 
 def _encoder_names(m: PipelineManifest) -> list[str]:
     return [n for n in ("text_encoder", "text_encoder_2") if n in m.stages]
+
+
+def _nested_backend(bundle: Path, backend: str | None, device: str, precision: str) -> str:
+    """What a consistency-decoder stage (a cmrt bundle of its own) opens for the pipeline's
+    ``backend``: the same name where it fits; its own default (``default_backend_name``) for None
+    and for "tensorrt" when it has no engine; ONNX Runtime on ``device`` in place of "onnxruntime"."""
+    from ..bundle import Bundle
+    from .backends import default_backend_name
+
+    name = backend
+    if (backend is None and precision == "fp32") or (backend == "tensorrt" and not Bundle.open(bundle).manifest.engines):
+        name = default_backend_name(Bundle.open(bundle))
+    if name is None or name == "onnxruntime":
+        return f"onnxruntime-{device}"
+    return name
 
 
 def _host(a):
@@ -319,16 +363,56 @@ def _size(value, default: int, name: str, factor: int) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class PipelineCheckReport:
+    """``cmrt check`` on a pipeline bundle: the files checked, then every graph stage's run of its
+    stored inputs (``cmrt.runtime.stages.StageCheck``) and the per-stage records. Truthy when every
+    stage passed."""
+
+    path: Path
+    files: int
+    checks: dict[str, Any]
+    records: tuple[str, ...]
+    asked: str | None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.run.report.passed for c in self.checks.values())
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def reports(self) -> dict[str, Any]:
+        """"stage/backend/tier" → ``ParityReport``."""
+        return {c.key: c.run.report for c in self.checks.values()}
+
+    def lines(self) -> list[str]:
+        out = [f"integrity: {self.files} files match {self.path / 'pipeline.json'} (SHA-256)"]
+        for name, c in self.checks.items():
+            out += [f"stage {name}: " + line if i == 0 else line for i, line in enumerate(c.run.report.lines())]
+        out += list(self.records)
+        ran = ", ".join(f"{n} {c.backend} [{c.precision}]" for n, c in self.checks.items())
+        return out + [f"stages: {ran}" + ("" if self.asked else " (the default here)")]
+
+    def raise_if_failed(self) -> "PipelineCheckReport":
+        from .stages import raise_if_failed
+
+        raise_if_failed(self.checks)
+        return self
 
 
-def check_pipeline(bundle: str | Path, *, device: str = "cpu") -> dict[str, Any]:
-    """Re-check a pipeline bundle: every listed file's SHA-256, and every stage's graph(s) on
-    ONNX Runtime against the PyTorch outputs stored at export (``parity/<stage>.npz``), with the
-    precision each was recorded under. Returns "stage/backend/precision" → ``ParityReport``;
-    raises ``IntegrityError`` on a changed file and ``ParityError`` on a failed stage."""
+def check_pipeline_report(bundle: str | Path, *, backend: str | None = None, device: str = "cpu",
+                          record: bool = True) -> PipelineCheckReport:
+    """Re-check a pipeline bundle: every listed file's SHA-256 (``IntegrityError`` on a changed
+    file), then every graph stage on ``backend`` (None: the pipeline's default per stage) against
+    the PyTorch outputs stored at export (``parity/<stage>.npz``), under the stage's tier in the
+    precision it ran (``cmrt.runtime.stages.check_stages``); OpenVINO results and engine checks are
+    recorded per stage in ``pipeline.json`` (``record``). A consistency-decoder stage is a bundle of
+    its own: ``cmrt check BUNDLE/decoder``."""
     from .._io import sha256_file
     from ..errors import IntegrityError
-    from ..parity import compare
+    from .stages import check_stages, record_lines
 
     path = Path(bundle)
     m = PipelineManifest.open(path)
@@ -336,19 +420,17 @@ def check_pipeline(bundle: str | Path, *, device: str = "cpu") -> dict[str, Any]
     if changed:
         raise IntegrityError(f"{path}: {', '.join(changed)} changed after export (SHA-256 differs): "
                              "re-export the bundle")
-    reports = {}
-    for name, stage in m.stages.items():
-        if stage.graph is None or stage.parity_inputs is None:
-            continue  # a nested cmrt bundle: `cmrt check` checks it
-        with np.load(path / stage.parity_inputs.file, allow_pickle=False) as data:
-            inputs = {k[len("input/"):]: data[k] for k in data.files if k.startswith("input/")}
-            outputs = {k[len("output/"):]: data[k] for k in data.files if k.startswith("output/")}
-        (key, recorded), = ((k, r) for k, r in stage.parity.items() if k.endswith("fp32") or "fp32-" in k)
-        actual = _Stage(path / stage.graph.file, _device(device)).run(inputs)
-        reports[f"{name}/{key}"] = compare(actual, outputs, backend=recorded.backend, precision=recorded.precision)
-    for report in reports.values():
-        report.raise_if_failed()
-    return reports
+    checks = check_stages(path, backend, device=device, record=record)
+    nested = [f"stage {n}: a cmrt bundle of its own: `cmrt check {path / s.bundle}`"
+              for n, s in m.stages.items() if s.bundle is not None]
+    lines = tuple(record_lines(PipelineManifest.open(path))) + tuple(nested)
+    return PipelineCheckReport(path, len(m.files()), checks, lines, backend)
 
 
-__all__ = ["Pipeline", "check_pipeline"]
+def check_pipeline(bundle: str | Path, *, backend: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """``check_pipeline_report``, raising ``ParityError`` on a failed stage. Returns
+    "stage/backend/tier" → ``ParityReport``."""
+    return check_pipeline_report(bundle, backend=backend, device=device).raise_if_failed().reports
+
+
+__all__ = ["Pipeline", "PipelineCheckReport", "check_pipeline", "check_pipeline_report"]

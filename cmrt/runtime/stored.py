@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,9 +27,23 @@ def run_stored_inputs(bundle: Bundle, backend: Any) -> StoredRun:
     the stored PyTorch outputs under the tolerances of the backend's precision."""
     try:
         inputs, expected = bundle.parity_data()
+    except BaseException:
+        backend.close()
+        raise
+    return run_stored(backend, inputs, expected, lambda feeds: {OUTPUT_NAME: backend.run(feeds)})
+
+
+def run_stored(backend: Any, inputs: dict[str, np.ndarray], expected: dict[str, np.ndarray],
+               call: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None, *,
+               tier: str | None = None) -> StoredRun:
+    """Run ``backend`` on stored ``inputs`` (``call``, default its ``run_all``: every output by
+    name), then close it; compare with the ``expected`` PyTorch outputs under ``tier`` (default:
+    the backend's precision; a pipeline stage's feature outputs have their own tiers)."""
+    try:
         t0 = time.perf_counter()
-        actual = {OUTPUT_NAME: backend.run(inputs)}
+        actual = (call or backend.run_all)(inputs)
         seconds = time.perf_counter() - t0
     finally:
         backend.close()
-    return StoredRun(compare(actual, expected, backend=backend.name, precision=backend.precision), seconds, actual)
+    report = compare(actual, expected, backend=backend.name, precision=tier or backend.precision)
+    return StoredRun(report, seconds, actual)

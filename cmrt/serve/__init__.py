@@ -4,7 +4,8 @@
   cmrt's runtime in Triton's Python backend with dynamic batching, plus plain ``onnxruntime_onnx`` /
   ``tensorrt_plan`` models for callers who bring their own noise.
 * ``model.TritonPythonModel``: the Python-backend model (noise drawn per request, requests of one
-  shape run as one batch, cmrt's errors as Triton errors).
+  shape run as one batch, cmrt's errors as Triton errors); for a pipeline bundle it runs
+  ``cmrt.Pipeline`` on prompt strings (``pipeline``).
 * ``server.TritonServer`` (``cmrt serve``): PyTriton's ``tritonserver`` binary on a repository.
 
 Nothing here imports Triton, PyTriton or tritonclient at import time.

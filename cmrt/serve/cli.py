@@ -23,7 +23,7 @@ SERVE_EXAMPLES = """examples:
 
 
 def _batching_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundles", type=Path, nargs="+", metavar="BUNDLE", help="bundle folders; each model is named after its folder")
+    p.add_argument("bundles", type=Path, nargs="+", metavar="BUNDLE", help="bundle folders (cmrt bundles or pipeline bundles); each model is named after its folder")
     p.add_argument("--max-batch", type=int, default=None,
                    help=f"Triton's max_batch_size: most images per execution, requests merged "
                         f"(default: {DEFAULT_MAX_BATCH}, within a TensorRT engine's profile)")

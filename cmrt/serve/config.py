@@ -9,6 +9,8 @@ Three kinds of model per bundle:
   and an optional ``seed`` (B, 1); a sampler takes ``class_labels`` (B, 1) (class-conditional
   models) and/or ``seed`` (B, 1); an editor takes ``image`` (and ``mask`` for inpainting) with
   the graph's shapes, optional ``class_labels`` and an optional ``seed``. ``seed`` repeats one value on every row: one seed per request.
+  A pipeline bundle takes ``prompt`` BYTES (B, 1) and optional ``negative_prompt``, ``seed``,
+  ``guidance_scale``, ``height``, ``width`` (``cmrt.serve.pipeline``).
 * ``onnx_config``: the bundle's graph on Triton's ``onnxruntime_onnx`` platform, for callers who
   bring their own noise (every ``noise_i`` is an input).
 * ``tensorrt_config``: a TensorRT engine of the bundle on ``tensorrt_plan``, same inputs.
@@ -18,32 +20,40 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..bundle import OUTPUT_NAME, EngineRecord, Manifest, TensorSpec
+from ..bundle import OUTPUT_NAME, EngineRecord, Manifest, PipelineManifest, TensorSpec
 
 SEED_INPUT = "seed"
 LABELS_INPUT = "class_labels"
 IMAGE_INPUT = "image"
 MASK_INPUT = "mask"
+PROMPT_INPUT = "prompt"
+NEGATIVE_INPUT = "negative_prompt"
+GUIDANCE_INPUT = "guidance_scale"
+HEIGHT_INPUT = "height"
+WIDTH_INPUT = "width"
 PLAN_FILE = "model.plan"
 ONNX_FILE = "model.onnx"
 BUNDLE_PARAMETER = "bundle"
 BACKEND_PARAMETER = "backend"
-_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+           "bytes": "TYPE_STRING"}
 
 
 class Enum(str):
     """A protobuf enum value: rendered bare (``TYPE_FP32``), not quoted."""
 
 
-def python_config(name: str, manifest: Manifest, *, max_batch: int, instances: int, max_queue_delay_us: int,
-                  dynamic_batching: bool, bundle_dir: str, backend: str | None = None) -> dict[str, Any]:
-    """The Python-backend model that runs ``cmrt.Decoder``/``cmrt.Sampler`` on the bundle in ``bundle_dir``
-    (relative to the model's version folder)."""
+def python_config(name: str, manifest: Manifest | PipelineManifest, *, max_batch: int, instances: int,
+                  max_queue_delay_us: int, dynamic_batching: bool, bundle_dir: str,
+                  backend: str | None = None) -> dict[str, Any]:
+    """The Python-backend model that runs ``cmrt.Decoder``/``Sampler``/``Editor``/``Pipeline`` on the
+    bundle in ``bundle_dir`` (relative to the model's version folder)."""
     params = {BUNDLE_PARAMETER: bundle_dir} | ({BACKEND_PARAMETER: backend} if backend else {})
+    out_dims = [3, -1, -1] if isinstance(manifest, PipelineManifest) else _item_dims(manifest.outputs[0].shape)
     return {
         "name": name, "backend": "python", "max_batch_size": max_batch,
         "input": python_inputs(manifest),
-        "output": [_tensor(OUTPUT_NAME, "float32", _item_dims(manifest.outputs[0].shape))],
+        "output": [_tensor(OUTPUT_NAME, "float32", out_dims)],
         **_batching(dynamic_batching, max_queue_delay_us),
         "instance_group": [{"count": instances, "kind": Enum("KIND_CPU")}],
         "parameters": [{"key": k, "value": {"string_value": v}} for k, v in params.items()],
@@ -92,8 +102,13 @@ def _batching(dynamic: bool, max_queue_delay_us: int) -> dict[str, Any]:
     return {"dynamic_batching": {"max_queue_delay_microseconds": max_queue_delay_us}} if dynamic else {}
 
 
-def python_inputs(manifest: Manifest) -> list[dict]:
+def python_inputs(manifest: Manifest | PipelineManifest) -> list[dict]:
     """The Python-backend model's inputs: the runner's arguments, each with the batch axis first."""
+    if isinstance(manifest, PipelineManifest):  # Pipeline.generate's arguments, one prompt per row
+        optional = {"optional": True}
+        return [_tensor(PROMPT_INPUT, "bytes", [1]), _tensor(NEGATIVE_INPUT, "bytes", [1]) | optional,
+                _tensor(SEED_INPUT, "int64", [1]) | optional, _tensor(GUIDANCE_INPUT, "float32", [1]) | optional,
+                _tensor(HEIGHT_INPUT, "int64", [1]) | optional, _tensor(WIDTH_INPUT, "int64", [1]) | optional]
     seed = _tensor(SEED_INPUT, "int64", [1]) | {"optional": True}
     if manifest.kind == "decoder":
         latents = next(i for i in manifest.inputs if i.name == "latents")

@@ -1,5 +1,6 @@
 """cmrt's runtime as a model of Triton's Python backend (``<model>/1/model.py`` imports
-``TritonPythonModel`` from here).
+``TritonPythonModel`` from here). A pipeline bundle is served by ``PipelineRequestServer``
+(prompt strings in; ``cmrt.serve.pipeline``); the rest of this docstring is about the other bundles.
 
 One ``execute`` receives the requests Triton's dynamic batcher merged. Each request is prepared
 on its own by ``Decoder.feeds`` / ``Sampler.feeds`` / ``Editor.feeds``: cmrt's input checks, and its noise drawn from
@@ -26,6 +27,7 @@ from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import CmrtError, InputError
 from .config import (BACKEND_PARAMETER, BUNDLE_PARAMETER, IMAGE_INPUT, LABELS_INPUT, MASK_INPUT, SEED_INPUT,
                      python_inputs)
+from .pipeline import generate_merged, generate_one, groups, is_pipeline_bundle, mergeable, parse, pipeline_device
 
 
 @dataclass
@@ -46,7 +48,11 @@ class Prepared:
 
 
 def open_runner(bundle: str | Path, backend: str | None = None):
-    """``cmrt.Decoder``, ``cmrt.Sampler`` or ``cmrt.Editor``, whichever the bundle holds."""
+    """``cmrt.Decoder``, ``cmrt.Sampler``, ``cmrt.Editor`` or ``cmrt.Pipeline``, whichever the bundle holds."""
+    if is_pipeline_bundle(bundle):
+        from ..runtime.pipeline import Pipeline
+
+        return Pipeline(bundle, device=pipeline_device(backend, bundle), backend=backend)
     from ..runtime.decoder import Decoder
     from ..runtime.editor import Editor
     from ..runtime.sampler import Sampler
@@ -136,8 +142,10 @@ class RequestServer:
         except Exception as exc:  # a backend failure must not take the model down: answer and log it
             self.pb.Logger.log_error(f"cmrt: backend run failed:\n{traceback.format_exc()}")
             return [self._error(exc, internal=True) for _ in members]
-        return [self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(OUTPUT_NAME, np.ascontiguousarray(o))])
-                for o in outputs]
+        return [self._images(o) for o in outputs]
+
+    def _images(self, images: np.ndarray) -> Any:
+        return self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(OUTPUT_NAME, np.ascontiguousarray(images))])
 
     def _error(self, exc: Exception, internal: bool = False) -> Any:
         message = str(exc).replace("\n", " ") or type(exc).__name__
@@ -149,7 +157,51 @@ class RequestServer:
 
 
 def _input_names(runner: Any) -> list[str]:
-    return [t["name"] for t in python_inputs(runner.bundle.manifest)]
+    manifest = getattr(runner, "manifest", None) or runner.bundle.manifest  # a Pipeline has its own
+    return [t["name"] for t in python_inputs(manifest)]
+
+
+class PipelineRequestServer(RequestServer):
+    """Serves prompt requests with a ``cmrt.Pipeline`` (``cmrt.serve.pipeline``): each request is
+    ``generate`` with its own arguments and seed; requests of equal size, guidance scale and
+    negative-prompt use run as one call, each with its own seeded noise, where the bundle allows
+    (``mergeable``: not with a consistency decoder stage)."""
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        parsed = []
+        for i, request in enumerate(requests):
+            try:
+                parsed.append(parse(i, self._inputs(request)))
+            except CmrtError as exc:
+                responses[i] = self._error(exc)
+        for members in groups(parsed):
+            merged = self._merged(members) if mergeable(self.runner, members) else None
+            for r, out in zip(members, merged or [self._one(r) for r in members]):
+                responses[r.index] = out
+        return responses
+
+    def _merged(self, members: Sequence[Any]) -> list[Any] | None:
+        """The responses of one ``generate`` call over ``members``; None when one of them fails a
+        check (the caller then runs them one by one, so that only that request gets the message)."""
+        try:
+            return [self._images(images) for images in generate_merged(self.runner, members)]
+        except CmrtError:
+            return None
+        except Exception as exc:  # a backend failure must not take the model down: answer and log it
+            return [self._failed(exc)] * len(members)
+
+    def _one(self, r: Any) -> Any:
+        try:
+            return self._images(generate_one(self.runner, r))
+        except CmrtError as exc:
+            return self._error(exc)
+        except Exception as exc:  # as above
+            return self._failed(exc)
+
+    def _failed(self, exc: Exception) -> Any:
+        self.pb.Logger.log_error(f"cmrt: pipeline run failed:\n{traceback.format_exc()}")
+        return self._error(exc, internal=True)
 
 
 class TritonPythonModel:
@@ -163,9 +215,13 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"] / params.get(BUNDLE_PARAMETER, "bundle")
         runner = open_runner(folder, params.get(BACKEND_PARAMETER) or None)
-        self.server = RequestServer(runner, pb)
-        pb.Logger.log_info(f"cmrt: {args['model_name']} serves {folder} ({runner.bundle.manifest.kind}, "
-                           f"backend {runner.backend.name})")
+        if is_pipeline_bundle(folder):
+            self.server: RequestServer = PipelineRequestServer(runner, pb)
+            pb.Logger.log_info(f"cmrt: {args['model_name']} serves {folder} (pipeline, {runner.steps} step(s))")
+        else:
+            self.server = RequestServer(runner, pb)
+            pb.Logger.log_info(f"cmrt: {args['model_name']} serves {folder} ({runner.bundle.manifest.kind}, "
+                               f"backend {runner.backend.name})")
 
     def execute(self, requests: list) -> list:
         """One response per request, in order; bad requests get cmrt's message as their error."""

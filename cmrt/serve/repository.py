@@ -4,7 +4,8 @@
 REPO/
   <name>/config.pbtxt        cmrt's runtime in Triton's Python backend, dynamic batching
   <name>/1/model.py          imports cmrt.serve.model.TritonPythonModel
-  <name>/1/bundle/           the bundle (hard links where the file system allows, else copies)
+  <name>/1/bundle/           the bundle (hard links where the file system allows, else copies);
+                             a pipeline bundle (pipeline.json) gets this model only, run by cmrt.Pipeline
   <name>_onnx/config.pbtxt   the FP32 graph on onnxruntime_onnx: the caller passes noise_0..noise_{k-1}
   <name>_onnx/1/model.onnx   (+ model.onnx.data)
   <name>_trt/config.pbtxt    the bundle's `tensorrt` engine on tensorrt_plan (when it has one)
@@ -26,9 +27,10 @@ from typing import Sequence
 
 from .. import __version__
 from .._io import staged_dir
-from ..bundle import Bundle, EngineRecord
+from ..bundle import Bundle, EngineRecord, PipelineManifest
 from ..errors import ConfigError
 from . import config as cfg
+from .pipeline import is_pipeline_bundle, pipeline_device
 
 VERSION = "1"
 BUNDLE_DIR = "bundle"
@@ -71,6 +73,25 @@ class RepositoryOptions:
 
 
 @dataclass(frozen=True)
+class PipelineBundle:
+    """An opened pipeline bundle (``cmrt export --model DIFFUSERS_FOLDER``): its folder and manifest."""
+
+    path: Path
+    manifest: PipelineManifest
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> "PipelineBundle":
+        return cls(Path(folder), PipelineManifest.open(folder))
+
+
+def open_bundle(bundle: str | os.PathLike | Bundle | PipelineBundle) -> Bundle | PipelineBundle:
+    """A cmrt bundle (``cmrt.json``) or a pipeline bundle (``pipeline.json``)."""
+    if isinstance(bundle, (Bundle, PipelineBundle)):
+        return bundle
+    return PipelineBundle.open(bundle) if is_pipeline_bundle(bundle) else Bundle.open(bundle)
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One model written into a repository. ``platform``: "python" (cmrt's runtime),
     "onnxruntime_onnx" or "tensorrt_plan"."""
@@ -81,7 +102,7 @@ class ModelEntry:
     max_batch: int
 
 
-def model_name(bundle: Bundle) -> str:
+def model_name(bundle: Bundle | PipelineBundle) -> str:
     """The Triton model name of a bundle: its folder name, checked to be usable in URLs."""
     name = bundle.path.resolve().name
     if len(name) > MAX_NAME or not _NAME.fullmatch(name):
@@ -90,12 +111,13 @@ def model_name(bundle: Bundle) -> str:
     return name
 
 
-def write_repository(bundles: Sequence[str | os.PathLike | Bundle], out: str | os.PathLike, *,
+def write_repository(bundles: Sequence[str | os.PathLike | Bundle | PipelineBundle], out: str | os.PathLike, *,
                      options: RepositoryOptions | None = None, overwrite: bool = False) -> list[ModelEntry]:
     """Write a Triton model repository serving ``bundles``, one model per bundle (plus the plain models).
 
     Args:
-        bundles: bundle folders (or opened bundles); each model is named after its folder.
+        bundles: bundle folders (or opened bundles), pipeline bundles included; each model is named
+            after its folder. A pipeline bundle gets the Python model only (no single graph to serve plain).
         out: the repository folder to write.
         options: batching and scaling (None: the defaults of ``RepositoryOptions``).
         overwrite: replace ``out`` if it exists and is not empty.
@@ -107,7 +129,7 @@ def write_repository(bundles: Sequence[str | os.PathLike | Bundle], out: str | o
     _check_options(options)
     if not bundles:
         raise ConfigError("pass at least one bundle")
-    opened = [Bundle.open(b) for b in bundles]
+    opened = [open_bundle(b) for b in bundles]
     plans = [_plan(b, options) for b in opened]
     _check_unique([e.name for plan in plans for e in plan])
     with staged_dir(out, overwrite=overwrite) as tmp:
@@ -133,8 +155,11 @@ def _check_unique(names: list[str]) -> None:
 
 
 
-def _plan(bundle: Bundle, o: RepositoryOptions) -> list[ModelEntry]:
+def _plan(bundle: Bundle | PipelineBundle, o: RepositoryOptions) -> list[ModelEntry]:
     name, m = model_name(bundle), bundle.manifest
+    if isinstance(bundle, PipelineBundle):
+        pipeline_device(o.backend, bundle.path)  # refuses a backend a pipeline cannot run on
+        return [ModelEntry(name, "python", bundle.path, o.max_batch or DEFAULT_MAX_BATCH)]
     batch = _max_batch(bundle, o.max_batch)
     entries = [ModelEntry(name, "python", bundle.path, batch)]
     if o.plain and "fp32" in m.graphs:
@@ -182,10 +207,17 @@ def _write_models(repo: Path, bundle: Bundle, plan: list[ModelEntry], o: Reposit
             os.replace(version / engine.file, version / cfg.PLAN_FILE)
 
 
-def _config(entry: ModelEntry, bundle: Bundle, o: RepositoryOptions) -> tuple[dict, str]:
+def _config(entry: ModelEntry, bundle: Bundle | PipelineBundle, o: RepositoryOptions) -> tuple[dict, str]:
     m = bundle.manifest
     common = dict(max_batch=entry.max_batch, instances=o.instances, max_queue_delay_us=o.max_queue_delay_us,
                   dynamic_batching=o.dynamic_batching)
+    if isinstance(bundle, PipelineBundle):
+        header = (f"Written by `cmrt triton` (cmrt {__version__}): pipeline bundle {bundle.path.name} ({m.pipeline}, "
+                  f"{m.steps} LCM step(s)),\nserved by cmrt.Pipeline in Triton's Python backend. Inputs (B, 1), one "
+                  "row per prompt: `prompt`\n(BYTES) and optional `negative_prompt` per row; `seed`, `guidance_scale`, "
+                  "`height`, `width` repeat\none value on every row (one per request). Output `images` (B, 3, H, W) "
+                  "in [-1, 1].")
+        return cfg.python_config(entry.name, m, bundle_dir=BUNDLE_DIR, backend=o.backend, **common), header
     task = f"{m.task.name}, " if m.kind == "editor" else ""
     what = f"{m.kind} bundle {bundle.path.name} ({task}{m.steps} step(s))"
     if entry.platform == "python":
@@ -207,14 +239,18 @@ def _config(entry: ModelEntry, bundle: Bundle, o: RepositoryOptions) -> tuple[di
     return cfg.tensorrt_config(entry.name, m, engine, **common), header
 
 
-def _bundle_files(bundle: Bundle) -> list[str]:
-    return sorted(p.name for p in bundle.path.iterdir() if p.is_file() and not p.name.startswith("."))
+def _bundle_files(bundle: Bundle | PipelineBundle) -> list[str]:
+    """The bundle's files (relative paths); a pipeline bundle's sub-folders included."""
+    files = bundle.path.rglob("*") if isinstance(bundle, PipelineBundle) else bundle.path.iterdir()
+    return sorted(str(p.relative_to(bundle.path)) for p in files
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(bundle.path).parts))
 
 
 def _link_files(src: Path, dst: Path, names: Sequence[str]) -> None:
     """Hard-link (or, across file systems, copy) ``names`` from ``src`` into ``dst``."""
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(src / name, dst / name)
         except OSError:

@@ -121,9 +121,29 @@ class TensorRTBackend:
     #: The runtime's ``ShapeLimits`` of the engine's profile: set by the runtime's backend registry
     #: (``cmrt.runtime.backends``, from ``profile_limits``); None: runners do not chunk or tile for it.
     limits = None
+    #: The TensorRT-RTX runtime cache is kept beside the engine (False: a pipeline stage's engine).
+    persist_cache = True
+    #: The output ``run`` returns (a pipeline stage's first output; ``run_all`` returns every one).
+    output = OUTPUT_NAME
 
     def __init__(self, bundle: Bundle, *, target: str | None = None, cuda_graph: bool = False) -> None:
-        self.record = select_engine(bundle, target)
+        self._open(bundle.path, select_engine(bundle, target), bundle.manifest.input_names, [OUTPUT_NAME],
+                   cuda_graph=cuda_graph, persist_cache=True)
+
+    @classmethod
+    def for_stage(cls, folder: Path, record: EngineRecord, inputs: list[str], outputs: list[str], *,
+                  cuda_graph: bool = False) -> "TensorRTBackend":
+        """A pipeline bundle stage's engine (``cmrt.tensorrt.stages``): ``inputs``/``outputs``, the
+        stage's tensor names, checked against the engine's. Its TensorRT-RTX runtime cache is not
+        kept on disk (the JIT compiles at each open): ``pipeline.json`` has no record for it yet."""
+        self = cls.__new__(cls)
+        self._open(Path(folder), record, inputs, outputs, cuda_graph=cuda_graph, persist_cache=False)
+        return self
+
+    def _open(self, folder: Path, record: EngineRecord, inputs: list[str], outputs: list[str], *,
+              cuda_graph: bool, persist_cache: bool) -> None:
+        self.record, self.persist_cache = record, persist_cache
+        self.output = outputs[0]
         target = TARGETS[self.record.target]
         self.trt = load_library(target, f"running the {target.name} engine")
         import torch
@@ -137,17 +157,21 @@ class TensorRTBackend:
         if problem:
             raise BundleError(problem)
         self.name, self.torch, self.cuda_graph = self.record.target, torch, cuda_graph
-        self.bundle_path, self.gpu = bundle.path, device
+        self.bundle_path, self.gpu = folder, device
         self.device = torch.device("cuda", torch.cuda.current_device())  # recorded once; every call runs under it
         with torch.cuda.device(self.device):
             self.stream = torch.cuda.Stream(self.device)
-            self.engine = self._deserialize(bundle.path / self.record.file)
+            self.engine = self._deserialize(folder / self.record.file)
             self.setup = self._create_context()
         self.context = self.setup.context
-        inputs, outputs = seam.engine_io(self.trt, self.engine)
-        self.input_names = seam.match_io(inputs, outputs, bundle.manifest.input_names, OUTPUT_NAME,
-                                         file=self.record.file)
-        self.output_names = outputs
+        engine_inputs, engine_outputs = seam.engine_io(self.trt, self.engine)
+        self.input_names = seam.match_io(engine_inputs, engine_outputs, inputs, self.output, file=self.record.file)
+        missing = sorted(set(outputs) - set(engine_outputs))
+        if missing:
+            raise BundleError(f"{self.record.file} has no output {missing[0]!r}: rebuild it with `cmrt build`")
+        self.output_names = engine_outputs
+        if record.io == "fp32" and record.graph == "fp32":
+            self.precision = "fp32"  # an engine of an FP32 graph (a pipeline's text encoder)
         self.runner = self._runner()
         self.save_runtime_cache()
 
@@ -161,7 +185,7 @@ class TensorRTBackend:
     def _create_context(self) -> seam.ContextSetup:
         rtx = self.record.target == "tensorrt-rtx"
         whole_graph = rtx and self.cuda_graph and hasattr(self.trt, "CudaGraphStrategy")
-        blob = runtime_cache_blob(self.bundle_path, self.record) if rtx else None
+        blob = runtime_cache_blob(self.bundle_path, self.record) if rtx and self.persist_cache else None
         return seam.create_context(self.trt, self.engine, file=self.record.file, runtime_config=rtx,
                                    whole_graph=whole_graph, cache_blob=blob)
 
@@ -189,7 +213,7 @@ class TensorRTBackend:
 
         Returns the new manifest record, or None (no change, not TensorRT-RTX, or not writable: warned).
         """
-        if self.setup is None or self.setup.runtime_cache is None:
+        if self.setup is None or self.setup.runtime_cache is None or not self.persist_cache:
             return None
         info = save_runtime_cache(self.bundle_path, self.record, self.setup.runtime_cache,
                                   library_version=self.trt.__version__, gpu=self.gpu)
@@ -212,24 +236,32 @@ class TensorRTBackend:
         CUDA inputs must be on the backend's GPU (``InputError`` otherwise); CPU tensors are copied
         up. The run is ordered after the caller's current stream, and the result is ready for it.
         """
+        return self.run_all_torch(feeds, [self.output])[self.output]
+
+    def run_all_torch(self, feeds: dict[str, Any], outputs: list[str] | None = None) -> dict[str, Any]:
+        """``run_torch`` for every output (or ``outputs``) by name, float outputs as float32."""
         check_devices(feeds, self.device)
         shapes = {n: tuple(feeds[n].shape) for n in self.input_names}
         check_shapes(self.record, shapes)
+        names = self.output_names if outputs is None else outputs
 
         def work():
             buffers = self.runner.prepare(shapes)
             for name in self.input_names:
                 buffers[name].copy_(feeds[name], non_blocking=True)
             self.runner.execute()
-            out = buffers[OUTPUT_NAME]
-            return out.clone() if out.dtype == self.torch.float32 else out.float()  # one copy either way
+            return {n: _float32_copy(self.torch, buffers[n]) for n in names}
 
         return seam.run_ordered(self.torch, self.device, self.stream, work)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.run_all(feeds, [self.output])[self.output]
+
+    def run_all(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Every output (or ``outputs``) by name, as numpy."""
         torch = self.torch
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feeds.items()}
-        return self.run_torch(tensors).cpu().numpy()
+        return {k: v.cpu().numpy() for k, v in self.run_all_torch(tensors, outputs).items()}
 
     def close(self) -> None:
         """Wait for the stream, save the runtime cache, and free the execution context, the engine
@@ -251,6 +283,13 @@ class TensorRTBackend:
             finally:
                 self.runner = self.context = self.setup = None
                 self.engine = None
+
+
+def _float32_copy(torch, buffer):
+    """A copy of an output buffer (float ones as float32: one copy either way)."""
+    if buffer.dtype.is_floating_point and buffer.dtype != torch.float32:
+        return buffer.float()
+    return buffer.clone()
 
 
 def check_devices(feeds: dict[str, Any], device) -> None:

@@ -220,25 +220,46 @@ def build(engine: str | Path | Bundle, *, target: str | None = None, profile: Pr
     trt = load_library(tgt)
     gpu = None if tgt.builds_without_gpu else _require_gpu(tgt)
     cache_file = TimingCacheFile(Path(timing_cache)) if timing_cache else None
+    built = build_plan(trt, tgt, graph, shapes, workspace_gb=workspace_gb, compute_capabilities=ccs, gpu=gpu,
+                       timing_cache=cache_file)
+    path = write_engine(bundle, tgt.engine_file, built.plan)  # the engine first: the timing cache is the user's file
+    if cache_file is not None:
+        cache_file.save(built.config)
+    record = engine_record(tgt, trt, path, "fp16", bundle.manifest.graphs["fp16"], shapes, profile, built, gpu, ccs,
+                           workspace_gb)
+    record = replace(record, timing_cache=None if cache_file is None else TimingCache(str(cache_file.path),
+                                                                                      cache_file.accepted))
+    return _record_engine(bundle, record)
+
+
+@dataclass
+class BuiltPlan:
+    """A built, header-checked plan, its builder config (for the timing cache) and build seconds."""
+
+    plan: object
+    config: object
+    seconds: float
+    validity: dict
+
+
+def build_plan(trt, tgt: Target, graph: Path, shapes: dict, *, workspace_gb: float | None,
+               compute_capabilities: list[str] | None, gpu: dict | None,
+               timing_cache: TimingCacheFile | None = None) -> BuiltPlan:
+    """Parse ``graph`` (strongly typed), configure one profile of ``shapes``, build the plan and
+    check its header (``EngineBuildError`` when refused): the steps every build shares."""
     t0 = time.perf_counter()
     builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
     network, _parser = network_from_graph(trt, builder, graph)
-    config = configure(trt, builder, tgt, shapes, workspace_gb=workspace_gb, compute_capabilities=ccs)
-    if cache_file is not None:
-        cache_file.attach(config)
+    config = configure(trt, builder, tgt, shapes, workspace_gb=workspace_gb, compute_capabilities=compute_capabilities)
+    if timing_cache is not None:
+        timing_cache.attach(config)
     plan = build_serialized(builder, network, config)
     seconds = time.perf_counter() - t0
     validity = engine_validity(trt, plan, gpu=gpu)
     problem = validity_problem(validity)
     if problem:
         raise EngineBuildError(f"the built {tgt.name} engine is refused: {problem}")
-    path = write_engine(bundle, tgt.engine_file, plan)  # the engine first: the timing cache is the user's file
-    if cache_file is not None:
-        cache_file.save(config)
-    record = _record(tgt, trt, bundle, path, shapes, profile, seconds, validity, gpu, ccs, workspace_gb)
-    record = replace(record, timing_cache=None if cache_file is None else TimingCache(str(cache_file.path),
-                                                                                      cache_file.accepted))
-    return _record_engine(bundle, record)
+    return BuiltPlan(plan, config, seconds, validity)
 
 
 def _record_engine(bundle: Bundle, record: EngineRecord) -> EngineRecord:
@@ -270,17 +291,20 @@ def _require_gpu(tgt: Target) -> dict:
     return gpu
 
 
-def _record(tgt, trt, bundle, path, shapes, profile, seconds, validity, gpu, ccs, workspace_gb) -> EngineRecord:
-    m = bundle.manifest
+def engine_record(tgt: Target, trt, path: Path, graph_name: str, graph, shapes: dict, profile: ProfileSpec,
+                  built: BuiltPlan, gpu: dict | None, ccs: list[str] | None, workspace_gb: float | None) -> EngineRecord:
+    """The manifest record of an engine written at ``path`` from ``graph`` (``graph_name``: its
+    precision key, "fp16" or "fp32")."""
+    validity = built.validity
     return EngineRecord(
         file=path.name, bytes=path.stat().st_size, sha256=sha256_file(path), target=tgt.name, library=tgt.module,
         library_version=trt.__version__,
         compute_capabilities=tuple(ccs) if ccs else (PORTABLE if tgt.builds_without_gpu else (gpu["compute_capability"],)),
-        gpu=None if gpu is None else Gpu(**gpu), graph="fp16", graph_sha256=m.graphs["fp16"].sha256,
-        strongly_typed=True, io=m.graphs["fp16"].io,
+        gpu=None if gpu is None else Gpu(**gpu), graph=graph_name, graph_sha256=graph.sha256,
+        strongly_typed=True, io=graph.io,
         profiles=({name: ProfileRange(*(tuple(x) for x in s)) for name, s in shapes.items()},),
         profile_spec=asdict(profile), workspace_bytes=None if workspace_gb is None else int(workspace_gb * GIB),
-        build_seconds=round(seconds, 2),
+        build_seconds=round(built.seconds, 2),
         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB, 1),
         validity=EngineValidity(**{**validity, "diagnostics": tuple(validity.get("diagnostics", ()))}),
         built=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))

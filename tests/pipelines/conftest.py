@@ -96,3 +96,9 @@ def sdxl_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sdxl_bundle(tmp_path_factory, sdxl_folder) -> Path:
     return _bundle(tmp_path_factory, sdxl_folder, "sdxl-2", steps=2)
+
+
+@pytest.fixture(scope="session")
+def lcm16_bundle(tmp_path_factory, lcm_folder) -> Path:
+    """The tiny LCM at 2 steps with FP16 sampler and decoder graphs (``--precision fp16``)."""
+    return _bundle(tmp_path_factory, lcm_folder, "lcm16-2", steps=2, precision="fp16")

@@ -186,13 +186,12 @@ def test_threads_share_one_pipeline(lcm_bundle):
     assert all(np.array_equal(a, b) for a, b in zip(alone, together))
 
 
-def test_fp16_stages(lcm_folder, lcm_pipe, tmp_path):
+def test_fp16_stages(lcm16_bundle, lcm_pipe):
     """--precision fp16: FP16 sampler and decoder graphs, each ≥ 40 dB against the FP32 pipeline at
     export (recorded), and the FP16 pipeline at run time within the fp16 tolerances of diffusers."""
     from cmrt.bundle import PipelineManifest
-    from cmrt.exporter.pipeline import export_pipeline
 
-    out = export_pipeline(lcm_folder, out=tmp_path / "b", steps=2, precision="fp16")
+    out = lcm16_bundle  # export_pipeline(lcm_folder, steps=2, precision="fp16"), shared with the engine tests
     m = PipelineManifest.open(out)
     for name in ("sampler", "decoder"):
         record = m.stages[name].parity["onnxruntime-cpu/fp16"]
