@@ -20,6 +20,9 @@ TRAIN_EXAMPLES = """examples:
   cmrt train cd --data digits --teacher runs/teacher --init runs/teacher --out runs/cd
   cmrt train ct --data moons --out runs/moons --max-steps 2000
   torchrun --nproc_per_node 2 -m cmrt.cli train ct --data digits --out runs/ct   (DDP)
+  cmrt train vae --data digits-text --out runs/vae
+  cmrt train ldm --data digits-text --vae runs/vae --out runs/ldm
+  cmrt train lcm --data digits-text --teacher runs/ldm --out runs/lcm     (--lora-rank 8: LCM-LoRA)
 """
 SKIP = {"method", "out", "data", "max_steps"}  # options of their own in _train_args
 
@@ -45,11 +48,21 @@ OPTION_HELP = {
     "init": "initialize the network from this run's EMA weights (e.g. the EDM teacher's)",
     "ct_s0": "ct, decoder: iCT's discretization curriculum starts at N = s0 + 1 ...",
     "ct_s1": "... and doubles over the run up to N = s1 + 1",
-    "teacher": "cd (required): the EDM teacher's run folder (trained with 'cmrt train edm')",
+    "teacher": "cd, lcm (required): the teacher's run folder (cd: 'cmrt train edm'; lcm: 'cmrt train ldm')",
     "cd_grid": "cd: the points N of the Karras grid that adjacent σ pairs are drawn from",
     "target_ema": "cd: EMA decay of the target network θ⁻",
     "encoder": "decoder (required): the frozen encoder file (trained with 'cmrt train-autoencoder')",
     "denoise_weight": "decoder: weight of the term that pulls the one-step output towards the clean image",
+    "vae": "ldm (required): the AutoencoderKL run folder (trained with 'cmrt train vae')",
+    "kl_weight": "vae: weight of the KL term beside the reconstruction MSE",
+    "text_width": "ldm: the CLIP text encoder's hidden size (trained with the UNet)",
+    "text_layers": "ldm: the text encoder's transformer layers",
+    "cond_dropout": "ldm: probability of an empty caption (classifier-free guidance)",
+    "guidance_min": "lcm: guidance scales ω + 1 are drawn uniformly from [--guidance-min, --guidance-max]",
+    "guidance_max": "lcm: the upper end of that range",
+    "lcm_skip": "lcm: the skipping step k; the teacher's DDIM solver steps from t to t − k on the 1000-step schedule",
+    "time_cond_dim": "lcm: size of the guidance-scale embedding (the UNet's time_cond_proj_dim)",
+    "lora_rank": "lcm: > 0 learns an LCM-LoRA of this rank on the teacher's UNet instead of a full student",
     "mlp_width": "2-D toys: the MLP's hidden width",
     "log_every": "append a line to the run's metrics.jsonl every this many steps",
     "ckpt_every": "write a checkpoint (weights, EMA, optimizer and generator states) every this many steps",
@@ -107,7 +120,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     if not issubclass(p.formatter_class, argparse.RawDescriptionHelpFormatter):
         p.formatter_class = argparse.RawDescriptionHelpFormatter  # the examples' lines as written
     p.add_argument("method", choices=METHODS, help="edm (the diffusion teacher), ct (consistency training), cd "
-                   "(consistency distillation from --teacher), decoder (a consistency decoder on --encoder's latents)")
+                   "(consistency distillation from --teacher), decoder (a consistency decoder on --encoder's latents); "
+                   "text to image on digits-text: vae (an AutoencoderKL), ldm (a text-conditioned latent diffusion "
+                   "teacher), lcm (latent consistency distillation of --teacher; --lora-rank R: LCM-LoRA)")
     p.add_argument("--data", default=None, metavar="DATA", help=f"{DATA_HELP} (default: {d.data})")
     p.add_argument("--out", default=None, metavar="DIR", help=f"the run folder (default: ./{d.out})")
     p.add_argument("--max-steps", type=int, default=None, metavar="N",

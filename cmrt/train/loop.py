@@ -25,7 +25,7 @@ from . import runs as R
 from .data import Dataset, load_data
 from .ema import update_ema
 from .methods import Batch, Networks, configure
-from .models import TrainConfig, build_backbone, model_spec
+from .models import T2I_METHODS, TrainConfig, build_backbone, model_spec
 from .photos import CropSet
 
 EMA_WARMUP = 10.0  # EMA decay ramps as (1 + k)/(EMA_WARMUP + k) early on
@@ -154,9 +154,7 @@ class Trainer:
         path = R.latest_checkpoint(self.out)
         if path is None:
             return None
-        run = R.load_run(path)
-        self.backbone.load_state_dict(run.backbone.state_dict())
-        self.ema.load_state_dict(run.ema.state_dict())
+        self.load_weights(path)
         state = R.load_trainer_state(R.trainer_state_path(path))
         self.opt.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])
@@ -164,6 +162,12 @@ class Trainer:
         self.method.load_state(self.nets.target, state)
         self.step = int(state["step"])
         return path
+
+    def load_weights(self, path: Path) -> None:
+        """The raw and EMA weights of checkpoint ``path`` into ``backbone`` and ``ema``."""
+        run = R.load_run(path)
+        self.backbone.load_state_dict(run.backbone.state_dict())
+        self.ema.load_state_dict(run.ema.state_dict())
 
     def finish(self) -> Path:
         """The final checkpoint, also as ``model.safetensors`` (what ``load_model(run)`` and export read)."""
@@ -173,6 +177,17 @@ class Trainer:
         final = self.out / R.FINAL
         R.save_weights(final, self.cfg, self.spec, self.backbone.state_dict(), self.ema.state_dict(), self.step)
         return final
+
+
+def make_trainer(cfg: TrainConfig, data: Dataset | None = None, env: Dist | None = None) -> Trainer:
+    """The trainer of ``cfg.method``: cmrt's own UNet methods, or the text-to-image ones (``t2i``)."""
+    if cfg.method in T2I_METHODS:
+        from .t2i import T2ITrainer
+
+        if data is not None:
+            raise ConfigError(f"cmrt train {cfg.method} reads its data from --data (digits-text), not a Dataset")
+        return T2ITrainer(cfg, env)
+    return Trainer(cfg, data, env)
 
 
 def _log(out: Path, record: dict) -> None:
@@ -200,7 +215,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, da
     R.check_out(Path(cfg.out), resume=resume, overwrite=overwrite)
     if env.world > 1:
         dist.barrier()  # every rank has looked at the run folder before rank 0 changes it
-    trainer = Trainer(cfg, data, env)
+    trainer = make_trainer(cfg, data, env)
     out = trainer.out
     if env.main:
         if overwrite:
