@@ -12,6 +12,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from .._args import float_list, int_list
+from ..errors import ConfigError
 from .data import NAMED_SETS, TOY_SETS
 from .models import DEFAULT_DISTANCE, METHODS, TrainConfig
 
@@ -195,12 +196,30 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="score zero-shot editing instead of sampling: inpaint (25%% box) and superres (from 4×4) on "
                         "digits, with baselines; colorize on held-out digits-color (RGB models). SOURCE: a model "
                         "source or an editing bundle of that task")
+    t2i = p.add_argument_group("text to image (SOURCE: a diffusers folder or a `cmrt train ldm/lcm` run)")
+    t2i.add_argument("--guidance", type=float_list, default=None, metavar="G,G,..",
+                     help="guidance scales to score (default: 1,2,4,8); text-to-image sources only")
+    t2i.add_argument("--lora", type=Path, default=None, metavar="FILE",
+                     help="score a teacher folder with this LCM-LoRA and LCM's scheduler (default: the teacher "
+                          "itself, DDIM with classifier-free guidance)")
+    t2i.add_argument("--teacher-steps", type=int, default=None, metavar="N",
+                     help="the teacher's DDIM steps (default: 25)")
 
 
 def _eval_run(a: argparse.Namespace) -> int:
     from .eval import evaluate
 
-    if a.task is not None:
+    from .t2i_eval import TEACHER_STEPS, evaluate_t2i, is_t2i_source
+
+    if is_t2i_source(a.source):
+        if a.task or a.sigmas:
+            raise ConfigError("--task and --sigmas do not apply to a text-to-image source")
+        report = evaluate_t2i(a.source, steps=a.steps, guidance=a.guidance or [1.0, 2.0, 4.0, 8.0], lora=a.lora,
+                              teacher_steps=a.teacher_steps or TEACHER_STEPS, seed=a.seed, grid=a.grid)
+    elif a.guidance or a.lora or a.teacher_steps:
+        raise ConfigError(f"--guidance, --lora and --teacher-steps apply to text-to-image sources; {a.source} is not "
+                          "a diffusers folder or a `cmrt train ldm/lcm` run")
+    elif a.task is not None:
         from .eval_edit import evaluate_edit
 
         report = evaluate_edit(a.source, a.task, steps=a.steps, seed=a.seed)
