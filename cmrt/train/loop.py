@@ -179,14 +179,13 @@ class Trainer:
         return final
 
 
-def make_trainer(cfg: TrainConfig, data: Dataset | None = None, env: Dist | None = None) -> Trainer:
-    """The trainer of ``cfg.method``: cmrt's own UNet methods, or the text-to-image ones (``t2i``)."""
+def make_trainer(cfg: TrainConfig, data=None, env: Dist | None = None) -> Trainer:
+    """The trainer of ``cfg.method``: cmrt's own UNet methods (``data``: a ``Dataset``), or the
+    text-to-image ones (``t2i``; ``data``: a ``captions.CaptionSet``)."""
     if cfg.method in T2I_METHODS:
         from .t2i import T2ITrainer
 
-        if data is not None:
-            raise ConfigError(f"cmrt train {cfg.method} reads its data from --data (digits-text), not a Dataset")
-        return T2ITrainer(cfg, env)
+        return T2ITrainer(cfg, env, data)
     return Trainer(cfg, data, env)
 
 

@@ -35,7 +35,7 @@ from ..errors import ConfigError, SourceError
 from ..pipelines import lcm as L
 from . import losses as LS
 from . import runs as R
-from .captions import CONTEXT, TEXT_SIZE, load_captioned, write_tokenizer
+from .captions import CONTEXT, TEXT_SIZE, CaptionSet, load_captioned, write_tokenizer
 from .ema import update_ema
 from .loop import Dist, Trainer
 from .methods import Batch, Method, Networks
@@ -256,11 +256,12 @@ class T2ITrainer(Trainer):
     """``Trainer`` for the text-to-image methods: the same step, EMA, checkpoints and resume; the
     models are diffusers', the data ``digits-text`` (latents and captions held in memory)."""
 
-    def __init__(self, cfg: TrainConfig, env: Dist | None = None) -> None:  # noqa: D107 (replaces Trainer's)
+    def __init__(self, cfg: TrainConfig, env: Dist | None = None, data: CaptionSet | None = None) -> None:
+        """Set up run ``cfg`` on ``data`` (default: the ``digits-text`` training split)."""
         if cfg.data != "digits-text":
             raise ConfigError(f"cmrt train {cfg.method} trains on --data digits-text, got {cfg.data!r}")
         self.cfg, self.env, self.out, self.spec, self.crops = cfg, env or Dist(), Path(cfg.out), None, False
-        self.data = load_captioned("train")
+        self.data = data if data is not None else load_captioned("train")
         torch.manual_seed(cfg.seed)
         build = {"vae": self._setup_vae, "ldm": self._setup_ldm, "lcm": self._setup_lcm}[cfg.method]
         teacher, target = build()
