@@ -162,11 +162,9 @@ def text_to_image_demo(out: Path) -> None:
     from .models.load import T2I_DECODER, T2I_MODEL
 
     if not T2I_MODEL.is_dir():
-        print(f"
-text to image: skipped ({T2I_MODEL.name} is not installed)")
+        print(f"\ntext to image: skipped ({T2I_MODEL.name} is not installed)")
         return
-    print(f"
-text to image: {T2I_MODEL.name} (LCM distilled here from a captioned-digits teacher), guidance "
+    print(f"\ntext to image: {T2I_MODEL.name} (LCM distilled here from a captioned-digits teacher), guidance "
           f"{T2I_GUIDANCE}, prompts {list(T2I_PROMPTS)}")
     rows, names = [], []
     runs = [(k, None) for k in T2I_STEPS] + [(2, T2I_DECODER)]

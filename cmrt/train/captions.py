@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DIGITS_CLASSES, HELD_OUT_FRACTION, digits_8x8, paint
+from .data import DIGITS_CLASSES, HELD_OUT_FRACTION, Dataset, digits_8x8, paint
 
 #: The palette: name → RGB in [0, 1].
 PALETTE: dict[str, tuple[float, float, float]] = {
@@ -95,6 +95,13 @@ def load_captioned(split: str = "train", copies: int = TEXT_COPIES, seed: int = 
     phrasing, word = rng.integers(0, len(PHRASINGS), len(labels)), rng.integers(0, 2, len(labels))
     caps = tuple(caption(int(d), int(f), int(b), int(p), bool(w)) for d, f, b, p, w in zip(labels, fg, bg, phrasing, word))
     return CaptionSet(f"digits-text-{split}", render(images, fg, bg, size), caps, labels, fg, bg)
+
+
+def as_dataset(split: str = "train", size: int = TEXT_SIZE) -> Dataset:
+    """The renders of ``split`` as a ``data.Dataset`` labelled by digit (for cmrt's own methods,
+    e.g. a consistency decoder on ``--data digits-text``)."""
+    c = load_captioned(split, size=size)
+    return Dataset(c.name, "image", c.x, torch.from_numpy(c.digits), DIGITS_CLASSES)
 
 
 # --- the tokenizer ------------------------------------------------------------------------------

@@ -141,10 +141,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def _train_run(a: argparse.Namespace) -> int:
     from .loop import train
+    from .models import T2I_METHODS
 
     overrides = {f.name: getattr(a, f.name, None) for f in fields(TrainConfig)}
     overrides["method"] = a.method
     cfg = TrainConfig.from_sources(a.config, overrides)
+    if cfg.method in T2I_METHODS:
+        from .t2i import train_t2i as train
     out = train(cfg, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
     print(f"wrote {out}")
     return 0

@@ -178,11 +178,6 @@ def load_data(src: str, *, size: int = 16, channels: int = 1, kind: str = "sampl
         return load_digits(size)
     if src == "digits-color":
         return load_digits_color("train", size=size if kind == "sampler" else COLOR_SIZE)
-    if src == "digits-text":  # the captioned digits' renders, labelled by digit (captions: ``captions``)
-        from .captions import load_captioned
-
-        c = load_captioned("train", size=size if kind == "sampler" else COLOR_SIZE)
-        return Dataset(c.name, "image", c.x, torch.from_numpy(c.digits), DIGITS_CLASSES)
     if src == "photos":
         from .photos import load_photos
 

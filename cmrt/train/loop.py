@@ -22,7 +22,7 @@ from .._io import sha256_tensors, write_json_atomic
 from ..errors import ConfigError
 from ..samplers import decoder_condition
 from . import runs as R
-from .data import Dataset, load_data
+from .data import COLOR_SIZE, Dataset, load_data
 from .ema import update_ema
 from .methods import Batch, Networks, configure
 from .models import T2I_METHODS, TrainConfig, build_backbone, model_spec
@@ -67,7 +67,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: Dataset | None = None, env: Dist | None = None) -> None:
         self.cfg, self.env = cfg, env or Dist()
         self.method = configure(cfg)
-        self.data = data or load_data(cfg.data, size=cfg.image_size, channels=cfg.channels, kind=self.method.kind)
+        self.data = data or _load(cfg, self.method.kind)
         self.out = Path(cfg.out)
         image = self.data.kind == "image"
         self.crops = isinstance(self.data, CropSet)  # photos: random crops drawn per batch
@@ -179,14 +179,13 @@ class Trainer:
         return final
 
 
-def make_trainer(cfg: TrainConfig, data=None, env: Dist | None = None) -> Trainer:
-    """The trainer of ``cfg.method``: cmrt's own UNet methods (``data``: a ``Dataset``), or the
-    text-to-image ones (``t2i``; ``data``: a ``captions.CaptionSet``)."""
-    if cfg.method in T2I_METHODS:
-        from .t2i import T2ITrainer
+def _load(cfg: TrainConfig, kind: str):
+    """``--data``: ``digits-text`` (the captioned digits' renders, labelled by digit) or ``data.load_data``'s sets."""
+    if cfg.data == "digits-text":
+        from .captions import as_dataset
 
-        return T2ITrainer(cfg, env, data)
-    return Trainer(cfg, data, env)
+        return as_dataset("train", size=cfg.image_size if kind == "sampler" else COLOR_SIZE)
+    return load_data(cfg.data, size=cfg.image_size, channels=cfg.channels, kind=kind)
 
 
 def _log(out: Path, record: dict) -> None:
@@ -195,7 +194,7 @@ def _log(out: Path, record: dict) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, data: Dataset | None = None,
-          progress: bool = True) -> Path:
+          progress: bool = True, trainer_cls: type[Trainer] | None = None) -> Path:
     """Train ``cfg`` to ``cfg.max_steps``; returns the run folder. Runs under torchrun use DDP.
 
     Args:
@@ -205,6 +204,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, da
             Without ``resume`` or ``overwrite``, a folder that holds a run is refused (``OutputExistsError``).
         data: the data set (default: ``cfg.data``).
         progress: show a progress bar.
+        trainer_cls: the trainer (default: ``Trainer``; the text-to-image methods pass
+            ``t2i.T2ITrainer`` through ``t2i.train_t2i``).
     """
     from tqdm import tqdm
 
@@ -214,7 +215,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, da
     R.check_out(Path(cfg.out), resume=resume, overwrite=overwrite)
     if env.world > 1:
         dist.barrier()  # every rank has looked at the run folder before rank 0 changes it
-    trainer = make_trainer(cfg, data, env)
+    if trainer_cls is None and cfg.method in T2I_METHODS:
+        raise ConfigError(f"the {cfg.method} method trains with cmrt.train.t2i.train_t2i (`cmrt train {cfg.method}`)")
+    trainer = (trainer_cls or Trainer)(cfg, data, env)
     out = trainer.out
     if env.main:
         if overwrite:

@@ -24,7 +24,6 @@ LoRA student is the teacher's UNet plus a LoRA, its target the online network (a
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,6 @@ from torch import nn
 from ..errors import ConfigError, SourceError
 from ..pipelines import lcm as L
 from . import losses as LS
-from . import runs as R
 from .captions import CONTEXT, TEXT_SIZE, CaptionSet, load_captioned, write_tokenizer
 from .ema import update_ema
 from .loop import Dist, Trainer
@@ -256,7 +254,7 @@ class T2ITrainer(Trainer):
     """``Trainer`` for the text-to-image methods: the same step, EMA, checkpoints and resume; the
     models are diffusers', the data ``digits-text`` (latents and captions held in memory)."""
 
-    def __init__(self, cfg: TrainConfig, env: Dist | None = None, data: CaptionSet | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, data: CaptionSet | None = None, env: Dist | None = None) -> None:
         """Set up run ``cfg`` on ``data`` (default: the ``digits-text`` training split)."""
         if cfg.data != "digits-text":
             raise ConfigError(f"cmrt train {cfg.method} trains on --data digits-text, got {cfg.data!r}")
@@ -388,6 +386,10 @@ class T2ITrainer(Trainer):
         pipe.save_pretrained(str(self.out / DIFFUSERS))
 
 
-def run_info(run: str | Path) -> dict:
-    """The resolved config a t2i run recorded (``config.json``)."""
-    return json.loads((Path(run) / R.CONFIG).read_text())["config"]
+def train_t2i(cfg: TrainConfig, **options) -> Path:
+    """``loop.train`` with ``T2ITrainer`` (``data``: a ``captions.CaptionSet``, default ``digits-text``'s
+    training split); the other options as ``loop.train``'s."""
+    from .loop import train
+
+    return train(cfg, trainer_cls=T2ITrainer, **options)
+

@@ -41,7 +41,7 @@ def test_the_bundled_lcm_is_a_small_safetensors_diffusers_folder(lcm):
     assert images.shape == (2, 3, 32, 32) and np.isfinite(images).all()
 
 
-@pytest.mark.slow  # three graph exports (~1 min of CPU)
+@pytest.mark.slow  # one pipeline export (~20 s of CPU, minutes under load)
 def test_its_export_matches_diffusers_at_two_steps(lcm, tmp_path):
     from cmrt.exporter.pipeline import export_pipeline
     from cmrt.runtime.pipeline import Pipeline

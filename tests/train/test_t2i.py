@@ -9,9 +9,8 @@ import torch
 
 from cmrt.errors import ConfigError
 from cmrt.train import captions as C
-from cmrt.train.loop import train
 from cmrt.train.models import TrainConfig
-from cmrt.train.t2i import DIFFUSERS, LORA, LORA_FILE
+from cmrt.train.t2i import DIFFUSERS, LORA, LORA_FILE, train_t2i as train
 
 TINY = dict(data="digits-text", widths=(8, 8), attention=(False, True), head_dim=8, norm_groups=4, text_width=16,
             text_layers=1, batch_size=4, lr=1e-3, warmup_steps=1, log_every=1, ckpt_every=2, threads=1,
