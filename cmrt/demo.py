@@ -1,6 +1,7 @@
 """``make demo``: export the bundled default model at 2 steps, sample a grid, print parity and latency;
-decode held-out images with the bundled decoder; edit held-out digits zero-shot (inpainting,
-4×4 → 16×16 super-resolution, stroke-guided generation, and colorization with the RGB model).
+decode held-out images with the bundled decoder; the bundled text-to-image LCM from prompts (1/2/4
+steps, VAE and consistency decoder, parity against diffusers); edit held-out digits zero-shot
+(inpainting, 4×4 → 16×16 super-resolution, stroke-guided generation, and colorization with the RGB model).
 
     python -m cmrt.demo --out demo-out
 """
