@@ -1,6 +1,7 @@
 """``make demo``: export the bundled default model at 2 steps, sample a grid, print parity and latency;
-decode held-out images with the bundled decoder; edit held-out digits zero-shot (inpainting,
-4×4 → 16×16 super-resolution, stroke-guided generation, and colorization with the RGB model).
+decode held-out images with the bundled decoder; the bundled text-to-image LCM from prompts (1/2/4
+steps, VAE and consistency decoder, parity against diffusers); edit held-out digits zero-shot
+(inpainting, 4×4 → 16×16 super-resolution, stroke-guided generation, and colorization with the RGB model).
 
     python -m cmrt.demo --out demo-out
 """
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, ms in rows:
             print(f"  {name:<32} {ms:8.2f} ms   {base / ms:5.2f}x")
         decoder_demo(a.out)
+        text_to_image_demo(a.out)
         editing_demo(a.out)
         photo_demo(a.out)
         print("\nfull benchmark suites: `make bench-quick` or `cmrt bench --suite quick` (see benchmarks/RESULTS.md)")
@@ -140,6 +142,77 @@ def decoder_demo(out: Path, n: int = 8) -> None:
     quality = psnr(decoded, held_out)
     print(f"\ndecoder: {n} held-out images → latents {latents.shape} → {bundle.path} ({bundle.manifest.steps} step)"
           f" → {out / 'decoded.png'} (top: inputs, bottom: decoded), PSNR {quality:.1f} dB")
+
+
+#: The text-to-image grid: prompts × seeds, at each number of LCM steps (docs/training.md).
+T2I_PROMPTS = ("a red 7 on a blue background", "three in yellow on black", "the number 0 , white on green",
+               "a blue background with a green 4")
+T2I_SEEDS = (0, 1)
+T2I_STEPS = (1, 2, 4)
+T2I_GUIDANCE = 8.0
+
+
+def text_to_image_demo(out: Path) -> None:
+    """The bundled text-to-image LCM (trained here on captioned digits) exported at 1, 2 and 4 steps
+    and at 2 steps with the consistency decoder trained on its VAE's latents; a grid of prompts ×
+    seeds per export, the images' difference from diffusers' own pipeline, each stage's latency."""
+    import numpy as np
+
+    from .exporter.pipeline import export_pipeline
+    from .images import save_grid
+    from .models.load import T2I_DECODER, T2I_MODEL
+
+    if not T2I_MODEL.is_dir():
+        print(f"\ntext to image: skipped ({T2I_MODEL.name} is not installed)")
+        return
+    print(f"\ntext to image: {T2I_MODEL.name} (LCM distilled here from a captioned-digits teacher), guidance "
+          f"{T2I_GUIDANCE}, prompts {list(T2I_PROMPTS)}")
+    rows, names = [], []
+    runs = [(k, None) for k in T2I_STEPS] + [(2, T2I_DECODER)]
+    for k, decoder in runs:
+        t0 = time.perf_counter()
+        tag = f"{k}step" + ("-cd" if decoder else "")
+        bundle = export_pipeline(T2I_MODEL, out=out / f"lcm-{tag}", steps=k, decoder=decoder, overwrite=True)
+        images, ref, stage_ms = _t2i_run(bundle, k, decoder is not None)
+        how = "consistency decoder" if decoder else "VAE"
+        parity = ("the decoder stage checked at export" if ref is None
+                  else f"vs diffusers' LatentConsistencyModelPipeline max abs {np.abs(images - ref).max():.2g}")
+        print(f"  {k} step(s), {how}: exported in {time.perf_counter() - t0:.0f} s; {parity}; stage latency "
+              f"(batch {len(T2I_PROMPTS)}): "
+              + ", ".join(f"{n} {ms:.1f} ms" for n, ms in stage_ms.items()))
+        rows += list(np.split(images, len(T2I_SEEDS)))
+        names += [f"{k} step{'s' * (k > 1)}, {'CD' if decoder else 'VAE'}, seed {s}" for s in T2I_SEEDS]
+    save_grid(np.concatenate(rows), out / "text_to_image.png", cols=len(T2I_PROMPTS), scale=4, row_labels=names)
+    print(f"  wrote {out / 'text_to_image.png'} (columns: the prompts; rows: steps, decoder, seed)")
+
+
+def _t2i_run(bundle: Path, steps: int, consistency_decoder: bool):
+    """cmrt.Pipeline's images for every seed, diffusers' for the same seeds, and each stage's median ms."""
+    import numpy as np
+    import torch
+    from diffusers import LatentConsistencyModelPipeline
+
+    from .models.load import T2I_MODEL
+    from .runtime.pipeline import Pipeline
+
+    pipe = LatentConsistencyModelPipeline.from_pretrained(str(T2I_MODEL), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    ours, ref = [], []
+    with Pipeline(bundle) as runner:
+        for seed in T2I_SEEDS:
+            ours.append(runner.generate(list(T2I_PROMPTS), guidance_scale=T2I_GUIDANCE, seed=seed))
+            if consistency_decoder:  # a cmrt decoder: no diffusers twin (its bundle was checked at export)
+                continue
+            with torch.no_grad():
+                img = pipe(list(T2I_PROMPTS), num_inference_steps=steps, guidance_scale=T2I_GUIDANCE, output_type="pt",
+                           generator=torch.Generator().manual_seed(seed)).images
+            ref.append(img.numpy() * 2 - 1)
+        stage_ms = {}
+        for name, stage in runner._stages.items():
+            with np.load(bundle / "parity" / f"{name}.npz", allow_pickle=False) as data:
+                feeds = {k[len("input/"):]: data[k] for k in data.files if k.startswith("input/")}
+            stage_ms[name] = median_ms(lambda: stage.run(feeds), repeats=5, warmup=1)
+    return np.concatenate(ours), np.concatenate(ref) if ref else None, stage_ms
 
 
 def photo_demo(out: Path) -> None:

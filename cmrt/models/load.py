@@ -25,6 +25,10 @@ DEFAULT_MODEL = ASSETS / "digits16_cm.safetensors"
 DEFAULT_DECODER = ASSETS / "digits_decoder.safetensors"  # with digits_encoder.safetensors (cmrt.train.autoencoder)
 COLOR_MODEL = ASSETS / "digits_color16_cm.safetensors"  # RGB class-conditional digits CM (colorization demo)
 PHOTOS_DECODER = ASSETS / "photos_decoder.safetensors"  # natural images; with photos_autoencoder.safetensors
+#: The text-to-image LCM trained here (a diffusers LatentConsistencyModelPipeline folder) and the
+#: consistency decoder trained on its VAE's latents (``cmrt.train.t2i``, docs/training.md).
+T2I_MODEL = ASSETS / "digits_text_lcm"
+T2I_DECODER = ASSETS / "digits_text_decoder.safetensors"
 SPEC_KEY = "cmrt.spec"
 FORMAT_KEY = "cmrt.format"
 CHECKPOINT_FORMAT = "cmrt-checkpoint-v1"

@@ -190,8 +190,34 @@ def _read_autoencoder(path: str | Path) -> tuple[EncoderConfig, dict[str, torch.
     return EncoderConfig(**cfg), load_file(str(path)), meta
 
 
-def load_encoder(path: str | Path) -> Encoder:
-    """Read an encoder written by ``save_encoder`` (``cmrt train-autoencoder``)."""
+class KLEncoder(nn.Module):
+    """A diffusers ``AutoencoderKL``'s encoder as the decoder contract's encoder: image → the
+    *normalized* latent of its posterior mean (so that ``encode`` hands out the unscaled mean)."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return S.normalize_latents(self.vae.encode(x).latent_dist.mean)
+
+
+def load_kl_encoder(path: str | Path) -> KLEncoder:
+    """An ``AutoencoderKL`` folder (or a ``cmrt train vae`` run) as a ``KLEncoder``."""
+    from diffusers import AutoencoderKL
+
+    p = Path(path)
+    folder = p / "diffusers" if (p / "diffusers" / "config.json").is_file() else p
+    if not (folder / "config.json").is_file():
+        raise SourceError(f"encoder {path}: not an AutoencoderKL folder or `cmrt train vae` run (no config.json)")
+    return KLEncoder(AutoencoderKL.from_pretrained(str(folder))).eval().requires_grad_(False)
+
+
+def load_encoder(path: str | Path) -> Encoder | KLEncoder:
+    """Read an encoder written by ``save_encoder`` (``cmrt train-autoencoder``), or a diffusers
+    ``AutoencoderKL`` folder / ``cmrt train vae`` run (``load_kl_encoder``)."""
+    if Path(path).is_dir():
+        return load_kl_encoder(path)
     cfg, tensors, _ = _read_autoencoder(path)
     encoder = Encoder(cfg)
     encoder.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(PIXEL_DECODER_PREFIX)}, strict=True)

@@ -12,6 +12,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from .._args import float_list, int_list
+from ..errors import ConfigError
 from .data import NAMED_SETS, TOY_SETS
 from .models import DEFAULT_DISTANCE, METHODS, TrainConfig
 
@@ -20,6 +21,9 @@ TRAIN_EXAMPLES = """examples:
   cmrt train cd --data digits --teacher runs/teacher --init runs/teacher --out runs/cd
   cmrt train ct --data moons --out runs/moons --max-steps 2000
   torchrun --nproc_per_node 2 -m cmrt.cli train ct --data digits --out runs/ct   (DDP)
+  cmrt train vae --data digits-text --out runs/vae
+  cmrt train ldm --data digits-text --vae runs/vae --out runs/ldm
+  cmrt train lcm --data digits-text --teacher runs/ldm --out runs/lcm     (--lora-rank 8: LCM-LoRA)
 """
 SKIP = {"method", "out", "data", "max_steps"}  # options of their own in _train_args
 
@@ -45,11 +49,21 @@ OPTION_HELP = {
     "init": "initialize the network from this run's EMA weights (e.g. the EDM teacher's)",
     "ct_s0": "ct, decoder: iCT's discretization curriculum starts at N = s0 + 1 ...",
     "ct_s1": "... and doubles over the run up to N = s1 + 1",
-    "teacher": "cd (required): the EDM teacher's run folder (trained with 'cmrt train edm')",
+    "teacher": "cd, lcm (required): the teacher's run folder (cd: 'cmrt train edm'; lcm: 'cmrt train ldm')",
     "cd_grid": "cd: the points N of the Karras grid that adjacent σ pairs are drawn from",
     "target_ema": "cd: EMA decay of the target network θ⁻",
     "encoder": "decoder (required): the frozen encoder file (trained with 'cmrt train-autoencoder')",
     "denoise_weight": "decoder: weight of the term that pulls the one-step output towards the clean image",
+    "vae": "ldm (required): the AutoencoderKL run folder (trained with 'cmrt train vae')",
+    "kl_weight": "vae: weight of the KL term beside the reconstruction MSE",
+    "text_width": "ldm: the CLIP text encoder's hidden size (trained with the UNet)",
+    "text_layers": "ldm: the text encoder's transformer layers",
+    "cond_dropout": "ldm: probability of an empty caption (classifier-free guidance)",
+    "guidance_min": "lcm: guidance scales ω + 1 are drawn uniformly from [--guidance-min, --guidance-max]",
+    "guidance_max": "lcm: the upper end of that range",
+    "lcm_skip": "lcm: the skipping step k; the teacher's DDIM solver steps from t to t − k on the 1000-step schedule",
+    "time_cond_dim": "lcm: size of the guidance-scale embedding (the UNet's time_cond_proj_dim)",
+    "lora_rank": "lcm: > 0 learns an LCM-LoRA of this rank on the teacher's UNet instead of a full student",
     "mlp_width": "2-D toys: the MLP's hidden width",
     "log_every": "append a line to the run's metrics.jsonl every this many steps",
     "ckpt_every": "write a checkpoint (weights, EMA, optimizer and generator states) every this many steps",
@@ -107,7 +121,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     if not issubclass(p.formatter_class, argparse.RawDescriptionHelpFormatter):
         p.formatter_class = argparse.RawDescriptionHelpFormatter  # the examples' lines as written
     p.add_argument("method", choices=METHODS, help="edm (the diffusion teacher), ct (consistency training), cd "
-                   "(consistency distillation from --teacher), decoder (a consistency decoder on --encoder's latents)")
+                   "(consistency distillation from --teacher), decoder (a consistency decoder on --encoder's latents); "
+                   "text to image on digits-text: vae (an AutoencoderKL), ldm (a text-conditioned latent diffusion "
+                   "teacher), lcm (latent consistency distillation of --teacher; --lora-rank R: LCM-LoRA)")
     p.add_argument("--data", default=None, metavar="DATA", help=f"{DATA_HELP} (default: {d.data})")
     p.add_argument("--out", default=None, metavar="DIR", help=f"the run folder (default: ./{d.out})")
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
@@ -125,10 +141,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def _train_run(a: argparse.Namespace) -> int:
     from .loop import train
+    from .models import T2I_METHODS
 
     overrides = {f.name: getattr(a, f.name, None) for f in fields(TrainConfig)}
     overrides["method"] = a.method
     cfg = TrainConfig.from_sources(a.config, overrides)
+    if cfg.method in T2I_METHODS:
+        from .t2i import train_t2i as train
     out = train(cfg, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
     print(f"wrote {out}")
     return 0
@@ -180,12 +199,30 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="score zero-shot editing instead of sampling: inpaint (25%% box) and superres (from 4×4) on "
                         "digits, with baselines; colorize on held-out digits-color (RGB models). SOURCE: a model "
                         "source or an editing bundle of that task")
+    t2i = p.add_argument_group("text to image (SOURCE: a diffusers folder or a `cmrt train ldm/lcm` run)")
+    t2i.add_argument("--guidance", type=float_list, default=None, metavar="G,G,..",
+                     help="guidance scales to score (default: 1,2,4,8); text-to-image sources only")
+    t2i.add_argument("--lora", type=Path, default=None, metavar="FILE",
+                     help="score a teacher folder with this LCM-LoRA and LCM's scheduler (default: the teacher "
+                          "itself, DDIM with classifier-free guidance)")
+    t2i.add_argument("--teacher-steps", type=int, default=None, metavar="N",
+                     help="the teacher's DDIM steps (default: 25)")
 
 
 def _eval_run(a: argparse.Namespace) -> int:
     from .eval import evaluate
 
-    if a.task is not None:
+    from .t2i_eval import TEACHER_STEPS, evaluate_t2i, is_t2i_source
+
+    if is_t2i_source(a.source):
+        if a.task or a.sigmas:
+            raise ConfigError("--task and --sigmas do not apply to a text-to-image source")
+        report = evaluate_t2i(a.source, steps=a.steps, guidance=a.guidance or [1.0, 2.0, 4.0, 8.0], lora=a.lora,
+                              teacher_steps=a.teacher_steps or TEACHER_STEPS, seed=a.seed, grid=a.grid)
+    elif a.guidance or a.lora or a.teacher_steps:
+        raise ConfigError(f"--guidance, --lora and --teacher-steps apply to text-to-image sources; {a.source} is not "
+                          "a diffusers folder or a `cmrt train ldm/lcm` run")
+    elif a.task is not None:
         from .eval_edit import evaluate_edit
 
         report = evaluate_edit(a.source, a.task, steps=a.steps, seed=a.seed)

@@ -22,7 +22,7 @@ COLOR_SIZE = 32  # digits-color: RGB digits for decoder runs
 COLOR_COPIES = 4  # colorings per digit
 COLOR_MIN_CONTRAST = 0.35
 HELD_OUT_FRACTION = 0.1  # the last 10% of the digits are held out of decoder training
-NAMED_SETS = ("digits", "digits-color", "photos")  # the named image sets of ``--data``
+NAMED_SETS = ("digits", "digits-color", "digits-text", "photos")  # the named image sets of ``--data``
 TOY_SETS = ("moons", "circles", "blobs", "swissroll")
 TOY_SIZE = 8192  # points drawn for a 2-D toy set
 TOY_NOISE = 0.05
@@ -76,19 +76,26 @@ def load_digits(size: int = 16) -> Dataset:
     return Dataset(f"digits{size}", "image", upscale_digits(images, size), torch.from_numpy(labels), DIGITS_CLASSES)
 
 
+def paint(images01: np.ndarray | torch.Tensor, fg: np.ndarray, bg: np.ndarray, size: int = COLOR_SIZE) -> torch.Tensor:
+    """(N, 8, 8) digits in [0, 1], bilinearly upscaled to ``size`` and painted bg·(1 − m) + fg·m with
+    (N, 3) colours in [0, 1]; (N, 3, size, size) in [-1, 1]."""
+    m = F.interpolate(torch.as_tensor(images01, dtype=torch.float32)[:, None], size=(size, size), mode="bilinear",
+                      align_corners=False).clamp(0, 1)
+    fg_t = torch.tensor(np.asarray(fg), dtype=torch.float32)[:, :, None, None]
+    bg_t = torch.tensor(np.asarray(bg), dtype=torch.float32)[:, :, None, None]
+    return (bg_t * (1 - m) + fg_t * m) * 2.0 - 1.0
+
+
 def colorize(images01: np.ndarray, copies: int, seed: int, size: int = COLOR_SIZE) -> torch.Tensor:
     """RGB digits: each 8×8 digit bilinearly upscaled and painted ``copies`` times with random
     foreground/background colours (at least ``COLOR_MIN_CONTRAST`` apart); (N·copies, 3, size, size) in [-1, 1]."""
     rng = np.random.default_rng(seed)
-    m = F.interpolate(torch.as_tensor(images01)[:, None], size=(size, size), mode="bilinear", align_corners=False)
-    m = m.clamp(0, 1).repeat(copies, 1, 1, 1)
-    n = m.shape[0]
+    images01 = np.tile(np.asarray(images01), (copies, 1, 1))
+    n = images01.shape[0]
     fg, bg = rng.uniform(0, 1, (n, 3)), rng.uniform(0, 1, (n, 3))
     flip = np.abs(fg - bg).max(1) < COLOR_MIN_CONTRAST
     fg[flip] = 1.0 - bg[flip]
-    fg_t = torch.tensor(fg, dtype=torch.float32)[:, :, None, None]
-    bg_t = torch.tensor(bg, dtype=torch.float32)[:, :, None, None]
-    return (bg_t * (1 - m) + fg_t * m) * 2.0 - 1.0
+    return paint(images01, fg, bg, size)
 
 
 def load_digits_color(split: str = "train", copies: int = COLOR_COPIES, seed: int = 0,

@@ -391,7 +391,7 @@ def evaluate_points(source: str, data: str, steps: list[int], seed: int) -> Eval
 def _encoder_path(run) -> Path:
     """The run's encoder; a bundled decoder names its encoder file beside it."""
     p = Path(run.config.encoder)
-    return p if p.is_file() else run.path.parent / p.name
+    return p if p.exists() else run.path.parent / p.name
 
 
 def evaluate_decoder(source: str, steps: list[int], seed: int, grid: Path | None = None) -> EvalReport:
@@ -403,7 +403,12 @@ def evaluate_decoder(source: str, steps: list[int], seed: int, grid: Path | None
     run = load_run(source)
     if run.config.data == "photos":
         return evaluate_photo_decoder(run, steps, seed, grid)
-    test = load_digits_color("test", copies=1).x
+    if run.config.data == "digits-text":
+        from .captions import load_captioned
+
+        test = load_captioned("test", copies=1).x
+    else:
+        test = load_digits_color("test", copies=1).x
     latents = encode(load_encoder(_encoder_path(run)), test)
     den = configure(run.config).denoiser(run.ema, run.spec)
     ref_sharp = float(sharpness(test).mean())

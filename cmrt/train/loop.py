@@ -22,10 +22,10 @@ from .._io import sha256_tensors, write_json_atomic
 from ..errors import ConfigError
 from ..samplers import decoder_condition
 from . import runs as R
-from .data import Dataset, load_data
+from .data import COLOR_SIZE, Dataset, load_data
 from .ema import update_ema
 from .methods import Batch, Networks, configure
-from .models import TrainConfig, build_backbone, model_spec
+from .models import T2I_METHODS, TrainConfig, build_backbone, model_spec
 from .photos import CropSet
 
 EMA_WARMUP = 10.0  # EMA decay ramps as (1 + k)/(EMA_WARMUP + k) early on
@@ -67,7 +67,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: Dataset | None = None, env: Dist | None = None) -> None:
         self.cfg, self.env = cfg, env or Dist()
         self.method = configure(cfg)
-        self.data = data or load_data(cfg.data, size=cfg.image_size, channels=cfg.channels, kind=self.method.kind)
+        self.data = data or _load(cfg, self.method.kind)
         self.out = Path(cfg.out)
         image = self.data.kind == "image"
         self.crops = isinstance(self.data, CropSet)  # photos: random crops drawn per batch
@@ -154,9 +154,7 @@ class Trainer:
         path = R.latest_checkpoint(self.out)
         if path is None:
             return None
-        run = R.load_run(path)
-        self.backbone.load_state_dict(run.backbone.state_dict())
-        self.ema.load_state_dict(run.ema.state_dict())
+        self.load_weights(path)
         state = R.load_trainer_state(R.trainer_state_path(path))
         self.opt.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])
@@ -164,6 +162,12 @@ class Trainer:
         self.method.load_state(self.nets.target, state)
         self.step = int(state["step"])
         return path
+
+    def load_weights(self, path: Path) -> None:
+        """The raw and EMA weights of checkpoint ``path`` into ``backbone`` and ``ema``."""
+        run = R.load_run(path)
+        self.backbone.load_state_dict(run.backbone.state_dict())
+        self.ema.load_state_dict(run.ema.state_dict())
 
     def finish(self) -> Path:
         """The final checkpoint, also as ``model.safetensors`` (what ``load_model(run)`` and export read)."""
@@ -175,13 +179,22 @@ class Trainer:
         return final
 
 
+def _load(cfg: TrainConfig, kind: str):
+    """``--data``: ``digits-text`` (the captioned digits' renders, labelled by digit) or ``data.load_data``'s sets."""
+    if cfg.data == "digits-text":
+        from .captions import as_dataset
+
+        return as_dataset("train", size=cfg.image_size if kind == "sampler" else COLOR_SIZE)
+    return load_data(cfg.data, size=cfg.image_size, channels=cfg.channels, kind=kind)
+
+
 def _log(out: Path, record: dict) -> None:
     with open(out / R.METRICS, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, data: Dataset | None = None,
-          progress: bool = True) -> Path:
+          progress: bool = True, trainer_cls: type[Trainer] | None = None) -> Path:
     """Train ``cfg`` to ``cfg.max_steps``; returns the run folder. Runs under torchrun use DDP.
 
     Args:
@@ -191,6 +204,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, da
             Without ``resume`` or ``overwrite``, a folder that holds a run is refused (``OutputExistsError``).
         data: the data set (default: ``cfg.data``).
         progress: show a progress bar.
+        trainer_cls: the trainer (default: ``Trainer``; the text-to-image methods pass
+            ``t2i.T2ITrainer`` through ``t2i.train_t2i``).
     """
     from tqdm import tqdm
 
@@ -200,7 +215,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, da
     R.check_out(Path(cfg.out), resume=resume, overwrite=overwrite)
     if env.world > 1:
         dist.barrier()  # every rank has looked at the run folder before rank 0 changes it
-    trainer = Trainer(cfg, data, env)
+    if trainer_cls is None and cfg.method in T2I_METHODS:
+        raise ConfigError(f"the {cfg.method} method trains with cmrt.train.t2i.train_t2i (`cmrt train {cfg.method}`)")
+    trainer = (trainer_cls or Trainer)(cfg, data, env)
     out = trainer.out
     if env.main:
         if overwrite:

@@ -18,8 +18,11 @@ from ..errors import ConfigError
 from ..models.spec import ModelSpec
 from ..models.unet import UNet, UNetConfig, timestep_embedding
 
-METHODS = ("edm", "ct", "cd", "decoder")
-DEFAULT_DISTANCE = {"edm": "l2", "ct": "pseudo_huber", "cd": "l2", "decoder": "pseudo_huber"}
+METHODS = ("edm", "ct", "cd", "decoder", "vae", "ldm", "lcm")
+#: The text-to-image methods (``cmrt.train.t2i``): diffusers models on ``--data digits-text``.
+T2I_METHODS = ("vae", "ldm", "lcm")
+DEFAULT_DISTANCE = {"edm": "l2", "ct": "pseudo_huber", "cd": "l2", "decoder": "pseudo_huber", "vae": "l2", "ldm": "l2",
+                    "lcm": "pseudo_huber"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,16 @@ class TrainConfig:
     target_ema: float = 0.95  # cd: the EMA of the target network θ⁻
     encoder: str = ""  # decoder: the frozen encoder (cmrt autoencoder file)
     denoise_weight: float = 0.25  # decoder: weight of the x0 anchor term
+    vae: str = ""  # ldm: the AutoencoderKL run (``cmrt train vae``)
+    kl_weight: float = 1e-6  # vae: weight of the KL term
+    text_width: int = 64  # ldm: the CLIP text encoder's hidden size
+    text_layers: int = 2  # ldm: its transformer layers
+    cond_dropout: float = 0.1  # ldm: caption dropout (classifier-free guidance)
+    guidance_min: float = 1.0  # lcm: guidance scales ω + 1 drawn uniformly from [min, max]
+    guidance_max: float = 8.0
+    lcm_skip: int = 20  # lcm: the skipping step k on the 1000-step schedule (DDIM solver on 1000/k steps)
+    time_cond_dim: int = 64  # lcm: the w-embedding size (``time_cond_proj_dim``)
+    lora_rank: int = 0  # lcm: > 0 learns LCM-LoRA of this rank instead of a full student
     mlp_width: int = 128  # 2-D toys
     log_every: int = 50
     ckpt_every: int = 1000
@@ -65,6 +78,15 @@ class TrainConfig:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.method == "cd" and not self.teacher:
             raise ConfigError("cmrt train cd needs --teacher RUN (an EDM teacher trained with `cmrt train edm`)")
+        if self.method in ("ldm",) and not self.vae:
+            raise ConfigError("cmrt train ldm needs --vae RUN (an autoencoder trained with `cmrt train vae`)")
+        if self.method == "lcm" and not self.teacher:
+            raise ConfigError("cmrt train lcm needs --teacher RUN (a teacher trained with `cmrt train ldm`)")
+        if self.method == "lcm" and not 1.0 <= self.guidance_min <= self.guidance_max:
+            raise ConfigError(f"--guidance-min/--guidance-max must satisfy 1 ≤ min ≤ max, got {self.guidance_min}, "
+                              f"{self.guidance_max}")
+        if self.method == "lcm" and (self.lcm_skip < 1 or 1000 % self.lcm_skip or self.lora_rank < 0):
+            raise ConfigError(f"--lcm-skip must divide 1000 and --lora-rank be ≥ 0, got {self.lcm_skip}, {self.lora_rank}")
         if self.method == "decoder" and not self.encoder:
             raise ConfigError("cmrt train decoder needs --encoder FILE (train one with `cmrt train-autoencoder`)")
         if self.max_steps < 1 or self.batch_size < 1:
@@ -82,11 +104,12 @@ class TrainConfig:
             raise ConfigError(f"--widths must be positive integers, got {widths!r}")
         if self.norm_groups < 1 or any(w % self.norm_groups for w in self.widths):
             raise ConfigError(f"--widths {widths}: every width must be divisible by --norm-groups {self.norm_groups}")
-        if self.method != "decoder" and len(self.attention) != len(self.widths):
+        flags = self.method not in ("decoder", "vae")
+        if flags and len(self.attention) != len(self.widths):
             raise ConfigError(f"--attention needs one flag per --widths level ({len(self.widths)}), got "
                               f"{len(self.attention)}")
         bad = [w for w, a in zip(self.widths, self.attention) if a and w % self.head_dim]
-        if self.method != "decoder" and (bad or self.widths[-1] % self.head_dim):
+        if flags and (bad or self.widths[-1] % self.head_dim):
             raise ConfigError(f"--widths {widths}: attention widths must be multiples of --head-dim {self.head_dim}")
         if self.layers_per_block < 1 or self.image_size < 1 or self.channels < 1:
             raise ConfigError("--layers-per-block, --image-size and --channels must be ≥ 1")
