@@ -162,6 +162,7 @@ def fuse_lora(pipe, lora: str | Path, scale: float) -> dict:
         except (ValueError, KeyError, RuntimeError) as exc:
             raise ConfigError(f"--lora {path} does not fit this {type(pipe.unet).__name__}: "
                               f"{str(exc).splitlines()[0]}") from None
+    _check_lora_applied(pipe, keys, path)
     pipe.fuse_lora(lora_scale=float(scale))
     pipe.unload_lora_weights()
     return {"file": path.name, "sha256": sha256_file(path), "scale": float(scale), "keys": len(keys)}
@@ -195,21 +196,42 @@ def _check_lora_keys(pipe, keys: list[str], path: Path) -> None:
                           "lcm-lora-sdxl SDXL UNets)")
 
 
+def _check_lora_applied(pipe, keys: list[str], path: Path) -> None:
+    """diffusers' ``load_lora_weights`` can leave out modules without a word (0.42 drops the
+    attention projections of a file saved through ``convert_state_dict_to_diffusers``): every UNet
+    module the file names must now carry the adapter, else the fused UNet is not the LoRA's."""
+    named = {_lora_stem(k) for k in keys if not k.startswith(("text_encoder", "lora_te"))}
+    carried = {n for n, m in pipe.unet.named_modules() if "lcm" in getattr(m, "lora_A", {})}
+    if len(carried) >= len(named):
+        return
+    missed = sorted(named - carried - {n.replace(".", "_") for n in carried})
+    first = f" (first: {missed[0]!r})" if missed else ""
+    raise ConfigError(f"--lora {path}: diffusers' load_lora_weights applied {len(carried)} of the "
+                      f"{len(named)} UNet modules the file names{first}; save the LoRA in PEFT's key "
+                      "layout (get_peft_model_state_dict → save_lora_weights, without "
+                      "convert_state_dict_to_diffusers) or kohya's")
+
+
+def _lora_stem(key: str) -> str:
+    """The module a LoRA key names, as written in the file (prefixes and LoRA suffixes removed)."""
+    stem = key.split(".alpha")[0]
+    for marker in (".lora_A", ".lora_B", ".lora.", ".lora_down", ".lora_up", ".lora_linear_layer"):
+        stem = stem.split(marker)[0]
+    stem = stem.removeprefix("unet.").removeprefix("lora_unet_")
+    if ".processor." in stem:
+        module, attr = stem.split(".processor.", 1)
+        stem = f"{module}.{_PROCESSOR_NAMES.get(attr.split('.')[0], attr)}"
+    return stem
+
+
 _PROCESSOR_NAMES = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out.0"}
 
 
 def _unet_module(key: str, modules: set[str], kohya: set[str]) -> bool:
-    stem = key.split(".alpha")[0]
-    for marker in (".lora_A", ".lora_B", ".lora.", ".lora_down", ".lora_up", ".lora_linear_layer"):
-        stem = stem.split(marker)[0]
-    if stem.startswith("lora_unet_"):
-        name = stem[len("lora_unet_"):]
+    stem = _lora_stem(key)
+    if key.startswith("lora_unet_"):
         # SD's original block names (input_blocks_…): diffusers converts them; diffusers' names must match
-        return name in kohya or name.startswith(("input_blocks", "middle_block", "output_blocks"))
-    stem = stem.removeprefix("unet.")
-    if ".processor." in stem:
-        module, attr = stem.split(".processor.", 1)
-        stem = f"{module}.{_PROCESSOR_NAMES.get(attr.split('.')[0], attr)}"
+        return stem in kohya or stem.startswith(("input_blocks", "middle_block", "output_blocks"))
     return stem in modules
 
 

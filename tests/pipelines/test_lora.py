@@ -100,3 +100,16 @@ def test_lora_key_layouts_diffusers_reads(sd_folder):
            "lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight", "something_else.weight"]
     assert all(_unet_module(k, modules, kohya) for k in good)
     assert not any(_unet_module(k, modules, kohya) for k in bad)
+
+
+def test_lora_modules_diffusers_leaves_out_are_refused(sd_folder, tmp_path):
+    """A file diffusers' load_lora_weights only partly applies (the ``convert_state_dict_to_diffusers``
+    layout: 0.42 leaves out its attention projections without a word) is refused, not half-fused."""
+    from tiny import save_lcm_lora
+
+    from cmrt.exporter.pipeline import export_pipeline
+
+    lora = save_lcm_lora(sd_folder, tmp_path / "converted", converted=True)
+    with pytest.raises(ConfigError, match=r"applied \d+ of the \d+ UNet modules .*first: '.*attn"):
+        export_pipeline(sd_folder, out=tmp_path / "b", lora=lora)
+    assert not (tmp_path / "b").exists()

@@ -97,10 +97,13 @@ def save_sd_folder(out: Path, *, lcm: bool = True, seed: int = 0) -> Path:
     return out
 
 
-def save_lcm_lora(folder: Path, out: Path, *, rank: int = 4, seed: int = 2, std: float = 0.2) -> Path:
-    """A random LoRA for the UNet of ``folder`` in diffusers' key layout (``save_lora_weights``:
-    ``unet.<module>.lora.down/up.weight``, as the published LCM-LoRAs load), on the attention
-    projections as LCM-LoRA's training script targets them. Returns the .safetensors file."""
+def save_lcm_lora(folder: Path, out: Path, *, rank: int = 4, seed: int = 2, std: float = 0.2,
+                  converted: bool = False) -> Path:
+    """A random LoRA for the UNet of ``folder``, saved by ``save_lora_weights`` in PEFT's key layout
+    (``unet.<module>.lora_A/lora_B.weight``, as cmrt's ``train lcm --lora-rank`` writes it), on
+    the modules LCM-LoRA's training script targets. ``converted``: through
+    ``convert_state_dict_to_diffusers`` first (``.lora.down/up``), a layout whose attention
+    projections diffusers 0.42's ``load_lora_weights`` silently leaves out. Returns the file."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
@@ -115,7 +118,9 @@ def save_lcm_lora(folder: Path, out: Path, *, rank: int = 4, seed: int = 2, std:
         for name, p in unet.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, std)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    layers = get_peft_model_state_dict(unet)
+    if converted:
+        layers = convert_state_dict_to_diffusers(layers)
     out.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers, safe_serialization=True)
     return out / "pytorch_lora_weights.safetensors"
