@@ -239,7 +239,7 @@ def _export_run(a: argparse.Namespace) -> int:
 def _check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle folder (or a graph/engine inside it)")
     p.add_argument("--backend", default=None, help="onnxruntime, onnxruntime-cpu, onnxruntime-cuda, tensorrt, "
-                   "openvino, openvino-bf16, openvino-f32 (default: the bundle's default choice, printed)")
+                   "openvino, openvino-bf16, openvino-f32, openvino-int8 (default: the bundle's default choice, printed)")
 
 
 def _check_run(a: argparse.Namespace) -> int:
@@ -253,7 +253,7 @@ def _check_run(a: argparse.Namespace) -> int:
 
 #: ``--backend``: what the runners choose when it is not given.
 BACKEND_HELP = ("backend name (default: the fastest backend whose recorded parity passed on a CPU like this one, "
-                "else onnxruntime)")
+                "else onnxruntime; openvino-int8, the INT8 model of `cmrt export --int8`, only when named)")
 
 
 # --- sample ------------------------------------------------------------------------------------

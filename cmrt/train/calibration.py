@@ -49,10 +49,7 @@ def decoder_latents(source: str | Path, *, images: int = IMAGES, crop: int = CRO
         raise ConfigError(f"--int8 on {source}: not a decoder with an encoder; pass --int8-latents FILE.npy")
     g = torch.Generator().manual_seed(seed)
     if cfg.data == "photos":
-        from .photos import load_photos
-
-        crops = load_photos(crop)
-        x = crops.take(crops.draw(images, g))
+        x = photo_crops(images, crop, g)
     elif cfg.data == "digits-color":
         from .data import load_digits_color
 
@@ -64,4 +61,22 @@ def decoder_latents(source: str | Path, *, images: int = IMAGES, crop: int = CRO
     return encode(load_encoder(encoder_path(source, cfg.encoder)), x).numpy()
 
 
-__all__ = ["decoder_latents"]
+def photo_crops(images: int, crop: int, g: torch.Generator) -> torch.Tensor:
+    """``images`` random ``crop``×``crop`` crops of the training photographs, in [-1, 1]."""
+    from .photos import load_photos
+
+    crops = load_photos(crop)
+    return crops.take(crops.draw(images, g))
+
+
+def photo_latents(*, images: int = IMAGES, crop: int = CROP, seed: int = SEED) -> np.ndarray:
+    """Training photographs' crops encoded by the natural-image autoencoder: real SD-convention
+    latents for calibrating a decoder that has no encoder of its own (benchmarks' random-weight
+    decoders)."""
+    from .autoencoder import PHOTOS_AUTOENCODER, encode, load_encoder
+
+    x = photo_crops(images, crop, torch.Generator().manual_seed(seed))
+    return encode(load_encoder(PHOTOS_AUTOENCODER), x).numpy()
+
+
+__all__ = ["decoder_latents", "photo_latents"]
