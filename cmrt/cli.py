@@ -239,7 +239,8 @@ def _export_run(a: argparse.Namespace) -> int:
 def _check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle folder (or a graph/engine inside it)")
     p.add_argument("--backend", default=None, help="onnxruntime, onnxruntime-cpu, onnxruntime-cuda, tensorrt, "
-                   "openvino, openvino-bf16, openvino-f32, openvino-int8 (default: the bundle's default choice, printed)")
+                   "openvino, openvino-bf16, openvino-f32, openvino-int8 (default: the bundle's default choice, "
+                   "printed)")
 
 
 def _check_run(a: argparse.Namespace) -> int:

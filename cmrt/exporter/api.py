@@ -16,7 +16,7 @@ from .._io import staged_dir
 from ..bundle import (DEFAULT_TASKS, GRAPH_FILES, OUTPUT_NAME, PARITY, VALUE_RANGE, Bundle, FileRecord, GraphRecord,
                       ImageSpec, LatentSpec, Manifest, ModelInfo, NormStatsRecord, ParityRecord, Schedule, SourceInfo,
                       Task, Versions, save_parity)
-from ..errors import ConfigError, require
+from ..errors import ConfigError
 from ..models.denoisers import build_denoiser
 from ..models.load import LoadedModel
 from ..models.sources import load_model, refuse_options
@@ -28,7 +28,7 @@ from ..runtime.tiled.options import DEFAULT_STATS_FACTOR
 from ..editing import EDIT_TASKS, RGB
 from ..samplers import UnrolledConsistencySampler, UnrolledDecoderSampler, UnrolledEditor
 from .inputs import parity_inputs
-from .int8 import add_int8, check_int8
+from .int8 import add_int8, int8_request
 from .onnx import OPSET, GraphExport, describe_io, dynamic_shapes, export_graph, graph_files
 
 PRECISIONS = ("fp32", "fp16")
@@ -219,17 +219,7 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
     model = _model(source, model, arch=arch, image_size=image_size, trust=trust, embedding=embedding)
     job = resolve_task(model.spec, task, factor)
     _check_tile_stats(tile_stats, model.spec)
-    kind = "editor" if job.name in EDIT_TASKS else model.spec.kind
-    check_int8(int8, kind, job.name, None if callable(int8_latents) else int8_latents)
-    if callable(int8_latents):  # drawn only for a decoder
-        int8_latents = int8_latents() if int8 and kind == "decoder" else None
-    if int8 and kind == "decoder" and int8_latents is None:
-        raise ConfigError("int8=True on a decoder needs int8_latents=: real encoded images' latents (N, 4, h, w) "
-                          "to calibrate on, e.g. cmrt.train.calibration.decoder_latents(source); `cmrt export "
-                          "--int8` encodes the source's own training images")
-    if int8:
-        require("nncf", "openvino", "INT8 export (--int8)")
-        require("openvino", "openvino", "INT8 export (--int8)")
+    int8_latents = int8_request(int8, "editor" if job.name in EDIT_TASKS else model.spec.kind, job.name, int8_latents)
     schedule = resolve_schedule(model.spec, steps, sigmas, timesteps, grid, task=task)
     schedule = _with_clip(schedule, model.spec.clip if clip is None else bool(clip))
     sampler = build_unrolled(model, schedule, job)

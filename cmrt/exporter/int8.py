@@ -106,6 +106,25 @@ def check_int8(int8: bool, kind: str, task: str, latents: Any = None) -> None:
                           "--int8 and a decoder source")
 
 
+def int8_request(int8: bool, kind: str, task: str, latents: Any = None) -> np.ndarray | None:
+    """``export(int8=..., int8_latents=...)`` checked before anything is exported: the kind applies,
+    a decoder has real latents (a callable is drawn here, for decoders only), OpenVINO and NNCF are
+    installed. Returns the decoder's calibration latents (None otherwise)."""
+    check_int8(int8, kind, task, None if callable(latents) else latents)
+    if not int8:
+        return None
+    require("nncf", "openvino", "INT8 export (--int8)")
+    require("openvino", "openvino", "INT8 export (--int8)")
+    if kind != "decoder":
+        return None
+    latents = latents() if callable(latents) else latents
+    if latents is None:
+        raise ConfigError("int8=True on a decoder needs int8_latents=: real encoded images' latents (N, 4, h, w) "
+                          "to calibrate on, e.g. cmrt.train.calibration.decoder_latents(source); `cmrt export "
+                          "--int8` encodes the source's own training images")
+    return checked_latents(latents)
+
+
 def checked_latents(latents: Any) -> np.ndarray:
     """Calibration latents as float32 (N, 4, h, w), N ≥ 1, finite."""
     a = np.asarray(latents, dtype=np.float32)
@@ -146,7 +165,8 @@ def calibration_items(bundle: Bundle, *, latents: np.ndarray | None = None, samp
             if i % 2 == 0:  # real images' latents
                 feeds["latents"] = latents[[(i // 2 * batch + j) % len(latents) for j in range(batch)]]
             else:  # the input contract's latents, as the parity inputs draw them
-                feeds["latents"] = S.denormalize_latents(torch.randn(batch, S.LATENT_CHANNELS, h, w, generator=g)).numpy()
+                normalized = torch.randn(batch, S.LATENT_CHANNELS, h, w, generator=g)
+                feeds["latents"] = S.denormalize_latents(normalized).numpy()
             shape = (batch, m.image.channels, m.latent.upscale * h, m.latent.upscale * w)
         else:
             shape = (batch, m.image.channels, int(m.image.height), int(m.image.width))
@@ -249,4 +269,5 @@ def add_int8(bundle: Bundle, *, latents: Any = None, samples: int = CALIBRATION_
     return Int8Result(record, run.report)
 
 
-__all__ = ["add_int8", "calibration_items", "quantize", "check_int8", "summary_line", "Int8Result", "KINDS"]
+__all__ = ["add_int8", "calibration_items", "quantize", "check_int8", "int8_request", "summary_line", "Int8Result",
+           "KINDS"]

@@ -131,9 +131,10 @@ def available() -> bool:
 # --- the backend ------------------------------------------------------------------------------
 class OpenVinoBackend:
     """A graph compiled by OpenVINO for the CPU. ``precision``: "bf16" or "fp32" (the precision
-    hint), or "int8" (``graph`` is an INT8 model, its float remainder in FP32); ``threads``: inference threads (None: ``$CMRT_THREADS`` when set, else OpenVINO's
-    latency default, one per physical core, as ONNX Runtime's); ``cache``: keep the compiled model in ``cache_dir()`` so a second
-    process loads it instead of compiling; ``output``: the graph output ``run`` returns.
+    hint), or "int8" (``graph`` is an INT8 model, its float remainder in FP32); ``threads``:
+    inference threads (None: ``$CMRT_THREADS`` when set, else OpenVINO's latency default, one per
+    physical core, as ONNX Runtime's); ``cache``: keep the compiled model in ``cache_dir()`` so a
+    second process loads it instead of compiling; ``output``: the graph output ``run`` returns.
 
     Thread-safe: each call takes an infer request from a pool (one is made when all are busy) and
     returns it after copying the output out.
@@ -268,7 +269,7 @@ def int8_graph(bundle: Bundle):
                           "`cmrt export ... --int8` (sampler and decoder bundles), or use backend='openvino-bf16'")
     out = record.parity.outputs[0] if record.parity.outputs else None
     figures = "no outputs" if out is None else (
-        f"PSNR {out.psnr if out.psnr is not None else float('inf'):.1f} dB, max abs {out.max_abs} against the "
+        f"PSNR {out.psnr if out.psnr is not None else float('inf'):.1f} dB, max abs {out.max_abs:.3g} against the "
         f"int8 tier's PSNR ≥ {record.parity.min_psnr:g} dB, max abs ≤ {record.parity.max_abs_tolerance:g}")
     raise ConfigError(f"backend 'openvino-int8': {bundle.path} ships no INT8 model: its parity FAILED at export on "
                       f"{record.cpu.model} ({figures}), so none was written; use backend='openvino-bf16' or "
