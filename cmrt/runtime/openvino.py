@@ -173,6 +173,9 @@ class OpenVinoBackend:
             raise BundleError(f"{graph} could not be compiled by OpenVINO ({str(exc).strip().splitlines()[0]}): "
                               "re-export the bundle, or use backend='onnxruntime'") from None
         self.compile_seconds = time.perf_counter() - t0
+        if precision == "int8" and not _quantized(self.compiled):
+            raise ConfigError(f"{graph} holds no quantized operations: precision 'int8' runs an INT8 model "
+                              "(`cmrt export --int8`, model.int8.xml); use precision 'bf16' or 'fp32' for this graph")
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         if output not in self.output_names:
@@ -208,6 +211,14 @@ class OpenVinoBackend:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _quantized(compiled) -> bool:
+    """Whether a compiled model runs quantized operations (its runtime graph names each node's
+    precision; INT8 kernels run in "i8"/"u8")."""
+    runtime = compiled.get_runtime_model()
+    return any(op.get_rt_info().get("runtimePrecision", "").astype(str) in ("i8", "u8")
+               for op in runtime.get_ordered_ops() if "runtimePrecision" in op.get_rt_info())
 
 
 # --- records ------------------------------------------------------------------------------------
@@ -247,7 +258,8 @@ def open_openvino(bundle: Bundle, name: str, *, refuse_failed: bool = True, **op
     if graph is None:
         raise BundleError(f"{bundle.path} has no FP32 graph, which the OpenVINO backend reads: re-export it")
     if bundle.selected is not None and bundle.selected != graph.file:
-        raise ConfigError(f"backend {name!r} runs the graph {graph.file} in {precision}, not "
+        what = "INT8 model" if precision == "int8" else "FP32 graph"
+        raise ConfigError(f"backend {name!r} runs the {what} {graph.file} in {precision}, not "
                           f"{bundle.selected}: open the bundle folder {bundle.path}")
     backend_name = NAMES[precision]
     rec = recorded(bundle, backend_name)
