@@ -216,9 +216,9 @@ class OpenVinoBackend:
 def _quantized(compiled) -> bool:
     """Whether a compiled model runs quantized operations (its runtime graph names each node's
     precision; INT8 kernels run in "i8"/"u8")."""
-    runtime = compiled.get_runtime_model()
-    return any(op.get_rt_info().get("runtimePrecision", "").astype(str) in ("i8", "u8")
-               for op in runtime.get_ordered_ops() if "runtimePrecision" in op.get_rt_info())
+    key = "runtimePrecision"
+    infos = (op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops())
+    return any(key in info and info[key].astype(str) in ("i8", "u8") for info in infos)
 
 
 # --- records ------------------------------------------------------------------------------------
