@@ -369,6 +369,53 @@ def openvino_f32(p: Prepared) -> Call:
     return _openvino(p, "openvino-f32")
 
 
+def openvino_int8(p: Prepared) -> Call:
+    """``cmrt.Decoder``/``Sampler`` on OpenVINO running the INT8 model of ``cmrt export --int8``'s
+    step (NNCF, ``cmrt.exporter.int8``), quantized once into a copy of the case's bundle (decoders
+    calibrated on photos encoded by the natural-image autoencoder); absent where its parity failed."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None:
+        raise Absent("openvino and nncf are not installed (pip install 'cmrt[openvino]')")
+    from dataclasses import replace
+
+    from cmrt.exporter.int8 import summary_line
+
+    bundle = _int8_bundle(p.bundle)
+    if not bundle.manifest.int8.shipped:
+        raise Absent(summary_line(bundle.manifest.int8))
+    return _cmrt_call(replace(p, bundle=bundle), "openvino-int8")
+
+
+#: Calibration calls of the benchmarks' INT8 models (the export's default is 32): the speed does not
+#: depend on it, and the published-size models take minutes per call on a loaded 2-core machine.
+INT8_CALIBRATION_CALLS = 8
+
+
+def _int8_bundle(bundle: Bundle) -> Bundle:
+    """``<bundle>-int8``: a copy of the case's bundle with its INT8 model (made once, kept while the
+    FP32 graph is the same)."""
+    import shutil
+
+    from cmrt.exporter.int8 import add_int8
+
+    folder = bundle.path.with_name(bundle.path.name + "-int8")
+    if (folder / "cmrt.json").is_file():
+        done = Bundle.open(folder)
+        if done.manifest.int8 is not None and done.manifest.int8.source_sha256 == bundle.manifest.graphs["fp32"].sha256:
+            return done
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(bundle.path, folder)
+    copy = Bundle.open(folder)
+    latents = None
+    if copy.manifest.kind == "decoder":
+        from cmrt.train.calibration import photo_latents
+
+        latents = photo_latents()
+    add_int8(copy, latents=latents, samples=INT8_CALIBRATION_CALLS)
+    return Bundle.open(folder)
+
+
 # --- TensorRT --------------------------------------------------------------------------
 def tensorrt(p: Prepared) -> Call:
     """``cmrt.Decoder``/``Sampler`` on a TensorRT engine built from the bundle's FP16 graph."""

@@ -28,12 +28,12 @@ import numpy as np
 
 from benchmarks import measure
 from benchmarks.backends import (diffusers_bf16, diffusers_own, onnxruntime_cpu, onnxruntime_plain, onnxruntime_session,
-                                 openvino_bf16, openvino_f32, pytorch_eager)
+                                 openvino_bf16, openvino_f32, openvino_int8, pytorch_eager)
 from benchmarks.cases import DEFAULT_CACHE, MODELS, Case, case_flops, prepare, weights_digest
 
 BACKENDS = {"diffusers": diffusers_own, "cmrt": onnxruntime_cpu, "session": onnxruntime_session,
             "plain": onnxruntime_plain, "eager": pytorch_eager, "diffusers-bf16": diffusers_bf16,
-            "openvino-bf16": openvino_bf16, "openvino-f32": openvino_f32}
+            "openvino-bf16": openvino_bf16, "openvino-f32": openvino_f32, "openvino-int8": openvino_int8}
 DEFAULT_BACKENDS = "diffusers,cmrt,session,plain"
 WARMUP = 2
 SETTLE_S = 0.05  # pause before each backend's turn: threads the previous one left spinning go idle
@@ -133,7 +133,7 @@ CM_CASES = {"imagenet64": (64, 5), "lsun256": (256, 2)}  # model → (resolution
 CM_BACKENDS = ["diffusers", "cmrt", "eager"]
 SUITE_NAMES = {"diffusers": "diffusers", "cmrt": "onnxruntime-cpu", "session": "onnxruntime-session",
                "plain": "onnxruntime-plain", "eager": "pytorch-eager", "diffusers-bf16": "diffusers-bf16",
-               "openvino-bf16": "openvino-bf16", "openvino-f32": "openvino-f32"}
+               "openvino-bf16": "openvino-bf16", "openvino-f32": "openvino-f32", "openvino-int8": "openvino-int8"}
 
 
 def cm_suite(cache: Path, log=print, *, models: dict[str, tuple[int, int]] | None = None,

@@ -39,14 +39,14 @@ from .errors import BundleError, BundleNotFoundError, IntegrityError
 MANIFEST = "cmrt.json"
 PARITY = "parity.npz"
 FORMAT_VERSION = 2
-GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.xml"}
 OUTPUT_NAME = "images"
 VALUE_RANGE = (-1.0, 1.0)
 KINDS = ("sampler", "decoder", "editor")
 #: What each kind of bundle computes by default; editing bundles name their task (``Task``).
 DEFAULT_TASKS = {"sampler": "sample", "decoder": "decode"}
 #: Manifest sections added within format 2, left out of ``cmrt.json`` when null.
-OPTIONAL_SECTIONS = ("norm_stats", "backends")
+OPTIONAL_SECTIONS = ("norm_stats", "backends", "int8")
 Kind = Literal["sampler", "decoder", "editor"]
 Precision = Literal["fp32", "fp16"]
 
@@ -605,7 +605,9 @@ class Manifest:
         norm_stats: the shared-statistics graphs for tiled decoding, when exported (decoders,
             ``--tile-stats``), else null.
         backends: "backend/CPU class" → a CPU backend's parity on the FP32 graph (``BackendRecord``,
-            e.g. OpenVINO BF16), else null.
+            e.g. OpenVINO BF16), or on the INT8 model for ``openvino-int8``, else null.
+        int8: how the INT8 model (``graphs["int8"]``, OpenVINO IR) was quantized and whether its
+            parity passed at export (``QuantizationRecord``; ``cmrt export --int8``), else null.
         digest: SHA-256 of this manifest's canonical JSON without this field.
     """
 
@@ -628,6 +630,7 @@ class Manifest:
     engines: dict[str, EngineRecord] = field(default_factory=dict)
     norm_stats: NormStatsRecord | None = None
     backends: dict[str, BackendRecord] | None = None
+    int8: QuantizationRecord | None = None
     format_version: int = FORMAT_VERSION
     digest: str = ""
 
@@ -1014,6 +1017,48 @@ class BackendRecord:
     @property
     def passed(self) -> bool:
         return self.result.passed
+
+
+@dataclass(frozen=True)
+class QuantizationRecord:
+    """The INT8 model's making (``cmrt.exporter.int8``): post-training static quantization of the
+    FP32 graph, and its parity at export. Shipped only where that parity passed: a failed one
+    leaves no model (no ``graphs["int8"]``), only this record saying why.
+
+    Attributes:
+        shipped: whether the INT8 model was written (its parity passed the int8 tier).
+        quantizer: the library and its version (e.g. "nncf 3.4.0").
+        method: what ran, on which representation of the graph.
+        source_graph: the FP32 graph quantized.
+        source_sha256: its SHA-256.
+        options: the quantizer's options (preset, model type, bias correction, subset size,
+            ignored scope).
+        calibration: how the calibration inputs were drawn.
+        calibration_samples: calls (batches) the statistics were collected on.
+        calibration_batch: images per call.
+        calibration_seed: the seed of their noise (and labels).
+        quantized_ops: FakeQuantize nodes in the INT8 model.
+        seconds: wall time of the quantization.
+        library_version: OpenVINO's version (the model's runtime and IR writer).
+        cpu: the CPU the export checked it on.
+        parity: the INT8 model on OpenVINO vs the stored PyTorch outputs (the int8 tier).
+    """
+
+    shipped: bool
+    quantizer: str
+    method: str
+    source_graph: str
+    source_sha256: str
+    options: dict[str, Any]
+    calibration: str
+    calibration_samples: int
+    calibration_batch: int
+    calibration_seed: int
+    quantized_ops: int
+    seconds: float
+    library_version: str
+    cpu: Cpu
+    parity: ParityRecord
 
 
 # --- pipeline bundles (text → latents → image) --------------------------------------------

@@ -164,9 +164,38 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                         "model.shared.onnx, model.shared-means.onnx, reading model.onnx's weights) with which a "
                         "tiled decode shares GroupNorm statistics across its tiles "
                         "(Decoder.decode(norm='canvas'|'shared'|'shared-means'))")
+    p.add_argument("--int8", action="store_true",
+                   help="also quantize the sampler or decoder graph to INT8 (NNCF post-training, OpenVINO IR "
+                        "model.int8.xml, backend openvino-int8), shipped only where its parity passes the int8 "
+                        "tier; needs cmrt[openvino]")
+    p.add_argument("--int8-latents", type=Path, default=None, metavar="FILE.npy",
+                   help="decoders with --int8: real encoded images' latents (N, 4, h, w) to calibrate on "
+                        "(default: the source's own training images through its encoder)")
     from .generate import export_options
 
     export_options(p)
+
+
+def _int8_latents(a: argparse.Namespace):
+    """``--int8-latents FILE.npy`` read, else (with ``--int8``) the source's own training images
+    encoded, drawn only if the source turns out to be a decoder (``cmrt.train.calibration``)."""
+    if a.int8_latents is not None:
+        import numpy as np
+
+        from .errors import ConfigError
+
+        try:
+            return np.load(a.int8_latents, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--int8-latents {a.int8_latents}: not a readable .npy array ({exc})") from None
+    if not a.int8:
+        return None
+
+    def encoded():
+        from .train.calibration import decoder_latents
+
+        return decoder_latents(a.model)
+    return encoded
 
 
 def _export_run(a: argparse.Namespace) -> int:
@@ -179,7 +208,8 @@ def _export_run(a: argparse.Namespace) -> int:
     bundle = export(a.model, out=a.out, steps=a.steps, sigmas=a.sigmas, timesteps=a.timesteps, grid=a.grid,
                     clip=a.clip, overwrite=a.overwrite, precision=a.precision, io=a.io, arch=a.arch,
                     image_size=a.image_size, trust=a.trust, embedding=a.embedding, cache=a.cache, task=a.task,
-                    factor=a.factor, tile_stats=a.tile_stats)
+                    factor=a.factor, tile_stats=a.tile_stats, int8=a.int8,
+                    int8_latents=_int8_latents(a))
     m = bundle.manifest
     s = m.schedule
     sched = f"σ {[round(x, 4) for x in s.sigmas]}" if s.sigmas else f"timesteps {list(s.timesteps)}"
@@ -198,6 +228,10 @@ def _export_run(a: argparse.Namespace) -> int:
         print(f"shared GroupNorm statistics: {len(ns.groups)} norms, {sum(ns.groups)} groups "
               f"({ns.stats_graph.file}, {ns.shared_graph.file}, {ns.means_graph.file}); " + ", ".join(
                   f"{k} max abs {r.outputs[0].max_abs:.3g}" for k, r in ns.parity.items()))
+    if m.int8 is not None:
+        from .exporter.int8 import summary_line
+
+        print(summary_line(m.int8))
     return 0
 
 
@@ -206,8 +240,8 @@ def _check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle folder (or a graph/engine inside it), or a pipeline bundle "
                    "folder (every stage is run on its stored inputs)")
     p.add_argument("--backend", default=None, help="onnxruntime, onnxruntime-cpu, onnxruntime-cuda, tensorrt, "
-                   "openvino, openvino-bf16, openvino-f32 (default: the bundle's default choice, per stage for a "
-                   "pipeline bundle, printed); OpenVINO results are recorded in the manifest")
+                   "openvino, openvino-bf16, openvino-f32, openvino-int8 (default: the bundle's default choice, "
+                   "per stage for a pipeline bundle, printed); OpenVINO results are recorded in the manifest")
 
 
 def _check_run(a: argparse.Namespace) -> int:
@@ -226,7 +260,7 @@ def _check_run(a: argparse.Namespace) -> int:
 
 #: ``--backend``: what the runners choose when it is not given.
 BACKEND_HELP = ("backend name (default: the fastest backend whose recorded parity passed on a CPU like this one, "
-                "else onnxruntime)")
+                "else onnxruntime; openvino-int8, the INT8 model of `cmrt export --int8`, only when named)")
 
 
 # --- sample ------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from .errors import ConfigError
 
 #: ``cmrt export`` options that a pipeline folder does not take (they set up other exports).
 _NOT_FOR_PIPELINES = {"sigmas": "--sigmas", "timesteps": "--timesteps", "grid": "--grid", "clip": "--clip/--no-clip",
-                      "factor": "--factor", "arch": "--arch", "image_size": "--image-size"}
+                      "factor": "--factor", "arch": "--arch", "image_size": "--image-size", "int8": "--int8",
+                      "int8_latents": "--int8-latents"}
 
 
 def export_options(p: argparse.ArgumentParser) -> None:

@@ -36,6 +36,8 @@ CASES = [
     (["export", "--io", "fp16", "--out", "{tmp}/x"], "--io fp16"),
     (["export", "--precision", "fp8", "--out", "{tmp}/x"], "--precision"),
     (["export", "--tile-stats", "--out", "{tmp}/x"], "--tile-stats"),  # the default model is no decoder
+    (["export", "--task", "inpaint", "--int8", "--out", "{tmp}/x"], "--int8"),  # editors are not quantized
+    (["export", "--int8", "--int8-latents", "{tmp}/missing.npy", "--out", "{tmp}/x"], "--int8-latents"),
     # export: editing tasks (issue 11; the bundled default model is a 1-channel digits model)
     (["export", "--task", "colorize", "--out", "{tmp}/x"], "--task colorize"),
     (["export", "--task", "paint", "--out", "{tmp}/x"], "--task"),

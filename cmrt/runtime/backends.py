@@ -129,6 +129,9 @@ def _as_graph_dtype(value: np.ndarray, ort_type: str | None) -> np.ndarray:
 def _ort(device: str) -> Callable[[Bundle], Backend]:
     def make(bundle: Bundle) -> Backend:
         graph = bundle.graph_path()
+        if bundle.precision_of(graph) == "int8":
+            raise ConfigError(f"{graph.name} is an OpenVINO INT8 model, which ONNX Runtime does not read: use "
+                              "backend='openvino-int8'")
         return OnnxRuntimeBackend(graph, device=device, precision=bundle.precision_of(graph))
     return make
 
@@ -165,6 +168,7 @@ BACKENDS: dict[str, Callable[[Bundle], Backend]] = {
     "openvino": _openvino("openvino"),
     "openvino-bf16": _openvino("openvino-bf16"),
     "openvino-f32": _openvino("openvino-f32"),
+    "openvino-int8": _openvino("openvino-int8"),  # opt-in: never the default choice
 }
 
 
@@ -172,9 +176,12 @@ def default_backend_name(bundle: Bundle) -> str:
     """TensorRT when the user pointed at an engine, or when the bundle's engine can run here
     (library installed, GPU it was built for); else, on a CPU with native BF16, the fastest CPU
     backend whose recorded parity passed on a CPU of its class (``openvino.default_choice``); else
-    ONNX Runtime."""
+    ONNX Runtime. INT8 is chosen only when the user pointed at the INT8 model."""
     if bundle.selected is not None and bundle.selected.endswith(".plan"):
         return "tensorrt"
+    int8 = bundle.manifest.graphs.get("int8")
+    if int8 is not None and bundle.selected == int8.file:  # pointed at the INT8 model: its only backend
+        return "openvino-int8"
     if bundle.selected is None and bundle.manifest.engines:
         from ..tensorrt import usable
 

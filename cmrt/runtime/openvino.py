@@ -7,6 +7,10 @@ or ``openvino-f32``; ``openvino`` is the precision this bundle's record allows o
 where its BF16 parity passed here, else FP32). The graph's batch and spatial axes stay dynamic,
 so chunked and tiled decodes run the same compiled model at other shapes.
 
+``openvino-int8`` runs the bundle's INT8 model instead (OpenVINO IR, ``graphs["int8"]``, written by
+``cmrt export --int8`` only where its parity passed: ``cmrt.exporter.int8``), the float remainder
+of it in FP32. It is opt-in: never the default choice.
+
 A BF16 result is a property of the CPU's instruction set as much as of the graph, so its parity
 is recorded like a TensorRT engine's: ``cmrt check BUNDLE --backend openvino-bf16`` (and
 ``cmrt export`` on a CPU with native BF16) runs the stored parity inputs and writes a
@@ -39,9 +43,16 @@ from .stored import StoredRun, run_stored_inputs
 from .threads import default_threads
 
 #: backend name → the precision it computes in (None: the bundle's record decides, ``resolve``).
-PRECISIONS: dict[str, str | None] = {"openvino": None, "openvino-bf16": "bf16", "openvino-f32": "fp32"}
-#: cmrt's precision → OpenVINO's ``INFERENCE_PRECISION_HINT``.
-HINTS = {"bf16": "bf16", "fp32": "f32"}
+PRECISIONS: dict[str, str | None] = {"openvino": None, "openvino-bf16": "bf16", "openvino-f32": "fp32",
+                                     "openvino-int8": "int8"}
+#: cmrt's precision → OpenVINO's ``INFERENCE_PRECISION_HINT``. INT8: the INT8 model's quantized
+#: convolutions and matmuls run in INT8 whatever the hint; the rest (normalizations, softmax, the
+#: sampler arithmetic) in FP32, so its error is the quantization's alone.
+HINTS = {"bf16": "bf16", "fp32": "f32", "int8": "f32"}
+#: precision → backend name.
+NAMES = {"bf16": "openvino-bf16", "fp32": "openvino-f32", "int8": "openvino-int8"}
+#: precision → the bundle graph it runs (``Manifest.graphs``).
+GRAPHS = {"bf16": "fp32", "fp32": "fp32", "int8": "int8"}
 CPU_FLAGS_ENV = "CMRT_CPU_FLAGS"
 CACHE_ENV = "CMRT_CACHE_DIR"
 #: The flags the CPU plugin's kernels are chosen by (oneDNN's ISA tiers), as /proc/cpuinfo names them.
@@ -121,9 +132,10 @@ def available() -> bool:
 # --- the backend ------------------------------------------------------------------------------
 class OpenVinoBackend:
     """A graph compiled by OpenVINO for the CPU. ``precision``: "bf16" or "fp32" (the precision
-    hint); ``threads``: inference threads (None: ``$CMRT_THREADS`` when set, else OpenVINO's
-    latency default, one per physical core, as ONNX Runtime's); ``cache``: keep the compiled model in ``cache_dir()`` so a second
-    process loads it instead of compiling; ``output``: the graph output ``run`` returns.
+    hint), or "int8" (``graph`` is an INT8 model, its float remainder in FP32); ``threads``:
+    inference threads (None: ``$CMRT_THREADS`` when set, else OpenVINO's latency default, one per
+    physical core, as ONNX Runtime's); ``cache``: keep the compiled model in ``cache_dir()`` so a
+    second process loads it instead of compiling; ``output``: the graph output ``run`` returns.
 
     Thread-safe: each call takes an infer request from a pool (one is made when all are busy) and
     returns it after copying the output out.
@@ -145,7 +157,7 @@ class OpenVinoBackend:
             raise ConfigError(f"threads must be a positive int or None, got {threads!r}")
         ov = require("openvino", "openvino", "the OpenVINO backend")
         self.graph, self.precision, self.threads, self.output = Path(graph), precision, threads, output
-        self.name = "openvino-bf16" if precision == "bf16" else "openvino-f32"
+        self.name = NAMES[precision]
         self.library_version = ov.get_version()
         self.cache = cache_dir() if cache else None
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
@@ -162,6 +174,9 @@ class OpenVinoBackend:
             raise BundleError(f"{graph} could not be compiled by OpenVINO ({str(exc).strip().splitlines()[0]}): "
                               "re-export the bundle, or use backend='onnxruntime'") from None
         self.compile_seconds = time.perf_counter() - t0
+        if precision == "int8" and not _quantized(self.compiled):
+            raise ConfigError(f"{graph} holds no quantized operations: precision 'int8' runs an INT8 model "
+                              "(`cmrt export --int8`, model.int8.xml); use precision 'bf16' or 'fp32' for this graph")
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         if output not in self.output_names:
@@ -209,6 +224,14 @@ class OpenVinoBackend:
         self.close()
 
 
+def _quantized(compiled) -> bool:
+    """Whether a compiled model runs quantized operations (its runtime graph names each node's
+    precision; INT8 kernels run in "i8"/"u8")."""
+    key = "runtimePrecision"
+    infos = (op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops())
+    return any(key in info and info[key].astype(str) in ("i8", "u8") for info in infos)
+
+
 # --- records ------------------------------------------------------------------------------------
 def record_key(name: str, isa: str) -> str:
     return f"{name}/{isa}"
@@ -227,8 +250,9 @@ def valid_record(records: dict[str, BackendRecord] | None, name: str, graph: Gra
 
 def recorded(bundle: Bundle, name: str, cpu: Cpu | None = None) -> BackendRecord | None:
     """``name``'s record on this bundle for CPUs of ``cpu``'s class (default: this CPU), if it is
-    for the bundle's current FP32 graph."""
-    return valid_record(bundle.manifest.backends, name, bundle.manifest.graphs.get("fp32"), cpu)
+    for the bundle's current graph (the FP32 one; the INT8 model for ``openvino-int8``)."""
+    graph = bundle.manifest.graphs.get(GRAPHS[PRECISIONS.get(name) or "fp32"])
+    return valid_record(bundle.manifest.backends, name, graph, cpu)
 
 
 def precision_for(name: str, records: dict[str, BackendRecord] | None, graph: GraphRecord | None) -> str:
@@ -258,20 +282,40 @@ def refuse_failed_record(name: str, rec: BackendRecord | None, where: str, reche
 
 
 def open_openvino(bundle: Bundle, name: str, *, refuse_failed: bool = True, **options: Any) -> OpenVinoBackend:
-    """Open backend ``name`` on the bundle's FP32 graph. A precision whose recorded parity failed on
-    a CPU of this class is refused (``refuse_failed=False``: ``cmrt check`` re-checking it)."""
+    """Open backend ``name`` on the bundle's FP32 graph (its INT8 model for ``openvino-int8``). A
+    precision whose recorded parity failed on a CPU of this class is refused (``refuse_failed=False``:
+    ``cmrt check`` re-checking it); so is INT8 on a bundle that holds no INT8 model."""
     precision = resolve(bundle, name)
-    graph = bundle.manifest.graphs.get("fp32")
+    graph = int8_graph(bundle) if precision == "int8" else bundle.manifest.graphs.get("fp32")
     if graph is None:
         raise BundleError(f"{bundle.path} has no FP32 graph, which the OpenVINO backend reads: re-export it")
     if bundle.selected is not None and bundle.selected != graph.file:
-        raise ConfigError(f"backend {name!r} runs the FP32 graph {graph.file} in {precision}, not "
+        what = "INT8 model" if precision == "int8" else "FP32 graph"
+        raise ConfigError(f"backend {name!r} runs the {what} {graph.file} in {precision}, not "
                           f"{bundle.selected}: open the bundle folder {bundle.path}")
-    backend_name = "openvino-bf16" if precision == "bf16" else "openvino-f32"
+    backend_name = NAMES[precision]
     if refuse_failed:
         refuse_failed_record(name, recorded(bundle, backend_name), str(bundle.path),
                              f"cmrt check {bundle.path} --backend {backend_name}")
     return OpenVinoBackend(bundle.path / graph.file, precision=precision, **options)
+
+
+def int8_graph(bundle: Bundle):
+    """The bundle's INT8 model, or ``ConfigError`` saying why there is none: never exported with
+    ``--int8``, or its parity failed at export (the figures) so none was shipped."""
+    record, graph = bundle.manifest.int8, bundle.manifest.graphs.get("int8")
+    if graph is not None and record is not None and record.shipped:
+        return graph
+    if record is None:
+        raise ConfigError(f"backend 'openvino-int8': {bundle.path} holds no INT8 model: export it with "
+                          "`cmrt export ... --int8` (sampler and decoder bundles), or use backend='openvino-bf16'")
+    out = record.parity.outputs[0] if record.parity.outputs else None
+    figures = "no outputs" if out is None else (
+        f"PSNR {out.psnr if out.psnr is not None else float('inf'):.1f} dB, max abs {out.max_abs:.3g} against the "
+        f"int8 tier's PSNR ≥ {record.parity.min_psnr:g} dB, max abs ≤ {record.parity.max_abs_tolerance:g}")
+    raise ConfigError(f"backend 'openvino-int8': {bundle.path} ships no INT8 model: its parity FAILED at export on "
+                      f"{record.cpu.model} ({figures}), so none was written; use backend='openvino-bf16' or "
+                      "'onnxruntime'")
 
 
 def for_check(bundle: Bundle, name: "str | Any | None") -> "str | Any | None":
@@ -287,7 +331,7 @@ def record_parity(bundle: Bundle, backend: Any, run: StoredRun) -> BackendRecord
     manifest (atomically); other backends record nothing here."""
     if not isinstance(backend, OpenVinoBackend):
         return None
-    rec = backend_record(backend, run, bundle.manifest.graphs["fp32"])
+    rec = backend_record(backend, run, bundle.manifest.graphs[GRAPHS[backend.precision]])
     bundle.update(backends={**(bundle.manifest.backends or {}), record_key(rec.backend, rec.cpu.isa): rec})
     return rec
 

@@ -230,7 +230,9 @@ def test_bad_backend_names(decoder_bundle):
         cmrt.Decoder(decoder_bundle.path, backend="openvino-fp16")
     assert isinstance(info.value, ValueError)
     with pytest.raises(ConfigError, match="precision must be one of"):
-        ovb.OpenVinoBackend(decoder_bundle.path / "model.onnx", precision="int8")
+        ovb.OpenVinoBackend(decoder_bundle.path / "model.onnx", precision="fp16")
+    with pytest.raises(ConfigError, match="no quantized operations"):  # "int8" runs an INT8 model only
+        ovb.OpenVinoBackend(decoder_bundle.path / "model.onnx", precision="int8", cache=False)
     with pytest.raises(ConfigError, match="unknown OpenVINO backend"):
         ovb.resolve(Bundle.open(decoder_bundle.path), "openvino-int4")
 

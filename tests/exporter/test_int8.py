@@ -1,0 +1,97 @@
+"""INT8 where it holds (``cmrt.exporter.int8``, ``backend="openvino-int8"``): the quantized model and
+its records written where its parity passes the int8 tier, the backend within that tier of FP32,
+a failed check writing no model and refused by its figures, and ``--int8`` refused where it does
+not apply. Calibration here is small (4 calls of 2) to keep the tests fast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cmrt
+from cmrt.bundle import Bundle
+from cmrt.errors import CmrtError, ConfigError
+from cmrt.exporter.int8 import add_int8, calibration_items
+from cmrt.parity import TOLERANCES, Tolerance, compare
+from cmrt.runtime.backends import default_backend_name, open_backend
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+SMALL = dict(samples=4, batch=2)
+
+
+def _latents(decoder_bundle: Bundle) -> np.ndarray:
+    """Latents at the parity inputs' scale, drawn afresh (not the checked ones)."""
+    g = np.random.default_rng(3)
+    return g.standard_normal((8, 4, 4, 4)).astype(np.float32)
+
+
+def test_calibration_draws_like_the_runtime(cm_bundle):
+    items = calibration_items(cm_bundle, samples=3, batch=2)
+    m = cm_bundle.manifest
+    assert len(items) == 3 and all(list(i) == m.input_names for i in items)
+    labels = np.concatenate([i["class_labels"] for i in items])
+    assert labels.dtype == np.int64 and labels.min() >= 0 and labels.max() < m.num_classes
+    assert items[0]["noise_0"].shape == (2, m.image.channels, int(m.image.height), int(m.image.width))
+    assert not np.array_equal(items[0]["noise_0"], items[1]["noise_0"])  # fresh draws per call
+
+
+def test_int8_export_ships_model_and_records(cm_bundle, bundle_copy):
+    """The tiny CM quantizes within the int8 tier: IR files, graph, quantization and backend records
+    written; the backend's output within the int8 tier of the ONNX Runtime FP32 one; opt-in only."""
+    bundle = bundle_copy(cm_bundle)
+    result = add_int8(bundle, **SMALL)
+    assert result.shipped, result.line()
+    b = Bundle.open(bundle.path)
+    m = b.manifest
+    assert (b.path / "model.int8.xml").is_file() and (b.path / "model.int8.bin").is_file()
+    assert m.graphs["int8"].file == "model.int8.xml" and len(m.graphs["int8"].files) == 2
+    assert m.int8.shipped and m.int8.quantized_ops > 0 and m.int8.parity.precision == "int8"
+    assert m.int8.options["model_type"] == "transformer"  # the tiny CM has attention
+    assert m.int8.parity.min_psnr == TOLERANCES["int8"].min_psnr
+    rec = next(r for k, r in m.backends.items() if k.startswith("openvino-int8/"))
+    assert rec.passed and rec.graph_sha256 == m.graphs["int8"].sha256
+    assert b.verify().passed
+    assert default_backend_name(b) == "onnxruntime"  # never the default
+    with cmrt.Sampler(b.path, backend="openvino-int8") as s8, cmrt.Sampler(b.path, backend="onnxruntime") as s32:
+        assert (s8.backend.name, s8.backend.precision) == ("openvino-int8", "int8")
+        x8 = s8.sample(4, class_labels=[0, 1, 2, 3], seed=5)
+        x32 = s32.sample(4, class_labels=[0, 1, 2, 3], seed=5)
+    report = compare({"images": np.asarray(x8)}, {"images": np.asarray(x32)}, backend="openvino-int8",
+                     precision="int8")
+    assert report.passed, report.lines()
+    assert cmrt.check(b.path, backend="openvino-int8").passed
+    with pytest.raises(ConfigError, match="openvino-int8"):  # ONNX Runtime cannot read the IR
+        open_backend(Bundle.open(b.path / "model.int8.xml"), "onnxruntime")
+
+
+def test_failed_int8_writes_nothing_and_is_refused(decoder_bundle, bundle_copy, monkeypatch):
+    """Under a tier no INT8 model can meet, the check fails: no model is written, the record says
+    so, and asking for the backend names the failed figures (the gate, not the tier's value)."""
+    monkeypatch.setitem(TOLERANCES, "int8", Tolerance(max_abs=1e-9, min_psnr=200.0))
+    bundle = bundle_copy(decoder_bundle)
+    result = add_int8(bundle, latents=_latents(bundle), **SMALL)
+    assert not result.shipped and "NOT shipped" in result.line()
+    b = Bundle.open(bundle.path)
+    assert "int8" not in b.manifest.graphs and not (b.path / "model.int8.xml").exists()
+    assert not b.manifest.int8.shipped and not b.manifest.int8.parity.passed
+    assert not any(k.startswith("openvino-int8/") for k in (b.manifest.backends or {}))
+    assert not list(b.path.glob(".int8-*"))  # the staged model went with its folder
+    with pytest.raises(ConfigError, match="FAILED at export"):
+        cmrt.Decoder(b.path, backend="openvino-int8")
+
+
+def test_int8_refused_where_it_does_not_apply(tmp_path, cm_bundle):
+    from cmrt.exporter.api import export
+    from tests.conftest import tiny_cm, tiny_decoder
+
+    with pytest.raises(CmrtError, match="--int8"):
+        export(model=tiny_cm(), out=tmp_path / "e", task="inpaint", int8=True)
+    with pytest.raises(CmrtError, match="int8_latents"):
+        export(model=tiny_decoder(), out=tmp_path / "d", int8=True)
+    with pytest.raises(CmrtError, match="--int8-latents"):
+        export(model=tiny_cm(), out=tmp_path / "s", int8_latents=np.zeros((1, 4, 2, 2), np.float32))
+    with pytest.raises(ConfigError, match="holds no INT8 model"):
+        cmrt.Sampler(cm_bundle.path, backend="openvino-int8")
+    assert not any((tmp_path / n).exists() for n in ("e", "d", "s"))
