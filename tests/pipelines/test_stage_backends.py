@@ -166,6 +166,7 @@ def test_records_per_stage_the_default_and_a_failed_record(copy, flags, capsys):
     ({"backend": "openvino-bf16", "precision": "fp16"}, ConfigError, "precision='fp16'.*backend 'openvino-bf16'"),
     ({"backend": "openvino-f32", "device": "cuda"}, ConfigError, "backend 'openvino-f32' runs on the CPU"),
     ({"backend": "tensorrt"}, ConfigError, r"backend 'tensorrt'.*no engine.*cmrt build"),
+    ({"backend": "openvino-int8"}, ConfigError, "unknown backend 'openvino-int8' for a pipeline bundle"),
 ])
 def test_bad_backend_requests(lcm_bundle, kwargs, error, match):
     with pytest.raises(error, match=match) as info:
