@@ -71,6 +71,9 @@ class BenchBackend:
     device: str
     make: Callable[[Prepared], Call]
     help: str
+    #: a reduced-precision contender's FP32 counterpart (same code path in FP32): every suite times the
+    #: two in paired rounds and measures the reduced one's PSNR against it (``REDUCED_PRECISION``)
+    fp32_twin: str | None = None
 
 
 # --- PyTorch ---------------------------------------------------------------------------
@@ -404,8 +407,14 @@ BENCH_BACKENDS: dict[str, BenchBackend] = {b.name: b for b in (
                  "single-step graphs stepped from a Python loop (vs the one-graph unrolled sampler)"),
     BenchBackend("onnxruntime-cuda", "fp32", CUDA, onnxruntime_cuda, "cmrt on ONNX Runtime CUDA"),
     BenchBackend("tensorrt", "fp16", CUDA, tensorrt, "cmrt on a TensorRT engine (FP16 graph)"),
-    BenchBackend("diffusers-bf16", "bf16", CPU, diffusers_bf16, "diffusers under torch.autocast('cpu', bfloat16)"),
-    BenchBackend("openvino-bf16", "bf16", CPU, openvino_bf16, "cmrt on OpenVINO, BF16 precision hint (FP32 graph)"),
+    BenchBackend("diffusers-bf16", "bf16", CPU, diffusers_bf16, "diffusers under torch.autocast('cpu', bfloat16)",
+                 fp32_twin="diffusers"),
+    BenchBackend("openvino-bf16", "bf16", CPU, openvino_bf16, "cmrt on OpenVINO, BF16 precision hint (FP32 graph)",
+                 fp32_twin="onnxruntime-cpu"),
     BenchBackend("openvino-f32", "fp32", CPU, openvino_f32, "cmrt on OpenVINO in FP32"),
 )}
 BASELINE = "pytorch-eager"
+#: The reduced-precision contenders every suite includes (issue 23), name → its FP32 twin: the
+#: ``BENCH_BACKENDS`` entries with an ``fp32_twin``. A new one (e.g. ``openvino-int8``) is one
+#: ``BenchBackend(..., fp32_twin=...)`` line above.
+REDUCED_PRECISION: dict[str, str] = {b.name: b.fp32_twin for b in BENCH_BACKENDS.values() if b.fp32_twin}

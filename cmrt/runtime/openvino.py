@@ -131,19 +131,20 @@ class OpenVinoBackend:
     thread_safe = True
     limits = ShapeLimits()  # the graph's batch and latent axes stay dynamic
     device = "cpu"
-    #: Tiled decodes with shared statistics (``norm`` "shared", "shared-means", "canvas") run their
-    #: FP32 statistics, shared-statistics and layer-synchronous segment graphs on ONNX Runtime's CPU
-    #: with this backend's threads; untiled and per-tile decodes run here.
-    norm_graphs_on_onnxruntime = True
 
-    def __init__(self, graph: str | Path, *, precision: str = "bf16", threads: int | None = None,
-                 cache: bool = True, output: str = OUTPUT_NAME, requests: int = REQUESTS) -> None:
+    def __init__(self, graph: str | Path | bytes, *, precision: str = "bf16", threads: int | None = None,
+                 cache: bool = True, output: str = OUTPUT_NAME, requests: int = REQUESTS,
+                 label: str | None = None) -> None:
+        """``graph``: an ONNX file, or a serialized ONNX model with its weights inside (the
+        layer-synchronous segments, ``label`` naming it in messages)."""
         if precision not in HINTS:
             raise ConfigError(f"OpenVINO precision must be one of {sorted(HINTS)}, got {precision!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads must be a positive int or None, got {threads!r}")
         ov = require("openvino", "openvino", "the OpenVINO backend")
-        self.graph, self.precision, self.threads, self.output = Path(graph), precision, threads, output
+        in_memory = isinstance(graph, bytes)
+        self.graph = Path(label or "an in-memory graph") if in_memory else Path(graph)
+        self.precision, self.threads, self.output, self._cache_on = precision, threads, output, cache
         self.name = "openvino-bf16" if precision == "bf16" else "openvino-f32"
         self.library_version = ov.get_version()
         self.cache = cache_dir() if cache else None
@@ -156,9 +157,10 @@ class OpenVinoBackend:
             config["CACHE_DIR"] = str(self.cache)
         t0 = time.perf_counter()
         try:
-            self.compiled = ov.Core().compile_model(str(graph), "CPU", config)
+            core = ov.Core()
+            self.compiled = core.compile_model(core.read_model(graph) if in_memory else str(graph), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError with its whole log
-            raise BundleError(f"{graph} could not be compiled by OpenVINO ({str(exc).strip().splitlines()[0]}): "
+            raise BundleError(f"{self.graph} could not be compiled by OpenVINO ({str(exc).strip().splitlines()[0]}): "
                               "re-export the bundle, or use backend='onnxruntime'") from None
         self.compile_seconds = time.perf_counter() - t0
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
@@ -180,12 +182,24 @@ class OpenVinoBackend:
             return pool, compiled.create_infer_request()
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.run_outputs(feeds, [self.output])[0]
+
+    def run_outputs(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        """The outputs ``names`` of one run, copied out (float outputs as float32)."""
         pool, request = self._request()
         try:
             request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
-            return np.array(request.get_tensor(self.output).data, dtype=np.float32, copy=True)
+            return [_copy(request.get_tensor(n).data) for n in names]
         finally:
             pool.put(request)
+
+    def open_like(self, graph: str | Path | bytes, *, output: str = OUTPUT_NAME, label: str | None = None
+                  ) -> "OpenVinoBackend":
+        """Another graph on OpenVINO with this backend's precision, threads and cache: a bundle's
+        shared-statistics graphs and layer-synchronous segments (``cmrt.runtime.tiled.graphs``)
+        run on the runner's own backend."""
+        return OpenVinoBackend(graph, precision=self.precision, threads=self.threads, cache=self._cache_on,
+                               output=output, label=label)
 
     def close(self) -> None:
         """Free the compiled model and its requests (the disk cache stays)."""
@@ -196,6 +210,10 @@ class OpenVinoBackend:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _copy(data: np.ndarray) -> np.ndarray:
+    return np.array(data, dtype=np.float32 if data.dtype.kind == "f" else data.dtype, copy=True)
 
 
 # --- records ------------------------------------------------------------------------------------

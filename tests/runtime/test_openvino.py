@@ -258,13 +258,28 @@ def test_cli_check_prints_the_record_and_choice(decoder_bundle, bundle_copy, fla
 
 
 @pytest.mark.parametrize("norm", [None, "canvas", "shared", "shared-means", "tile"])
-def test_every_tiled_mode_runs_on_an_openvino_runner(stats_bundle, norm):
-    """An OpenVINO runner decodes tiled in every normalization mode: the shared-statistics modes
-    run their FP32 graphs on ONNX Runtime (as an ONNX Runtime runner does), per-tile decodes on
-    OpenVINO; the default stays the layer-synchronous one."""
+def test_every_tiled_mode_runs_on_openvino(stats_bundle, norm):
+    """An OpenVINO runner decodes tiled in every normalization mode with every graph on OpenVINO:
+    the statistics and shared-statistics graphs and the layer-synchronous segments are opened by
+    the runner's own backend (``open_like``), none on ONNX Runtime. FP32 equals ONNX Runtime's tiled
+    decode within the FP32 tolerance, BF16 within BF16's tier; the default stays the
+    layer-synchronous one."""
+    from cmrt.runtime.backends import OnnxRuntimeBackend
+
     z = np.random.default_rng(4).normal(size=(1, 4, 12, 12)).astype(np.float32)
     with cmrt.Decoder(stats_bundle.path, backend="onnxruntime-cpu") as d:
         ref = d.decode(z, seed=0, tile=8, norm=norm)
-    with cmrt.Decoder(stats_bundle.path, backend="openvino-f32") as d:
-        got = d.decode(z, seed=0, tile=8, norm=norm)
-    np.testing.assert_allclose(got, ref, atol=1e-4)
+    for name, precision in (("openvino-f32", "fp32"), ("openvino-bf16", "bf16")):
+        with cmrt.Decoder(stats_bundle.path, backend=name) as d:
+            got = d.decode(z, seed=0, tile=8, norm=norm)
+            opened = list(d._graphs.backends.values())
+            if d._graphs.layer_sync is not None:
+                opened += d._graphs.layer_sync.sessions
+        report = compare({"images": got}, {"images": ref}, backend=name, precision=precision)
+        assert report.passed, (name, norm, report)
+        assert all(isinstance(b, ovb.OpenVinoBackend) and b.precision == precision for b in opened), opened
+        assert not any(isinstance(b, OnnxRuntimeBackend) for b in opened)
+        if norm in ("canvas", None):
+            assert len(opened) > 2  # the segments
+        elif norm != "tile":
+            assert {type(b) for b in opened} == {ovb.OpenVinoBackend} and len(opened) == 2  # statistics + shared
