@@ -88,7 +88,7 @@ def quality(outputs: dict[str, np.ndarray], reference: str) -> dict[str, dict]:
 def run_case(case: TableCase, cache: Path, rounds: int, log: Callable[[str], None]) -> dict:
     """One row of the table: paired rounds of every contender, their quality and cmrt's default."""
     from benchmarks.cases import MODELS, Case, case_flops, prepare, weights_digest
-    from benchmarks.paired import BACKENDS, _rounds, ratios
+    from benchmarks.paired import _rounds, make_calls, ratios
     from cmrt.runtime.backends import default_backend_name
 
     model = MODELS[case.model].load()
@@ -96,7 +96,9 @@ def run_case(case: TableCase, cache: Path, rounds: int, log: Callable[[str], Non
     prepared = prepare(model, weights_digest(model), bench_case, cache, ["onnxruntime-cpu"], gpu=False)
     gflop = case_flops(model, bench_case) * case.batch
     default = default_backend_name(prepared.bundle)
-    calls = {name: BACKENDS[name](prepared) for name in CONTENDERS}
+    calls, absent = make_calls(list(CONTENDERS), prepared)
+    if "diffusers" not in calls or "cmrt" not in calls:
+        raise RuntimeError(f"{case.label}: the table's FP32 references cannot run here: {absent}")
     load_start = measure.load_average()
     t0 = time.strftime("%H:%M", time.gmtime())
     samples = _rounds(calls, rounds, case.long_calls)
@@ -113,7 +115,7 @@ def run_case(case: TableCase, cache: Path, rounds: int, log: Callable[[str], Non
            "median_ms": {k: float(np.median(v)) for k, v in samples.items()},
            "default_backend": default, "default_contender": chosen,
            "default_speedup": ratios(samples, chosen) if chosen in samples else None,
-           "quality": q, "reference_same_noise": same_noise}
+           "quality": q, "reference_same_noise": same_noise, "absent": absent}
     log(case_line(row))
     return row
 
@@ -158,6 +160,9 @@ def table(result: dict) -> str:
     for row in result["cases"]:
         cells = []
         for k in names:
+            if k in row["absent"]:
+                cells.append(f"absent: {row['absent'][k]}")
+                continue
             q = row["quality"][k]
             db = "" if q["psnr_db"] is None else f" ({q['psnr_db']:.1f} dB"
             nf = "" if not db else f", {q['non_finite']} non-finite)"
@@ -213,7 +218,8 @@ def suite(cache: Path, *, rounds: int = ROUNDS, cases: tuple[TableCase, ...] = C
         one = {"model": c["model"], "environment": result["environment"], "gemm_gflops": {"peak": peaks["fp32"]},
                "gemm_by_precision": {"peak": peaks},
                "cases": {c["label"]: {"resolution": c["resolution"], "batch": c["batch"], "steps": c["steps"],
-                                      "load_1m": c["load_1m"][1], "samples_ms": c["samples_ms"], "gflop": c["gflop"]}}}
+                                      "load_1m": c["load_1m"][1], "samples_ms": c["samples_ms"], "gflop": c["gflop"],
+                                      "absent": c["absent"]}}}
         rows += suite_rows(one)
     return {"suite": "bf16", "environment": result["environment"], "gemm_gflops": g["before"]["fp32"],
             "rows": rows, "table": result, "notes": table(result), "seconds": result["seconds"]}

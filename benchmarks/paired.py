@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import measure
-from benchmarks.backends import BENCH_BACKENDS, REDUCED_PRECISION
+from benchmarks.backends import BENCH_BACKENDS, REDUCED_PRECISION, Absent
 from benchmarks.cases import DEFAULT_CACHE, MODELS, Case, case_flops, prepare, weights_digest
 
 #: The paired runner's contenders: its short name → the suites' backend name (whose timed callable,
@@ -108,10 +108,11 @@ def run(model_key: str, resolutions: list[int], rounds: int, cache: Path, *, ste
             for batch in batches:
                 case = Case(model_key, res, n_steps, batch)
                 prepared = prepare(model, digest, case, cache, ["onnxruntime-cpu"], gpu=False)
-                calls = {name: BACKENDS[name](prepared) for name in names}
+                calls, absent = make_calls(names, prepared)
                 key = f"{res}:b{batch}:s{n_steps}"
                 cases[key] = {"resolution": res, "batch": batch, "steps": n_steps, "load_1m": measure.load_average(),
-                              "samples_ms": _rounds(calls, rounds, long_calls), "gflop": case_flops(model, case) * batch}
+                              "samples_ms": _rounds(calls, rounds, long_calls), "gflop": case_flops(model, case) * batch,
+                              "absent": absent}
                 del calls
                 measure.release_memory()
                 log(f"{key}: " + ", ".join(f"{k} {np.median(v):.1f} ms" for k, v in cases[key]["samples_ms"].items()))
@@ -127,6 +128,18 @@ def run(model_key: str, resolutions: list[int], rounds: int, cache: Path, *, ste
     return {"model": model_key, "rounds": rounds, "backends": names, "environment": env,
             "gemm_gflops": {"before": gemm_before, "after": gemm_after, "peak": peak},
             "gemm_by_precision": {"before": rates_before, "after": rates_after, "peak": peaks}, "cases": cases}
+
+
+def make_calls(names: list[str], prepared) -> tuple[dict, dict[str, str]]:
+    """The timed callables of ``names`` on a prepared case, and the reason of each that cannot run
+    here (``Absent``: e.g. OpenVINO not installed), which the rows list instead of dropping it."""
+    calls, absent = {}, {}
+    for name in names:
+        try:
+            calls[name] = BACKENDS[name](prepared)
+        except Absent as exc:
+            absent[name] = str(exc)
+    return calls, absent
 
 
 def _rounds(calls: dict, rounds: int, long_calls: bool) -> dict[str, list[float]]:
@@ -194,6 +207,12 @@ def suite_rows(result: dict) -> list[dict]:
                          "peak_mem_mb": measure.rss_mb(), "peak_rss_reset": False, "gflop": c["gflop"] / c["batch"],
                          "images_per_s": c["batch"] / (median / 1e3), "gflop_per_s": c["gflop"] / (median / 1e3),
                          "pct_peak": 100 * c["gflop"] / (median / 1e3) / peak, "speedup_vs_eager": ratio})
+        for name, reason in c.get("absent", {}).items():
+            backend = BENCH_BACKENDS[SUITE_NAMES[name]]
+            rows.append({"model": result["model"], "backend": backend.name, "precision": backend.precision,
+                         "batch": c["batch"], "steps": c["steps"], "resolution": c["resolution"],
+                         "machine": env["machine"], "load_1m": c["load_1m"], "status": "absent", "reason": reason,
+                         "device": "cpu", "gflop": c["gflop"] / c["batch"]})
     return rows
 
 

@@ -177,7 +177,8 @@ def pair_with_twin(name: str, prepared: Prepared, suite: Suite) -> dict:
         return {"paired_with": twin, "paired_absent": str(exc)}
     samples = paired.paired_rounds(calls, suite.twin_rounds, per_round=suite.twin_per_round, warmup=1,
                                    untimed=int(suite.twin_per_round > 1))
-    images = {k: bf16.image_array(c(), False) for k, c in calls.items()}
+    pipeline = prepared.kind != "decoder"  # diffusers' pipeline returns images in [0, 1]
+    images = {k: bf16.image_array(c(), pipeline and k.startswith("diffusers")) for k, c in calls.items()}
     del calls
     measure.release_memory()
     return {"paired_with": twin, "paired_rounds": suite.twin_rounds,
