@@ -131,6 +131,14 @@ class OpenVinoBackend:
     thread_safe = True
     limits = ShapeLimits()  # the graph's batch and latent axes stay dynamic
     device = "cpu"
+    #: Tiled decodes: the statistics and shared-statistics graphs (``norm`` "shared", "shared-means")
+    #: run here (``open_like``), but the layer-synchronous segments (``norm="canvas"``) stay on ONNX
+    #: Runtime's CPU in FP32 with this backend's threads. On OpenVINO every segment (147 for the
+    #: reduced decoder) is a model compiled apart and each (tile, segment) run pays OpenVINO's
+    #: per-inference overhead: measured on the reduced decoder at 256² (``benchmarks/RESULTS.md``,
+    #: "Reduced precision on the CPU, re-measured"), opening 2.6× and every decode 2.3× slower than
+    #: the same segments on ONNX Runtime, so BF16 cannot win there. ``False`` runs them here.
+    segments_on_onnxruntime = True
 
     def __init__(self, graph: str | Path | bytes, *, precision: str = "bf16", threads: int | None = None,
                  cache: bool = True, output: str = OUTPUT_NAME, requests: int = REQUESTS,

@@ -1,8 +1,9 @@
 """The bundle's shared-statistics graphs (``cmrt export --tile-stats``) as a decode uses them: the
-statistics, shared and shared-means graphs, and the shared graph cut at its norms for
-``norm="canvas"`` (``layer_sync.LayerSyncGraphs``); each opened on first use on the runner's own
-backend (``Backend.open_like``: ONNX Runtime on its device and threads, OpenVINO in its precision),
-all closed with the runner."""
+statistics, shared and shared-means graphs, on the runner's own backend (``Backend.open_like``:
+ONNX Runtime on its device and threads, OpenVINO in its precision), and the shared graph cut at
+its norms for ``norm="canvas"`` (``layer_sync.LayerSyncGraphs``: on ONNX Runtime, where OpenVINO
+keeps them, ``OpenVinoBackend.segments_on_onnxruntime``); each opened on first use, all closed with
+the runner."""
 
 from __future__ import annotations
 
@@ -55,15 +56,17 @@ class NormGraphs:
             return self.backends[graph]
 
     def segments(self) -> "LayerSyncGraphs":
-        """The shared graph cut at its norms, one session per segment on the runner's backend
-        (ONNX Runtime: on its device and threads, one shared arena; OpenVINO: ``open_like``),
-        opened on first use."""
+        """The shared graph cut at its norms, one session per segment, opened on first use: on ONNX
+        Runtime (the runner's device and threads, one shared arena), also for a backend that keeps
+        them there (``segments_on_onnxruntime``: OpenVINO, where they measured slower), else on the
+        runner's backend (``open_like``)."""
         with self._lock:
             if self.layer_sync is None:
                 from .layer_sync import LayerSyncGraphs
 
                 main = self.main()
-                opener = None if isinstance(main, OnnxRuntimeBackend) else main.open_like
+                on_ort = isinstance(main, OnnxRuntimeBackend) or getattr(main, "segments_on_onnxruntime", False)
+                opener = None if on_ort else main.open_like
                 self.layer_sync = LayerSyncGraphs.open(self.bundle.path / self.record.shared_graph.file, main.graph,
                                                        upscale=self.bundle.manifest.latent.upscale,
                                                        device=main.device, threads=main.threads, open_like=opener)
