@@ -225,6 +225,15 @@ def suite(cache: Path, *, rounds: int = ROUNDS, cases: tuple[TableCase, ...] = C
             "rows": rows, "table": result, "notes": table(result), "seconds": result["seconds"]}
 
 
+def select(prefixes: str | None) -> tuple[TableCase, ...]:
+    """The cases whose label starts with one of the comma-separated ``prefixes`` (case-insensitive);
+    all for None."""
+    if prefixes is None:
+        return CASES
+    wanted = [x.strip().lower() for x in prefixes.split(",") if x.strip()]
+    return tuple(c for c in CASES if any(c.label.lower().startswith(w) for w in wanted))
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.cases import DEFAULT_CACHE
 
@@ -234,11 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--gemm-only", action="store_true", help="only the FP32 and BF16 GEMM rates")
     p.add_argument("--n", type=int, default=measure.GEMM_SIZE, help="GEMM size")
+    p.add_argument("--cases", default=None, help="comma-separated label prefixes of the cases to run (default: all): "
+                   + "; ".join(c.label for c in CASES))
     a = p.parse_args(argv)
     if a.gemm_only:
         print(json.dumps({"gemm_n": a.n, "gemm_gflop_per_s": measure.gemm_rates(a.n)}))
         return 0
-    result = run(a.cache, rounds=a.rounds, gemm_size=a.n)
+    cases = select(a.cases)
+    if not cases:
+        p.error(f"--cases {a.cases!r} matches none of: {'; '.join(c.label for c in CASES)}")
+    result = run(a.cache, rounds=a.rounds, gemm_size=a.n, cases=cases)
     if a.json:
         from cmrt._io import write_atomic
 

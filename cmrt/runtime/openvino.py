@@ -136,8 +136,9 @@ class OpenVinoBackend:
     #: Runtime's CPU in FP32 with this backend's threads. On OpenVINO every segment (147 for the
     #: reduced decoder) is a model compiled apart and each (tile, segment) run pays OpenVINO's
     #: per-inference overhead: measured on the reduced decoder at 256² (``benchmarks/RESULTS.md``,
-    #: "Reduced precision on the CPU, re-measured"), opening 2.6× and every decode 2.3× slower than
-    #: the same segments on ONNX Runtime, so BF16 cannot win there. ``False`` runs them here.
+    #: "Reduced precision on the CPU, re-measured"), they opened 2.6× (FP32) / 1.5× (BF16) and decoded
+    #: 2.3× / 2.0× slower than the same segments on ONNX Runtime FP32, so BF16 does not win there.
+    #: ``False`` runs them here.
     segments_on_onnxruntime = True
 
     def __init__(self, graph: str | Path | bytes, *, precision: str = "bf16", threads: int | None = None,
