@@ -72,12 +72,13 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           gpu_cases=_grid("decoder-official", (512, 1024), (2,)), warmup=1, repeats=3, min_seconds=0.0,
           twin_rounds=3, twin_per_round=1),
     Suite("cm", "ImageNet-64 and LSUN-256 consistency-model UNets (random weights at the published sizes), "
-          "batch 1 and 4, 1 and 2 steps: cmrt on ONNX Runtime CPU vs diffusers' pipeline and PyTorch eager, paired "
-          "rounds (LSUN-256 takes about an hour on a 2-core CPU)", _CM, runner=_cm_suite),
+          "batch 1 and 4, 1 and 2 steps: cmrt on ONNX Runtime CPU vs diffusers' pipeline and PyTorch eager, with "
+          "diffusers-bf16 and openvino-bf16, paired rounds (LSUN-256 takes over an hour on a 2-core CPU)", _CM, runner=_cm_suite),
     Suite("full", "quick + decoder + cm", _QUICK + _DECODER + _CM,
           gpu_cases=_grid("decoder-official", (512, 1024), (2,)), warmup=1, repeats=3, twin_rounds=3, twin_per_round=1),
     Suite("edit", "editing graphs (inpaint, superres ×4, stroke, colorize at 2 and 4 evaluations, denoise) on "
-          "ONNX Runtime CPU vs the same PyTorch editor in eager mode, paired rounds", (), runner=_edit_suite),
+          "ONNX Runtime CPU vs the same PyTorch editor in eager mode, with openvino-bf16 and the editor under BF16 "
+          "autocast (pytorch-eager-bf16; diffusers-bf16 listed absent), paired rounds", (), runner=_edit_suite),
     Suite("smoke", "tiny models, for tests and a first look (seconds)",
           _grid("tiny-decoder", (16,), (2,)) + _grid("tiny-cm", (16,), (2,)), warmup=1, repeats=2, min_seconds=0.0,
           gemm_size=SMOKE_GEMM_SIZE, twin_rounds=2, twin_per_round=1),
