@@ -71,6 +71,12 @@ class BenchBackend:
     device: str
     make: Callable[[Prepared], Call]
     help: str
+    #: a reduced-precision contender's FP32 counterpart (same code path in FP32): every suite times the
+    #: two in paired rounds and measures the reduced one's PSNR against it (``REDUCED_PRECISION``)
+    fp32_twin: str | None = None
+    #: runs only when named (``--backends``), never in a suite's default list: INT8 quantizes at
+    #: setup (minutes at the published sizes)
+    opt_in: bool = False
 
 
 # --- PyTorch ---------------------------------------------------------------------------
@@ -451,8 +457,17 @@ BENCH_BACKENDS: dict[str, BenchBackend] = {b.name: b for b in (
                  "single-step graphs stepped from a Python loop (vs the one-graph unrolled sampler)"),
     BenchBackend("onnxruntime-cuda", "fp32", CUDA, onnxruntime_cuda, "cmrt on ONNX Runtime CUDA"),
     BenchBackend("tensorrt", "fp16", CUDA, tensorrt, "cmrt on a TensorRT engine (FP16 graph)"),
-    BenchBackend("diffusers-bf16", "bf16", CPU, diffusers_bf16, "diffusers under torch.autocast('cpu', bfloat16)"),
-    BenchBackend("openvino-bf16", "bf16", CPU, openvino_bf16, "cmrt on OpenVINO, BF16 precision hint (FP32 graph)"),
+    BenchBackend("diffusers-bf16", "bf16", CPU, diffusers_bf16, "diffusers under torch.autocast('cpu', bfloat16)",
+                 fp32_twin="diffusers"),
+    BenchBackend("openvino-bf16", "bf16", CPU, openvino_bf16, "cmrt on OpenVINO, BF16 precision hint (FP32 graph)",
+                 fp32_twin="onnxruntime-cpu"),
     BenchBackend("openvino-f32", "fp32", CPU, openvino_f32, "cmrt on OpenVINO in FP32"),
+    BenchBackend("openvino-int8", "int8", CPU, openvino_int8, "cmrt on OpenVINO, its NNCF INT8 model (`--int8`)",
+                 fp32_twin="onnxruntime-cpu", opt_in=True),
 )}
 BASELINE = "pytorch-eager"
+#: The reduced-precision contenders every suite includes (issue 23), name → its FP32 twin: the
+#: ``BENCH_BACKENDS`` entries with an ``fp32_twin`` that every suite runs by default (the opt-in
+#: ``openvino-int8`` is paired with its twin only when named). A new one is one line above.
+REDUCED_PRECISION: dict[str, str] = {b.name: b.fp32_twin for b in BENCH_BACKENDS.values()
+                                     if b.fp32_twin and not b.opt_in}

@@ -174,20 +174,62 @@ def gemm_rate(n: int = GEMM_SIZE, *, repeats: int = GEMM_REPEATS, cuda: bool = F
     return {k: round(v, 1) for k, v in rates.items()}
 
 
+def gemm_rates(n: int = GEMM_SIZE, *, repeats: int = GEMM_REPEATS) -> dict[str, dict[str, float]]:
+    """The CPU's measured GEMM rates in each precision a CPU backend computes in, GFLOP/s:
+    ``fp32`` as ``gemm_rate`` (PyTorch's BLAS, ONNX Runtime's MLAS, ``peak`` the faster) and ``bf16``
+    (PyTorch's ``torch.mm`` on bfloat16 matrices, i.e. oneDNN's BF16 kernels, and, where OpenVINO is
+    installed, an ``n``×``n`` MatMul by a constant weight compiled with the BF16 precision hint, the
+    kernel class OpenVINO's BF16 convolutions and matmuls use; ``peak`` the faster). A BF16 result's
+    share of the roofline is to be read against the BF16 rate, an FP32 one against the FP32 rate."""
+    flop = 2.0 * n ** 3
+    bf16 = {"torch": flop / _best_seconds(_torch_gemm(n, False, bf16=True), repeats, False) / 1e9}
+    ov = _openvino_gemm(n)
+    if ov is not None:
+        bf16["openvino"] = flop / _best_seconds(ov, repeats, False) / 1e9
+    bf16["peak"] = max(bf16.values())
+    return {"fp32": gemm_rate(n, repeats=repeats), "bf16": {k: round(v, 1) for k, v in bf16.items()}}
+
+
 def _best_seconds(fn: Callable[[], Any], repeats: int, cuda: bool) -> float:
     t = time_callable(fn, warmup=GEMM_WARMUP, repeats=repeats, cuda=cuda)
     return min(t.samples_ms) / 1e3
 
 
-def _torch_gemm(n: int, cuda: bool) -> Callable[[], Any]:
+def _torch_gemm(n: int, cuda: bool, *, bf16: bool = False) -> Callable[[], Any]:
     import torch
 
     device = "cuda" if cuda else "cpu"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
     g = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=g).to(device) for _ in range(2))
+    a, b = (torch.randn(n, n, generator=g).to(device, torch.bfloat16 if bf16 else torch.float32) for _ in range(2))
     return lambda: torch.mm(a, b)
+
+
+def _openvino_gemm(n: int) -> Callable[[], Any] | None:
+    """An ``n``×``n`` MatMul by a constant ``n``×``n`` weight on OpenVINO's CPU plugin with the BF16
+    precision hint (None without OpenVINO). On a CPU without BF16 in hardware OpenVINO computes it
+    in FP32."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from cmrt.runtime.threads import default_threads
+
+    rng = np.random.default_rng(0)
+    a = ops.parameter([n, n], np.float32, name="a")
+    b = ops.constant(rng.standard_normal((n, n), dtype=np.float32))
+    model = ov.Model([ops.matmul(a, b, False, False)], [a], "gemm")
+    config = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
+    threads = default_threads()
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    x = rng.standard_normal((n, n), dtype=np.float32)
+    return lambda: request.infer({0: x})
 
 
 def _ort_gemm(n: int) -> Callable[[], Any]:

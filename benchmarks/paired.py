@@ -27,13 +27,17 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import measure
-from benchmarks.backends import (diffusers_bf16, diffusers_own, onnxruntime_cpu, onnxruntime_plain, onnxruntime_session,
-                                 openvino_bf16, openvino_f32, openvino_int8, pytorch_eager)
+from benchmarks.backends import BENCH_BACKENDS, REDUCED_PRECISION, Absent
 from benchmarks.cases import DEFAULT_CACHE, MODELS, Case, case_flops, prepare, weights_digest
 
-BACKENDS = {"diffusers": diffusers_own, "cmrt": onnxruntime_cpu, "session": onnxruntime_session,
-            "plain": onnxruntime_plain, "eager": pytorch_eager, "diffusers-bf16": diffusers_bf16,
-            "openvino-bf16": openvino_bf16, "openvino-f32": openvino_f32, "openvino-int8": openvino_int8}
+#: The paired runner's contenders: its short name → the suites' backend name (whose timed callable,
+#: precision and FP32 twin are ``BENCH_BACKENDS``'). The reduced-precision contenders come in under
+#: their own names from ``REDUCED_PRECISION`` (one entry each, in ``benchmarks.backends``).
+SUITE_NAMES = {"diffusers": "diffusers", "cmrt": "onnxruntime-cpu", "session": "onnxruntime-session",
+               "plain": "onnxruntime-plain", "eager": "pytorch-eager", "openvino-f32": "openvino-f32",
+               **{name: name for name in REDUCED_PRECISION}, "openvino-int8": "openvino-int8"}
+SHORT_NAMES = {v: k for k, v in SUITE_NAMES.items()}
+BACKENDS = {short: BENCH_BACKENDS[name].make for short, name in SUITE_NAMES.items()}
 DEFAULT_BACKENDS = "diffusers,cmrt,session,plain"
 WARMUP = 2
 SETTLE_S = 0.05  # pause before each backend's turn: threads the previous one left spinning go idle
@@ -66,13 +70,22 @@ def summarize(samples: dict[str, list[float]], gflop: float, peak: float) -> dic
     s = {k: np.asarray(v) for k, v in samples.items()}
     median = {k: float(np.median(v)) for k, v in s.items()}
     out = {"median_ms": median, "gflop": gflop, "cmrt_gflop_per_s": gflop / (median["cmrt"] / 1e3),
-           "cmrt_pct_of_gemm_peak": 100.0 * gflop / (median["cmrt"] / 1e3) / peak, "cmrt_speedup": {}}
-    for name in s:
-        if name != "cmrt":
-            r = s[name] / s["cmrt"]
-            out["cmrt_speedup"][name] = {"median": float(np.median(r)), "min": float(np.min(r)), "max": float(np.max(r))}
+           "cmrt_pct_of_gemm_peak": 100.0 * gflop / (median["cmrt"] / 1e3) / peak,
+           "cmrt_speedup": ratios(samples, "cmrt")}
     if "session" in s:
         out["api_overhead"] = float(np.median(s["cmrt"] / s["session"]) - 1.0)
+    return out
+
+
+def ratios(samples: dict[str, list[float]], base: str) -> dict[str, dict[str, float]]:
+    """``base``'s per-round speed-up over every other backend: median, min and max of
+    other/base over the rounds."""
+    s = {k: np.asarray(v) for k, v in samples.items()}
+    out = {}
+    for name in s:
+        if name != base:
+            r = s[name] / s[base]
+            out[name] = {"median": float(np.median(r)), "min": float(np.min(r)), "max": float(np.max(r))}
     return out
 
 
@@ -84,8 +97,9 @@ def run(model_key: str, resolutions: list[int], rounds: int, cache: Path, *, ste
     the GEMM-rate probe's matrix side."""
     names = backends or DEFAULT_BACKENDS.split(",")
     env = measure.environment()
-    gemm_before = measure.gemm_rate(gemm_size)
-    log(f"machine: {env['machine']}; fp32 GEMM {gemm_before} GFLOP/s; load {env['load_1m_start']}")
+    rates_before = measure.gemm_rates(gemm_size)
+    gemm_before = rates_before["fp32"]
+    log(f"machine: {env['machine']}; GEMM {rates_before} GFLOP/s; load {env['load_1m_start']}")
     model = MODELS[model_key].load()
     digest = weights_digest(model)
     cases = {}
@@ -94,22 +108,38 @@ def run(model_key: str, resolutions: list[int], rounds: int, cache: Path, *, ste
             for batch in batches:
                 case = Case(model_key, res, n_steps, batch)
                 prepared = prepare(model, digest, case, cache, ["onnxruntime-cpu"], gpu=False)
-                calls = {name: BACKENDS[name](prepared) for name in names}
+                calls, absent = make_calls(names, prepared)
                 key = f"{res}:b{batch}:s{n_steps}"
                 cases[key] = {"resolution": res, "batch": batch, "steps": n_steps, "load_1m": measure.load_average(),
-                              "samples_ms": _rounds(calls, rounds, long_calls), "gflop": case_flops(model, case) * batch}
+                              "samples_ms": _rounds(calls, rounds, long_calls), "gflop": case_flops(model, case) * batch,
+                              "absent": absent}
                 del calls
                 measure.release_memory()
                 log(f"{key}: " + ", ".join(f"{k} {np.median(v):.1f} ms" for k, v in cases[key]["samples_ms"].items()))
-    gemm_after = measure.gemm_rate(gemm_size)
+    rates_after = measure.gemm_rates(gemm_size)
+    gemm_after = rates_after["fp32"]
     peak = max(gemm_before["peak"], gemm_after["peak"])
-    log(f"fp32 GEMM after: {gemm_after} GFLOP/s")
+    peaks = {p: max(rates_before[p]["peak"], rates_after[p]["peak"]) for p in rates_before}
+    log(f"GEMM after: {rates_after} GFLOP/s")
     for key, c in cases.items():
         c.update(summarize(c["samples_ms"], c["gflop"], peak))
         log(_line(key, c))
     env["load_1m_end"] = measure.load_average()
     return {"model": model_key, "rounds": rounds, "backends": names, "environment": env,
-            "gemm_gflops": {"before": gemm_before, "after": gemm_after, "peak": peak}, "cases": cases}
+            "gemm_gflops": {"before": gemm_before, "after": gemm_after, "peak": peak},
+            "gemm_by_precision": {"before": rates_before, "after": rates_after, "peak": peaks}, "cases": cases}
+
+
+def make_calls(names: list[str], prepared) -> tuple[dict, dict[str, str]]:
+    """The timed callables of ``names`` on a prepared case, and the reason of each that cannot run
+    here (``Absent``: e.g. OpenVINO not installed), which the rows list instead of dropping it."""
+    calls, absent = {}, {}
+    for name in names:
+        try:
+            calls[name] = BACKENDS[name](prepared)
+        except Absent as exc:
+            absent[name] = str(exc)
+    return calls, absent
 
 
 def _rounds(calls: dict, rounds: int, long_calls: bool) -> dict[str, list[float]]:
@@ -128,12 +158,10 @@ def _line(key: str, c: dict) -> str:
 
 
 #: the ``cm`` suite: the published OpenAI consistency-model UNets with random weights at
-#: their sizes, batch 1 and 4, 1 and 2 steps; cmrt against diffusers' pipeline and PyTorch eager.
+#: their sizes, batch 1 and 4, 1 and 2 steps; cmrt against diffusers' pipeline and PyTorch eager,
+#: and the reduced-precision contenders (diffusers under BF16 autocast, cmrt on OpenVINO BF16).
 CM_CASES = {"imagenet64": (64, 5), "lsun256": (256, 2)}  # model → (resolution, rounds)
-CM_BACKENDS = ["diffusers", "cmrt", "eager"]
-SUITE_NAMES = {"diffusers": "diffusers", "cmrt": "onnxruntime-cpu", "session": "onnxruntime-session",
-               "plain": "onnxruntime-plain", "eager": "pytorch-eager", "diffusers-bf16": "diffusers-bf16",
-               "openvino-bf16": "openvino-bf16", "openvino-f32": "openvino-f32", "openvino-int8": "openvino-int8"}
+CM_BACKENDS = ["diffusers", "cmrt", "eager", *REDUCED_PRECISION]
 
 
 def cm_suite(cache: Path, log=print, *, models: dict[str, tuple[int, int]] | None = None,
@@ -156,14 +184,22 @@ def cm_suite(cache: Path, log=print, *, models: dict[str, tuple[int, int]] | Non
 def suite_rows(result: dict) -> list[dict]:
     """One row per case and backend in ``benchmarks.report``'s format; ``speedup_vs_eager`` is the
     median of per-round ratios."""
-    env, peak = result["environment"], result["gemm_gflops"]["peak"]
+    env = result["environment"]
+    peaks = result.get("gemm_by_precision", {}).get("peak") or {"fp32": result["gemm_gflops"]["peak"]}
     rows = []
     for c in result["cases"].values():
         s = {k: np.asarray(v) for k, v in c["samples_ms"].items()}
         for name, samples in s.items():
             median = float(np.median(samples))
             ratio = float(np.median(s["eager"] / samples)) if "eager" in s else None
-            rows.append({"model": result["model"], "backend": SUITE_NAMES[name], "precision": "fp32",
+            backend = BENCH_BACKENDS[SUITE_NAMES[name]]
+            peak, rate_of = rate_for(backend.precision, peaks)
+            twin = SHORT_NAMES.get(backend.fp32_twin or "")
+            vs_twin = ratios({twin: c["samples_ms"][twin], name: samples}, name)[twin] if twin in s else None
+            twin_fields = {"paired_with": backend.fp32_twin, "paired_rounds": len(samples),
+                           "speedup_vs_fp32_twin": vs_twin} if vs_twin else {}
+            rows.append(twin_fields | {"model": result["model"], "backend": backend.name, "precision": backend.precision,
+                         "pct_peak_of": rate_of,
                          "batch": c["batch"], "steps": c["steps"], "resolution": c["resolution"],
                          "machine": env["machine"], "load_1m": c["load_1m"], "status": "ok", "device": "cpu",
                          "median_ms": median, "p10_ms": float(np.percentile(samples, 10)),
@@ -171,7 +207,20 @@ def suite_rows(result: dict) -> list[dict]:
                          "peak_mem_mb": measure.rss_mb(), "peak_rss_reset": False, "gflop": c["gflop"] / c["batch"],
                          "images_per_s": c["batch"] / (median / 1e3), "gflop_per_s": c["gflop"] / (median / 1e3),
                          "pct_peak": 100 * c["gflop"] / (median / 1e3) / peak, "speedup_vs_eager": ratio})
+        for name, reason in c.get("absent", {}).items():
+            backend = BENCH_BACKENDS[SUITE_NAMES[name]]
+            rows.append({"model": result["model"], "backend": backend.name, "precision": backend.precision,
+                         "batch": c["batch"], "steps": c["steps"], "resolution": c["resolution"],
+                         "machine": env["machine"], "load_1m": c["load_1m"], "status": "absent", "reason": reason,
+                         "device": "cpu", "gflop": c["gflop"] / c["batch"]})
     return rows
+
+
+def rate_for(precision: str, peaks: dict[str, float]) -> tuple[float, str]:
+    """The GEMM rate a row's share of the roofline is read against: its own precision's where it was
+    measured (BF16 rows: the BF16 rate), else the FP32 one; and which it is."""
+    key = precision if precision in peaks else "fp32"
+    return peaks[key], f"{key} GEMM"
 
 
 def main() -> int:

@@ -41,7 +41,32 @@ def markdown(result: dict) -> str:
         lines.append(f"{head} {r['median_ms']:.2f} | {r['p10_ms']:.2f} | {r['p90_ms']:.2f} | "
                      f"{r['images_per_s']:.2f} | {_fmt(r.get('speedup_vs_eager'), '.2f')} | {r['gflop']:.2f} | "
                      f"{r['gflop_per_s']:.1f} | {r['pct_peak']:.1f} | {r['peak_mem_mb']:.0f} |")
+    lines += _reduced_precision(result["rows"])
+    if result.get("notes"):
+        lines += ["", result["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _reduced_precision(rows: list[dict]) -> list[str]:
+    """Lines under the table: each reduced-precision row against its FP32 twin in paired rounds
+    (speed-up, PSNR, non-finite values), or why it was not paired; ``% peak`` of a BF16 row is of
+    the BF16 GEMM rate."""
+    out = []
+    for r in rows:
+        head = f"- {r['model']} {r['resolution']}² b{r['batch']} s{r['steps']}: {r['backend']}"
+        if "paired_absent" in r:
+            out.append(f"{head} not paired with {r['paired_with']}: {r['paired_absent']}")
+        elif r.get("paired_rounds"):
+            s = r["speedup_vs_fp32_twin"]
+            quality = (f", {r['psnr_vs_fp32_twin']} dB vs it, {r['non_finite']} non-finite"
+                       if r.get("psnr_vs_fp32_twin") is not None else "")
+            out.append(f"{head} {s['median']:.2f}× {r['paired_with']} (per-round {s['min']:.2f}–{s['max']:.2f}, "
+                       f"{r['paired_rounds']} paired rounds){quality}")
+    bf16 = any(r.get("pct_peak_of") == "bf16 GEMM" for r in rows)
+    if out or bf16:
+        out = ["", "Reduced precision" + (" (% peak of BF16 rows: of the measured BF16 GEMM rate)" if bf16 else "")
+               + ":", *out]
+    return out
 
 
 def write_markdown(result: dict, path: Path) -> None:

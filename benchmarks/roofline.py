@@ -5,7 +5,9 @@ CPU provider with its profiler on, with cmrt's session options; the kernel times
 after the first are summed by operator class (convolution, matmul/attention, normalization,
 element-wise, layout, other), and the achieved rate (``unet_flops`` × steps × batch over the
 median run) is set against the machine's fp32 GEMM rate measured in the same process, before and
-after. Writes a JSON record, a markdown table and a stacked-bar PNG (share of each run's time by
+after. Where OpenVINO is installed, the same graph also runs on OpenVINO with the BF16 precision
+hint (cmrt's ``openvino-bf16`` backend, timed without a profiler): its rate is set against the
+measured BF16 GEMM rate (``measure.gemm_rates``), each precision's row against its own rate. Writes a JSON record, a markdown table and a stacked-bar PNG (share of each run's time by
 class, labelled with the share of the GEMM rate), so the next bottleneck is visible at a glance.
 
     python -m benchmarks.roofline [--cases decoder-reduced:64:1:2,decoder-reduced:256:1:2] [--runs 5]
@@ -58,13 +60,18 @@ def op_class(op: str) -> str:
 
 @dataclass(frozen=True)
 class Profile:
-    """One case's profile: milliseconds per run by operator and by class, and the run times."""
+    """One case's profile: milliseconds per run by operator and by class, and the run times;
+    ``bf16_run_ms``: the same graph's runs on OpenVINO BF16 (empty without OpenVINO)."""
 
     case: str
     gflop: float
     run_ms: list[float]
     op_ms: dict[str, float]
     class_ms: dict[str, float]
+    bf16_run_ms: list[float] = ()
+
+    def bf16_gflop_per_s(self) -> float | None:
+        return self.gflop / (float(np.median(self.bf16_run_ms)) / 1e3) if len(self.bf16_run_ms) else None
 
     @property
     def median_ms(self) -> float:
@@ -125,7 +132,21 @@ def profile_case(spec: str, runs: int, cache: Path, threads: int | None = None) 
     gflop = case_flops(model, case) * batch
     del model
     run_ms, op_ms = profile_graph(prepared.bundle.graph_path("fp32"), prepared.feeds, runs, threads)
-    return Profile(spec, gflop, run_ms, op_ms, by_class(op_ms))
+    bf16 = openvino_bf16_runs(prepared.bundle.graph_path("fp32"), prepared.feeds, runs, threads)
+    return Profile(spec, gflop, run_ms, op_ms, by_class(op_ms), bf16)
+
+
+def openvino_bf16_runs(graph: Path, feeds: dict[str, np.ndarray], runs: int, threads: int | None = None
+                       ) -> list[float]:
+    """Milliseconds of ``runs`` runs of ``graph`` on cmrt's OpenVINO backend with the BF16 hint,
+    after one untimed run; [] where OpenVINO is not installed."""
+    from cmrt.runtime import openvino
+
+    if not openvino.available():
+        return []
+    with openvino.OpenVinoBackend(graph, precision="bf16", threads=threads) as backend:
+        backend.run(feeds)
+        return [measure.host_time(lambda: backend.run(feeds)) for _ in range(runs)]
 
 
 def _parse_case(spec: str) -> tuple[str, int, int, int]:
@@ -137,27 +158,43 @@ def _parse_case(spec: str) -> tuple[str, int, int, int]:
 
 def run(cases: list[str], runs: int, cache: Path, log=print) -> dict:
     env = measure.environment()
-    before = measure.gemm_rate()
-    log(f"machine: {env['machine']}; fp32 GEMM {before} GFLOP/s; load {env['load_1m_start']}")
+    rates_before = measure.gemm_rates()
+    before = rates_before["fp32"]
+    log(f"machine: {env['machine']}; GEMM {rates_before} GFLOP/s; load {env['load_1m_start']}")
     profiles = []
     for spec in cases:
         p = profile_case(spec, runs, cache)
         profiles.append(p)
-        log(_line(p, before["peak"]))
+        log(_line(p, before["peak"], rates_before["bf16"]["peak"]))
         measure.release_memory()
-    after = measure.gemm_rate()
+    rates_after = measure.gemm_rates()
+    after = rates_after["fp32"]
     env["load_1m_end"] = measure.load_average()
     peak = max(before["peak"], after["peak"])
+    bf16_peak = max(rates_before["bf16"]["peak"], rates_after["bf16"]["peak"])
     return {"environment": env, "gemm_gflops": {"before": before, "after": after, "peak": peak},
-            "runs": runs, "profiles": [asdict(p) | {"median_ms": p.median_ms, "gflop_per_s": p.gflop_per_s(),
-                                                    "pct_of_gemm": 100 * p.gflop_per_s() / peak} for p in profiles]}
+            "bf16_gemm_gflops": {"before": rates_before["bf16"], "after": rates_after["bf16"], "peak": bf16_peak},
+            "runs": runs, "profiles": [asdict(p) | _rates(p, peak, bf16_peak) for p in profiles]}
 
 
-def _line(p: Profile, peak: float) -> str:
+def _rates(p: Profile, peak: float, bf16_peak: float) -> dict:
+    """A profile's rates, each as a share of its own precision's GEMM rate."""
+    out = {"median_ms": p.median_ms, "gflop_per_s": p.gflop_per_s(), "pct_of_gemm": 100 * p.gflop_per_s() / peak}
+    bf16 = p.bf16_gflop_per_s()
+    if bf16 is not None:
+        out |= {"bf16_median_ms": float(np.median(p.bf16_run_ms)), "bf16_gflop_per_s": bf16,
+                "bf16_pct_of_bf16_gemm": 100 * bf16 / bf16_peak}
+    return out
+
+
+def _line(p: Profile, peak: float, bf16_peak: float) -> str:
     total = sum(p.class_ms.values())
     shares = ", ".join(f"{c} {100 * ms / total:.1f}%" for c, ms in p.class_ms.items() if ms > 0)
-    return (f"{p.case}: {p.median_ms:.1f} ms, {p.gflop_per_s():.1f} GFLOP/s = {100 * p.gflop_per_s() / peak:.0f}% "
-            f"of GEMM; {shares}")
+    bf16 = p.bf16_gflop_per_s()
+    ov = (f"; OpenVINO BF16 {np.median(p.bf16_run_ms):.1f} ms, {bf16:.1f} GFLOP/s = {100 * bf16 / bf16_peak:.0f}% "
+          "of the BF16 GEMM rate") if bf16 is not None else ""
+    return (f"{p.case}: ONNX Runtime FP32 {p.median_ms:.1f} ms, {p.gflop_per_s():.1f} GFLOP/s = "
+            f"{100 * p.gflop_per_s() / peak:.0f}% of the FP32 GEMM rate; {shares}{ov}")
 
 
 def markdown(result: dict) -> str:
@@ -171,6 +208,16 @@ def markdown(result: dict) -> str:
                      f"**{p['pct_of_gemm']:.0f}%** | "
                      + " | ".join(f"{100 * p['class_ms'][c] / total:.1f}%" for c in CLASSES)
                      + " | " + ", ".join(f"{op} {100 * ms / total:.0f}%" for op, ms in top) + " |")
+    bf16 = [p for p in result["profiles"] if p.get("bf16_gflop_per_s") is not None]
+    if bf16:
+        g = result["bf16_gemm_gflops"]
+        lines += ["", f"Each precision against its own GEMM rate: FP32 {result['gemm_gflops']['peak']:.1f} GFLOP/s "
+                  f"(PyTorch's BLAS or ONNX Runtime's MLAS, the faster), BF16 {g['peak']:.1f} GFLOP/s (PyTorch's "
+                  "bfloat16 `torch.mm` or OpenVINO's BF16 MatMul, the faster).", "",
+                  "| case | ONNX Runtime FP32 | % of FP32 GEMM | OpenVINO BF16 | % of BF16 GEMM |", "|---|---|---|---|---|"]
+        lines += [f"| {p['case']} | {p['median_ms']:.1f} ms, {p['gflop_per_s']:.1f} GFLOP/s | {p['pct_of_gemm']:.0f}% | "
+                  f"{p['bf16_median_ms']:.1f} ms, {p['bf16_gflop_per_s']:.1f} GFLOP/s | "
+                  f"{p['bf16_pct_of_bf16_gemm']:.0f}% |" for p in bf16]
     return "\n".join(lines)
 
 

@@ -114,6 +114,11 @@ class OnnxRuntimeBackend:
         feeds = {k: _as_graph_dtype(v, self._input_types.get(k)) for k, v in feeds.items()}
         return {name: as_float32_output(v) for name, v in zip(self.output_names, session.run(None, feeds))}
 
+    def open_like(self, graph: str | Path, *, output: str = OUTPUT_NAME) -> "OnnxRuntimeBackend":
+        """Another FP32 graph on this backend's device and threads (a bundle's shared-statistics
+        graphs, ``cmrt.runtime.tiled.graphs``)."""
+        return OnnxRuntimeBackend(graph, device=self.device, threads=self.threads, output=output)
+
     def close(self) -> None:
         """Free the session (its weights and arenas)."""
         self.session = None

@@ -144,19 +144,29 @@ class OpenVinoBackend:
     thread_safe = True
     limits = ShapeLimits()  # the graph's batch and latent axes stay dynamic
     device = "cpu"
-    #: Tiled decodes with shared statistics (``norm`` "shared", "shared-means", "canvas") run their
-    #: FP32 statistics, shared-statistics and layer-synchronous segment graphs on ONNX Runtime's CPU
-    #: with this backend's threads; untiled and per-tile decodes run here.
-    norm_graphs_on_onnxruntime = True
+    #: Tiled decodes: the statistics and shared-statistics graphs (``norm`` "shared", "shared-means")
+    #: run here (``open_like``), but the layer-synchronous segments (``norm="canvas"``) stay on ONNX
+    #: Runtime's CPU in FP32 with this backend's threads. On OpenVINO every segment (147 for the
+    #: reduced decoder) is a model compiled apart and each (tile, segment) run pays OpenVINO's
+    #: per-inference overhead: measured on the reduced decoder at 256² (``benchmarks/RESULTS.md``,
+    #: "Reduced precision on the CPU, re-measured"), they opened 2.6× (FP32) / 1.5× (BF16) and decoded
+    #: 2.3× / 2.0× slower than the same segments on ONNX Runtime FP32, so BF16 does not win there.
+    #: ``False`` runs them here.
+    segments_on_onnxruntime = True
 
-    def __init__(self, graph: str | Path, *, precision: str = "bf16", threads: int | None = None,
-                 cache: bool = True, output: str = OUTPUT_NAME, requests: int = REQUESTS) -> None:
+    def __init__(self, graph: str | Path | bytes, *, precision: str = "bf16", threads: int | None = None,
+                 cache: bool = True, output: str = OUTPUT_NAME, requests: int = REQUESTS,
+                 label: str | None = None) -> None:
+        """``graph``: an ONNX file, or a serialized ONNX model with its weights inside (the
+        layer-synchronous segments, ``label`` naming it in messages)."""
         if precision not in HINTS:
             raise ConfigError(f"OpenVINO precision must be one of {sorted(HINTS)}, got {precision!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads must be a positive int or None, got {threads!r}")
         ov = require("openvino", "openvino", "the OpenVINO backend")
-        self.graph, self.precision, self.threads, self.output = Path(graph), precision, threads, output
+        in_memory = isinstance(graph, bytes)
+        self.graph = Path(label or "an in-memory graph") if in_memory else Path(graph)
+        self.precision, self.threads, self.output, self._cache_on = precision, threads, output, cache
         self.name = NAMES[precision]
         self.library_version = ov.get_version()
         self.cache = cache_dir() if cache else None
@@ -169,13 +179,14 @@ class OpenVinoBackend:
             config["CACHE_DIR"] = str(self.cache)
         t0 = time.perf_counter()
         try:
-            self.compiled = ov.Core().compile_model(str(graph), "CPU", config)
+            core = ov.Core()
+            self.compiled = core.compile_model(core.read_model(graph) if in_memory else str(graph), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError with its whole log
-            raise BundleError(f"{graph} could not be compiled by OpenVINO ({str(exc).strip().splitlines()[0]}): "
+            raise BundleError(f"{self.graph} could not be compiled by OpenVINO ({str(exc).strip().splitlines()[0]}): "
                               "re-export the bundle, or use backend='onnxruntime'") from None
         self.compile_seconds = time.perf_counter() - t0
         if precision == "int8" and not _quantized(self.compiled):
-            raise ConfigError(f"{graph} holds no quantized operations: precision 'int8' runs an INT8 model "
+            raise ConfigError(f"{self.graph} holds no quantized operations: precision 'int8' runs an INT8 model "
                               "(`cmrt export --int8`, model.int8.xml); use precision 'bf16' or 'fp32' for this graph")
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
@@ -196,22 +207,29 @@ class OpenVinoBackend:
             return pool, compiled.create_infer_request()
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.run_outputs(feeds, [self.output])[0]
+
+    def run_outputs(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        """The outputs ``names`` of one run, copied out (float outputs as float32)."""
         pool, request = self._request()
         try:
             request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
-            return np.array(request.get_tensor(self.output).data, dtype=np.float32, copy=True)
+            return [as_float32_output(np.array(request.get_tensor(n).data, copy=True)) for n in names]
         finally:
             pool.put(request)
 
     def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output of the graph by name (float outputs as float32), copied out."""
-        pool, request = self._request()
-        try:
-            request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
-            return {name: as_float32_output(np.array(request.get_tensor(name).data, copy=True))
-                    for name in self.output_names}
-        finally:
-            pool.put(request)
+        return dict(zip(self.output_names, self.run_outputs(feeds, self.output_names)))
+
+    def open_like(self, graph: str | Path | bytes, *, output: str = OUTPUT_NAME, label: str | None = None
+                  ) -> "OpenVinoBackend":
+        """Another graph on OpenVINO with this backend's precision, threads and cache: a bundle's
+        shared-statistics graphs and layer-synchronous segments (``cmrt.runtime.tiled.graphs``)
+        run on the runner's own backend."""
+        precision = "fp32" if self.precision == "int8" else self.precision  # other graphs are not quantized
+        return OpenVinoBackend(graph, precision=precision, threads=self.threads, cache=self._cache_on,
+                               output=output, label=label)
 
     def close(self) -> None:
         """Free the compiled model and its requests (the disk cache stays)."""

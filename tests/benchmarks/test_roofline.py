@@ -95,3 +95,24 @@ def test_graph_ab_compares_graphs_and_the_layout_switch(tmp_path):
     outs = [graph_ab._session(m.SerializeToString(), 1).run(None, qkv)[0] for m in models.values()]
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
     assert graph_ab.feeds_for(sessions["a"], side=32, batch=1)["x"].shape == (1, C_TEST, 32, 32)
+
+
+def test_roofline_reads_each_precision_against_its_own_gemm_rate():
+    """An OpenVINO BF16 run's rate is a share of the BF16 GEMM rate, ONNX Runtime's of the FP32 one."""
+    p = roofline.Profile("m:64:1:2", 8.0, [100.0, 100.0], {"Conv": 90.0}, roofline.by_class({"Conv": 90.0}),
+                         [40.0, 50.0, 60.0])
+    rates = roofline._rates(p, peak=100.0, bf16_peak=400.0)
+    assert rates["pct_of_gemm"] == 80.0 and rates["bf16_gflop_per_s"] == 160.0
+    assert rates["bf16_pct_of_bf16_gemm"] == 40.0
+    result = {"gemm_gflops": {"peak": 100.0}, "bf16_gemm_gflops": {"peak": 400.0},
+              "profiles": [{"case": p.case, "gflop": p.gflop, "op_ms": p.op_ms, "class_ms": p.class_ms} | rates]}
+    assert "| m:64:1:2 | 100.0 ms, 80.0 GFLOP/s | 80% | 50.0 ms, 160.0 GFLOP/s | 40% |" in roofline.markdown(result)
+
+
+def test_gemm_rates_in_both_precisions():
+    """``measure.gemm_rates``: an FP32 and a BF16 rate (PyTorch's, and OpenVINO's where installed)."""
+    from benchmarks import measure
+
+    r = measure.gemm_rates(128, repeats=1)
+    assert r["fp32"]["peak"] == max(r["fp32"]["torch"], r["fp32"]["onnxruntime"]) > 0
+    assert r["bf16"]["peak"] == max(v for k, v in r["bf16"].items() if k != "peak") > 0

@@ -259,14 +259,42 @@ def test_cli_check_prints_the_record_and_choice(decoder_bundle, bundle_copy, fla
     assert "backend: openvino-bf16 [bf16] (the default here)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("norm", [None, "canvas", "shared", "shared-means", "tile"])
-def test_every_tiled_mode_runs_on_an_openvino_runner(stats_bundle, norm):
-    """An OpenVINO runner decodes tiled in every normalization mode: the shared-statistics modes
-    run their FP32 graphs on ONNX Runtime (as an ONNX Runtime runner does), per-tile decodes on
-    OpenVINO; the default stays the layer-synchronous one."""
+def _tiled(bundle, backend: str, norm: str | None):
+    """A tiled decode on ``backend`` and what its norm graphs were opened as."""
     z = np.random.default_rng(4).normal(size=(1, 4, 12, 12)).astype(np.float32)
-    with cmrt.Decoder(stats_bundle.path, backend="onnxruntime-cpu") as d:
-        ref = d.decode(z, seed=0, tile=8, norm=norm)
-    with cmrt.Decoder(stats_bundle.path, backend="openvino-f32") as d:
-        got = d.decode(z, seed=0, tile=8, norm=norm)
-    np.testing.assert_allclose(got, ref, atol=1e-4)
+    with cmrt.Decoder(bundle.path, backend=backend) as d:
+        out = d.decode(z, seed=0, tile=8, norm=norm)
+        opened = list(d._graphs.backends.values())
+        segments = list(d._graphs.layer_sync.sessions) if d._graphs.layer_sync is not None else []
+    return out, opened, segments
+
+
+@pytest.mark.parametrize("norm", [None, "canvas", "shared", "shared-means", "tile"])
+def test_every_tiled_mode_runs_on_openvino(stats_bundle, norm):
+    """An OpenVINO runner decodes tiled in every normalization mode. The statistics and
+    shared-statistics graphs are opened by the runner's own backend (``open_like``: OpenVINO in its
+    precision); the layer-synchronous segments stay on ONNX Runtime FP32 (measured faster there:
+    ``OpenVinoBackend.segments_on_onnxruntime``). FP32 equals ONNX Runtime's tiled decode within the
+    FP32 tolerance, BF16 within BF16's tier; the default stays the layer-synchronous one."""
+    from cmrt.runtime.tiled.layer_sync import _OrtSegment
+
+    ref, _, _ = _tiled(stats_bundle, "onnxruntime-cpu", norm)
+    for name, precision in (("openvino-f32", "fp32"), ("openvino-bf16", "bf16")):
+        got, opened, segments = _tiled(stats_bundle, name, norm)
+        report = compare({"images": got}, {"images": ref}, backend=name, precision=precision)
+        assert report.passed, (name, norm, report)
+        assert all(isinstance(b, ovb.OpenVinoBackend) and b.precision == precision for b in opened), opened
+        assert len(opened) == (2 if norm in ("shared", "shared-means") else 0)  # statistics + shared graph
+        assert all(isinstance(s, _OrtSegment) for s in segments)
+        assert bool(segments) == (norm in ("canvas", None))
+
+
+@pytest.mark.slow
+def test_layer_sync_segments_on_openvino_when_asked(stats_bundle, monkeypatch):
+    """With ``segments_on_onnxruntime`` off, the layer-synchronous segments run on OpenVINO (how
+    their cost was measured): the same decode as ONNX Runtime's, within the FP32 tolerance."""
+    ref, _, _ = _tiled(stats_bundle, "onnxruntime-cpu", "canvas")
+    monkeypatch.setattr(ovb.OpenVinoBackend, "segments_on_onnxruntime", False)
+    got, _, segments = _tiled(stats_bundle, "openvino-f32", "canvas")
+    assert segments and all(isinstance(s, ovb.OpenVinoBackend) for s in segments)
+    assert compare({"images": got}, {"images": ref}, backend="openvino-f32", precision="fp32").passed

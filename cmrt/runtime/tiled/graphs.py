@@ -1,7 +1,9 @@
 """The bundle's shared-statistics graphs (``cmrt export --tile-stats``) as a decode uses them: the
-statistics, shared and shared-means graphs on ONNX Runtime, and the shared graph cut at its norms
-for ``norm="canvas"`` (``layer_sync.LayerSyncGraphs``); each opened on first use on the runner's
-device and threads, all closed with the runner."""
+statistics, shared and shared-means graphs, on the runner's own backend (``Backend.open_like``:
+ONNX Runtime on its device and threads, OpenVINO in its precision), and the shared graph cut at
+its norms for ``norm="canvas"`` (``layer_sync.LayerSyncGraphs``: on ONNX Runtime, where OpenVINO
+keeps them, ``OpenVinoBackend.segments_on_onnxruntime``); each opened on first use, all closed with
+the runner."""
 
 from __future__ import annotations
 
@@ -35,32 +37,39 @@ class NormGraphs:
         return self.bundle.manifest.norm_stats
 
     def usable(self) -> bool:
-        """Whether the runner's backend can run these graphs: they are FP32 ONNX Runtime graphs."""
+        """Whether the runner's backend can run these FP32 graphs: ONNX Runtime on an FP32 graph,
+        or OpenVINO (which reads FP32 graphs and computes in its own precision); not TensorRT nor an
+        FP16 graph (there are no FP16 shared-statistics graphs)."""
         backend = self.main()
-        return (isinstance(backend, OnnxRuntimeBackend) and backend.precision == "fp32") or getattr(
-            backend, "norm_graphs_on_onnxruntime", False)  # OpenVINO: these FP32 graphs run on ONNX Runtime
+        if isinstance(backend, OnnxRuntimeBackend):
+            return backend.precision == "fp32"
+        return callable(getattr(backend, "open_like", None))
 
     def backend(self, graph: str) -> Backend:
-        """``graph`` ("statistics", "shared" or "shared-means") on the runner's ONNX Runtime device
-        and threads, opened on first use."""
+        """``graph`` ("statistics", "shared" or "shared-means") on the runner's own backend
+        (``open_like``), opened on first use."""
         with self._lock:
             if graph not in self.backends:
                 record, main = self.record, self.main()
                 output = {"output": record.tensor} if graph == "statistics" else {}
-                self.backends[graph] = OnnxRuntimeBackend(self.bundle.path / record.graphs()[graph].file,
-                                                          device=main.device, threads=main.threads, **output)
+                self.backends[graph] = main.open_like(self.bundle.path / record.graphs()[graph].file, **output)
             return self.backends[graph]
 
     def segments(self) -> "LayerSyncGraphs":
-        """The shared graph cut at its norms, a session per segment, opened on first use."""
+        """The shared graph cut at its norms, one session per segment, opened on first use: on ONNX
+        Runtime (the runner's device and threads, one shared arena), also for a backend that keeps
+        them there (``segments_on_onnxruntime``: OpenVINO, where they measured slower), else on the
+        runner's backend (``open_like``)."""
         with self._lock:
             if self.layer_sync is None:
                 from .layer_sync import LayerSyncGraphs
 
                 main = self.main()
+                on_ort = isinstance(main, OnnxRuntimeBackend) or getattr(main, "segments_on_onnxruntime", False)
+                opener = None if on_ort else main.open_like
                 self.layer_sync = LayerSyncGraphs.open(self.bundle.path / self.record.shared_graph.file, main.graph,
                                                        upscale=self.bundle.manifest.latent.upscale,
-                                                       device=main.device, threads=main.threads)
+                                                       device=main.device, threads=main.threads, open_like=opener)
             return self.layer_sync
 
     def close(self) -> None:

@@ -119,9 +119,21 @@ def _shared_arena(ort) -> None:
         _ARENA.append(info)
 
 
+class _OrtSegment:
+    """One segment's ONNX Runtime session, run as the other backends' segments are
+    (``run_outputs(feeds, names)``)."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def run_outputs(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        return self.session.run(names, feeds)
+
+
 @dataclass
 class LayerSyncGraphs:
-    """The segments of a bundle's shared-statistics graph and one ONNX Runtime session each."""
+    """The segments of a bundle's shared-statistics graph and one session each (``sessions``:
+    objects with ``run_outputs(feeds, names)``: ONNX Runtime sessions or the runner's backend)."""
 
     segments: list
     sessions: list = field(default_factory=list)
@@ -131,21 +143,22 @@ class LayerSyncGraphs:
 
     @classmethod
     def open(cls, shared_graph: Path, main_graph: Path, *, upscale: int, device: str = "cpu",
-             threads: int | None = None) -> "LayerSyncGraphs":
+             threads: int | None = None, open_like=None) -> "LayerSyncGraphs":
         """Cut ``shared_graph`` (its weights in ``main_graph``'s folder) at its norms and open a
-        session per segment on ``device`` ("cpu" or "cuda"), all on one CPU arena (``_shared_arena``)."""
+        session per segment: with ``open_like`` (a runner backend's, e.g. OpenVINO's), a backend of
+        that kind per segment; else an ONNX Runtime session on ``device`` ("cpu" or "cuda"), all on
+        one CPU arena (``_shared_arena``)."""
         onnx = require("onnx", "onnx", "layer-synchronous tiled decoding")
-        ort = require("onnxruntime", "onnxruntime", "layer-synchronous tiled decoding")
 
         base = main_graph.parent
         norms = NS.find_norms(onnx.load(str(main_graph), load_external_data=False), base)
         shared = onnx.load(str(shared_graph), load_external_data=False)
         parts = NS.segments(shared, norms, base)
-        options = session_options(threads)
-        options.add_session_config_entry("session.use_env_allocators", "1")
-        _shared_arena(ort)
-        providers = (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]
-        sessions = [ort.InferenceSession(p.model.SerializeToString(), options, providers=providers) for p in parts]
+        if open_like is not None:
+            sessions = [open_like(p.model.SerializeToString(), output=p.outputs[0],
+                                  label=f"{shared_graph.name} segment {i}") for i, p in enumerate(parts)]
+        else:
+            sessions = _ort_sessions(parts, device, threads)
         for p in parts:  # the weights now live in the sessions
             p.model.Clear()
         groups = tuple(n.groups for n in norms)
@@ -169,14 +182,17 @@ class LayerSyncGraphs:
             feeds = {x: (stats if x == "norm_stats" else held[x]) for x in part.inputs}
             if part.norm is not None:
                 feeds |= {NS.OWNED_STARTS: full[0], NS.OWNED_ENDS: full[1]}
-            held.update(zip(part.outputs, session.run(list(part.outputs), feeds)))
+            held.update(zip(part.outputs, session.run_outputs(feeds, list(part.outputs))))
             if part.norm is not None:
                 x = held[part.spatial]
                 found[part.norm] = (Fraction(x.shape[2], side), int(x.shape[1]))
         return tuple(found[k] for k in range(len(self.groups)))
 
     def close(self) -> None:
-        self.sessions = []
+        sessions, self.sessions = self.sessions, []
+        for s in sessions:
+            if hasattr(s, "close"):  # a runner backend (ONNX Runtime sessions free with their last reference)
+                s.close()
 
     def run(self, inputs: dict[str, np.ndarray], layout: TileLayout, output: str,
             spill: Path | None = None) -> np.ndarray:
@@ -215,7 +231,7 @@ class LayerSyncGraphs:
                 if own is not None:
                     feeds |= {NS.OWNED_STARTS: own[0], NS.OWNED_ENDS: own[1]}
                     names += [NS.OWNED_MEAN, NS.OWNED_M2]
-                values = session.run(names, feeds)
+                values = session.run_outputs(feeds, names)
                 del feeds
                 for name, value in zip(part.outputs, values):
                     store.put(i, name, value)
@@ -245,6 +261,15 @@ class LayerSyncGraphs:
         per_group = channels // self.groups[part.norm]
         return [(np.array([r0, c0], np.int64), np.array([r1, c1], np.int64), (r1 - r0) * (c1 - c0) * per_group)
                 for r0, r1, c0, c1 in self._exchange(layout, scale, cache).owned]
+
+
+def _ort_sessions(parts: list, device: str, threads: int | None) -> list[_OrtSegment]:
+    ort = require("onnxruntime", "onnxruntime", "layer-synchronous tiled decoding")
+    options = session_options(threads)
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    _shared_arena(ort)
+    providers = (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]
+    return [_OrtSegment(ort.InferenceSession(p.model.SerializeToString(), options, providers=providers)) for p in parts]
 
 
 class _Store:
