@@ -87,9 +87,12 @@ def profile_limits(record: EngineRecord) -> dict[str, tuple[int, int] | None]:
 def usable(bundle: Bundle) -> bool:
     """True when the bundle has an engine whose library is installed and which fits this GPU
     (used to pick the default backend; never raises for a missing library or GPU)."""
-    if not bundle.manifest.engines:
-        return False
-    record = select_engine(bundle)
+    return bool(bundle.manifest.engines) and record_usable(select_engine(bundle))
+
+
+def record_usable(record) -> bool:
+    """True when engine ``record``'s library is installed and the engine fits this GPU (a
+    bundle's engine or a pipeline stage's; never raises for a missing library or GPU)."""
     module = TARGETS[record.target].module if record.target in TARGETS else None
     if module is None or importlib.util.find_spec(module) is None or importlib.util.find_spec("torch") is None:
         return False

@@ -22,10 +22,10 @@ from pathlib import Path
 from .._io import write_bytes_atomic
 from ..bundle import EngineRecord, PipelineManifest, StageRecord, update_stages
 from ..errors import BundleError, ConfigError
+from .backend import record_usable
 from .builder import ProfileSpec, _check_target_options, _require_gpu, build_plan, engine_record
 from .runtime_cache import bundle_lock
-from .targets import (TARGETS, compatibility_problem, cuda_device, load_library, parse_compute_capabilities,
-                      resolve_target)
+from .targets import TARGETS, load_library, parse_compute_capabilities, resolve_target
 
 #: Stages built from their FP32 graph (the rest from their FP16 graph).
 FP32_STAGES = ("text_encoder", "text_encoder_2")
@@ -131,16 +131,7 @@ def stage_usable(stage: StageRecord) -> bool:
     """True when the stage has an engine whose library is installed and which fits this GPU
     (for the default choice; never raises for a missing library or GPU)."""
     record = stage_engine(stage)
-    if record is None or record.target not in TARGETS:
-        return False
-    module = TARGETS[record.target].module
-    if importlib.util.find_spec(module) is None or importlib.util.find_spec("torch") is None:
-        return False
-    device = cuda_device()
-    if device is None:
-        return False
-    version = getattr(importlib.import_module(module), "__version__", "")
-    return compatibility_problem(record, version, device) is None
+    return record is not None and record_usable(record)
 
 
 def open_stage_engine(folder: str | Path, stage: StageRecord):
