@@ -125,10 +125,11 @@ def _client(server):
     return grpc.InferenceServerClient(server.grpc_url)
 
 
-def _infer(client, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+def infer(client, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """One gRPC request with ``inputs`` (strings as BYTES); its ``images``."""
     import tritonclient.grpc as grpc
 
-    dtypes = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+    dtypes = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(object): "BYTES"}
     req = []
     for name, a in inputs.items():
         i = grpc.InferInput(name, list(a.shape), dtypes[a.dtype])
@@ -137,7 +138,8 @@ def _infer(client, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return client.infer(model, req, client_timeout=CLIENT_TIMEOUT_S).as_numpy("images")
 
 
-def _batch_stats(server, model: str) -> dict[int, int]:
+def batch_stats(server, model: str) -> dict[int, int]:
+    """Triton's count of executions per batch size for ``model``."""
     c = _client(server)
     try:
         stats = c.get_inference_statistics(model, as_json=True)["model_stats"][0]
@@ -166,13 +168,13 @@ def triton_cell(server, model: Model, name: str, clients: int, requests: int) ->
         try:
             for k in range(requests):
                 t0 = time.perf_counter()
-                _infer(conns[i], name, model.inputs(1000 * i + k))
+                infer(conns[i], name, model.inputs(1000 * i + k))
                 with lock:
                     latencies.append((time.perf_counter() - t0) * 1e3)
         except Exception as exc:  # reported with the cell, the run goes on
             errors.append(repr(exc))
 
-    before = _batch_stats(server, name)
+    before = batch_stats(server, name)
     threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
@@ -184,7 +186,7 @@ def triton_cell(server, model: Model, name: str, clients: int, requests: int) ->
     for c in conns:
         c.close()
     return _row(latencies, wall, images=len(latencies)) | {
-        "mean_merged_batch": round(_mean_batch(before, _batch_stats(server, name)), 2), "errors": errors}
+        "mean_merged_batch": round(_mean_batch(before, batch_stats(server, name)), 2), "errors": errors}
 
 
 def in_process_cell(model: Model, batch: int, calls: int, runner: Any = None) -> dict:
@@ -221,7 +223,7 @@ def paired_overhead(server, model: Model, rounds: int) -> dict:
         for r in range(rounds):
             seed = 500 + r
             inputs = model.inputs(seed)
-            t_tri = lambda: _infer(conn, "decoder", inputs)  # noqa: E731
+            t_tri = lambda: infer(conn, "decoder", inputs)  # noqa: E731
             t_inp = lambda: runner.decode(inputs["latents"], seed=seed)  # noqa: E731
             first, second = (t_tri, t_inp) if r % 2 == 0 else (t_inp, t_tri)  # alternate who goes first
             a, b = measure.host_time(first), measure.host_time(second)

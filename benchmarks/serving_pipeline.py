@@ -33,7 +33,7 @@ import numpy as np
 
 from benchmarks import measure
 from benchmarks.paired import SETTLE_S
-from benchmarks.serving import CLIENT_TIMEOUT_S, uptime
+from benchmarks.serving import batch_stats, infer, uptime
 
 PROMPT = "a photo of a red cat on a mat"
 SEED = 7
@@ -47,18 +47,6 @@ def request(prompts: list[str], size: int, seed: int) -> dict[str, np.ndarray]:
     return {"prompt": np.array([[p.encode()] for p in prompts], dtype=object),
             "seed": np.full((b, 1), seed, np.int64), "guidance_scale": np.full((b, 1), GUIDANCE, np.float32),
             "height": np.full((b, 1), size, np.int64), "width": np.full((b, 1), size, np.int64)}
-
-
-def infer(client, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    import tritonclient.grpc as grpc
-
-    types = {np.dtype(object): "BYTES", np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
-    req = []
-    for name, a in inputs.items():
-        i = grpc.InferInput(name, list(a.shape), types[a.dtype])
-        i.set_data_from_numpy(a)
-        req.append(i)
-    return client.infer(model, req, client_timeout=CLIENT_TIMEOUT_S).as_numpy("images")
 
 
 def _settled(call) -> float:
@@ -112,21 +100,10 @@ def _concurrent(server, model: str, size: int, seed: int) -> None:
         raise errors[0]
 
 
-def _batch_stats(server, model: str) -> dict[int, int]:
-    import tritonclient.grpc as grpc
-
-    c = grpc.InferenceServerClient(server.grpc_url)
-    try:
-        stats = c.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    finally:
-        c.close()
-    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
-
-
 def paired_merging(server, model: str, pipe: Any, size: int, rounds: int) -> dict:
     """``CLIENTS`` concurrent Triton requests vs the same prompts in process, one by one and as one call."""
     prompts = [f"{PROMPT} {i}" for i in range(CLIENTS)]
-    before = _batch_stats(server, model)
+    before = batch_stats(server, model)
     rows = []
     for r in range(rounds):
         seed = 1000 + 10 * r
@@ -139,7 +116,7 @@ def paired_merging(server, model: str, pipe: Any, size: int, rounds: int) -> dic
         }
         order = list(calls) if r % 2 == 0 else list(reversed(calls))
         rows.append({name: _settled(calls[name]) for name in order})
-    after = _batch_stats(server, model)
+    after = batch_stats(server, model)
     executions = {b: n - before.get(b, 0) for b, n in after.items() if n > before.get(b, 0)}
     med = {k: float(np.median([row[k] for row in rows])) for k in rows[0]}
     return {"size": size, "clients": CLIENTS, "rounds": rows, "median_ms": med, "executions_by_batch": executions,

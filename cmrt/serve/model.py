@@ -27,7 +27,8 @@ from ..bundle import OUTPUT_NAME, Bundle
 from ..errors import CmrtError, InputError
 from .config import (BACKEND_PARAMETER, BUNDLE_PARAMETER, IMAGE_INPUT, LABELS_INPUT, MASK_INPUT, SEED_INPUT,
                      python_inputs)
-from .pipeline import generate_merged, generate_one, groups, is_pipeline_bundle, mergeable, parse, pipeline_device
+from .pipeline import (generate_merged, generate_one, groups, is_pipeline_bundle, mergeable, parse, pipeline_device,
+                       row_value)
 
 
 @dataclass
@@ -64,13 +65,8 @@ def open_runner(bundle: str | Path, backend: str | None = None):
 
 def request_seed(seed: np.ndarray | None) -> int | None:
     """The request's seed from its ``seed`` input (B, 1): one value repeated on every row."""
-    if seed is None:
-        return None
-    values = np.unique(seed)
-    if values.size != 1:
-        raise InputError(f"seed must repeat one value on every row (one seed per request, drawn as "
-                         f"cmrt.Decoder/Sampler(..., seed=s)), got {values.size} different values")
-    return int(values[0])
+    value = row_value(seed, "seed", "cmrt.Decoder/Sampler")
+    return None if value is None else int(value)
 
 
 def prepare(runner: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -86,14 +86,15 @@ def texts(array: np.ndarray, name: str) -> list[str]:
     return out
 
 
-def row_value(array: np.ndarray | None, name: str) -> Any:
-    """The one value a per-request (B, 1) input repeats on every row (None: input absent)."""
+def row_value(array: np.ndarray | None, name: str, api: str = "cmrt.Pipeline.generate") -> Any:
+    """The one value a per-request (B, 1) input repeats on every row (None: input absent); ``api``:
+    the call that takes it, named in the error."""
     if array is None:
         return None
     values = np.unique(array)
     if values.size != 1:
         raise InputError(f"{name} must repeat one value on every row (one per request, as "
-                         f"cmrt.Pipeline.generate(..., {name}=v) takes it), got {values.size} different values")
+                         f"{api}(..., {name}=v) takes it), got {values.size} different values")
     return values[0].item()
 
 

@@ -32,7 +32,7 @@ def protocol(client) -> object:
 
 
 _DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.int64): "INT64",
-              np.dtype(np.int32): "INT32"}
+              np.dtype(np.int32): "INT32", np.dtype(object): "BYTES"}  # object arrays: strings (prompts)
 
 
 def infer(client, model: str, **arrays: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from cmrt.serve.model import PipelineRequestServer
 from cmrt.serve.repository import RepositoryOptions, write_repository
 from tests.pipelines.conftest import (cd_folder, lcm_bundle, lcm_bundles, lcm_cd_bundle, lcm_folder,  # noqa: F401
                                       lcm_lora, lora_bundle, sd_folder)  # the cached tiny bundles
-from tests.serve.helpers import CLIENT_TIMEOUT_S, MAX_BATCH, QUEUE_DELAY_US, START_TIMEOUT_S, FakePb, http_client
+from tests.serve.helpers import MAX_BATCH, QUEUE_DELAY_US, START_TIMEOUT_S, FakePb, http_client, infer
 
 ATOL = tolerance_for("fp32").max_abs  # a merged call runs the rows in a larger batch
 SIZE = 32  # pixels; the tiny LCM's default is 64
@@ -172,22 +172,6 @@ def client(pipeline_server):
     c = http_client(pipeline_server)
     yield c
     c.close()
-
-
-def infer(client, model: str, **arrays: np.ndarray) -> np.ndarray:
-    """One request; its ``images``. Strings go as BYTES."""
-    from tests.serve.helpers import protocol
-
-    mod = protocol(client)
-    types = {np.dtype(object): "BYTES", np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32",
-             np.dtype(np.int32): "INT32"}
-    inputs = []
-    for name, a in arrays.items():
-        i = mod.InferInput(name, list(a.shape), types[a.dtype])
-        i.set_data_from_numpy(a)
-        inputs.append(i)
-    kwargs = {"client_timeout": CLIENT_TIMEOUT_S} if mod.__name__.endswith("grpc") else {}
-    return client.infer(model, inputs, **kwargs).as_numpy("images")
 
 
 @pytest.mark.integration
