@@ -81,19 +81,26 @@ def check(engine: str | Path | Bundle, *, backend: str | None = None, record: bo
 def engine_lines(bundle: Bundle) -> tuple[str, ...]:
     """What the manifest says of each engine's parity: where it was checked and the result, or
     that it never was."""
-    lines = []
-    for target, e in bundle.manifest.engines.items():
-        p = e.parity
-        if not p.checked or p.result is None:
-            lines.append(f"engine {e.file} ({target}): never checked against PyTorch: run `cmrt check "
-                         f"{bundle.path} --backend tensorrt` on a GPU it supports")
-        else:
-            worst = max((o.max_abs or 0.0) for o in p.result.outputs)
-            verdict = "passed" if p.result.passed else "FAILED"
-            gpu = p.gpu.name if p.gpu else "a GPU"
-            lines.append(f"engine {e.file} ({target}): {verdict} on {gpu} ({p.library_version}, {p.when}), "
-                         f"max abs {worst:.3g}")
-    return tuple(lines)
+    return tuple(f"engine {e.file} ({target}): " + engine_verdict(e, bundle.path)
+                 for target, e in bundle.manifest.engines.items())
+
+
+def engine_verdict(e, where: str | Path) -> str:
+    """An engine record's parity in words (``where``: the bundle named in the re-check command)."""
+    p = e.parity
+    if not p.checked or p.result is None:
+        return f"never checked against PyTorch: run `cmrt check {where} --backend tensorrt` on a GPU it supports"
+    worst = max((o.max_abs or 0.0) for o in p.result.outputs)
+    gpu = p.gpu.name if p.gpu else "a GPU"
+    return f"{'passed' if p.result.passed else 'FAILED'} on {gpu} ({p.library_version}, {p.when}), max abs {worst:.3g}"
+
+
+def engine_parity(report: ParityReport, gpu: Gpu | None, library_version: str | None) -> EngineParity:
+    """An engine's checked-parity record: ``report`` on ``gpu`` with ``library_version``, now."""
+    import datetime as _dt
+
+    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return EngineParity(True, gpu, library_version, when, ParityRecord.of(report))
 
 
 def record_engine_parity(bundle: Bundle, target: str, report: ParityReport, *, gpu: Gpu | None,
@@ -104,9 +111,6 @@ def record_engine_parity(bundle: Bundle, target: str, report: ParityReport, *, g
     ``bundle``: opening the backend recorded the TensorRT-RTX runtime cache's hash after ``bundle``
     was read, and writing back the records read before would reset it to null.
     """
-    import datetime as _dt
-
     from ..tensorrt import record_engine
 
-    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    record_engine(bundle, target, parity=EngineParity(True, gpu, library_version, when, ParityRecord.of(report)))
+    record_engine(bundle, target, parity=engine_parity(report, gpu, library_version))

@@ -206,17 +206,15 @@ def check_stages(folder: str | Path, backend: str | None = None, *, device: str 
 
 def _engine_checked(stage: StageRecord, backend: Any, run: StoredRun) -> dict:
     """The stage's engine records with the checked one's parity filled in (where, when, result)."""
-    import datetime as _dt
     from dataclasses import replace
 
-    from ..bundle import EngineParity, Gpu, ParityRecord
+    from ..bundle import Gpu
+    from .check import engine_parity
 
-    gpu = backend.gpu
-    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    parity = EngineParity(True, Gpu(**gpu) if isinstance(gpu, dict) else gpu, backend.library_version, when,
-                          ParityRecord.of(run.report))
+    gpu = Gpu(**backend.gpu) if isinstance(backend.gpu, dict) else backend.gpu
     engines = dict(stage.engines or {})
-    engines[backend.engine_target] = replace(engines[backend.engine_target], parity=parity)
+    engines[backend.engine_target] = replace(engines[backend.engine_target],
+                                             parity=engine_parity(run.report, gpu, backend.library_version))
     return engines
 
 
@@ -233,6 +231,7 @@ def record_at_export(folder: str | Path) -> dict[str, StageCheck] | None:
 
 def record_lines(manifest: PipelineManifest) -> list[str]:
     """One line per stage record: backend, verdict, CPU, figures, and whether it is current."""
+    from .check import engine_verdict
     from .openvino import record_line, valid_record
 
     lines = []
@@ -241,17 +240,8 @@ def record_lines(manifest: PipelineManifest) -> list[str]:
             lines.append(record_line(f"stage {n} backend {key}", rec,
                                      valid_record(s.backends, rec.backend, s.graph, rec.cpu) is rec))
         for target, e in sorted((s.engines or {}).items()):
-            lines.append(f"stage {n} engine {e.file} ({target}, {e.graph} graph): " + _engine_verdict(e))
+            lines.append(f"stage {n} engine {e.file} ({target}, {e.graph} graph): " + engine_verdict(e, "BUNDLE"))
     return lines
-
-
-def _engine_verdict(e) -> str:
-    p = e.parity
-    if not p.checked or p.result is None:
-        return "never checked against PyTorch: run `cmrt check BUNDLE --backend tensorrt` on a GPU it supports"
-    worst = max((o.max_abs or 0.0) for o in p.result.outputs)
-    gpu = p.gpu.name if p.gpu else "a GPU"
-    return f"{'passed' if p.result.passed else 'FAILED'} on {gpu} ({p.library_version}, {p.when}), max abs {worst:.3g}"
 
 
 def failed(checks: dict[str, StageCheck]) -> list[ParityReport]:
