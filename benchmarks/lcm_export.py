@@ -33,31 +33,55 @@ PHASE = "PHASE "  # the child's stderr lines: PHASE <t> <enter|exit> <name>
 
 
 # --- the child ---------------------------------------------------------------------------
-def _timed(owner, attr: str, label: str, totals: dict[str, float]) -> None:
+class Peaks:
+    """Peak resident set per stretch of the export: at every phase boundary the process's
+    ``VmHWM`` since the last boundary is credited to the phases open over that stretch (the
+    innermost named after ``>``) and then reset (``benchmarks.measure``'s ``clear_refs`` reset;
+    where the kernel refuses it, each stretch reads the lifetime peak)."""
+
+    def __init__(self) -> None:
+        self.open: list[str] = []
+        self.gib: dict[str, float] = {}
+
+    def boundary(self, kind: str, label: str) -> None:
+        from benchmarks.measure import PeakMemory, _status_kib
+
+        where = " > ".join(self.open) or "(between phases)"
+        hwm = (_status_kib("VmHWM") or 0) / (1 << 20)
+        self.gib[where] = round(max(self.gib.get(where, 0.0), hwm), 2)
+        PeakMemory().__enter__()  # resets VmHWM
+        if kind == "enter":
+            self.open.append(label)
+        elif label in self.open:
+            self.open.remove(label)
+        print(f"{PHASE}{time.time():.3f} {kind} {label}", file=sys.stderr, flush=True)
+
+
+def _timed(owner, attr: str, label: str, totals: dict[str, float], peaks: Peaks) -> None:
     original = getattr(owner, attr)
 
     def wrapper(*args, **kwargs):
-        print(f"{PHASE}{time.time():.3f} enter {label}", file=sys.stderr, flush=True)
+        peaks.boundary("enter", label)
         t0 = time.perf_counter()
         try:
             return original(*args, **kwargs)
         finally:
             totals[label] = totals.get(label, 0.0) + time.perf_counter() - t0
-            print(f"{PHASE}{time.time():.3f} exit {label}", file=sys.stderr, flush=True)
+            peaks.boundary("exit", label)
     setattr(owner, attr, wrapper)
 
 
-def _stage_timer(owner, totals: dict[str, float]) -> None:
+def _stage_timer(owner, totals: dict[str, float], peaks: Peaks) -> None:
     original = owner._export_and_check
 
     def wrapper(name, *args, **kwargs):
-        print(f"{PHASE}{time.time():.3f} enter stage:{name}", file=sys.stderr, flush=True)
+        peaks.boundary("enter", f"stage:{name}")
         t0 = time.perf_counter()
         try:
             return original(name, *args, **kwargs)
         finally:
             totals[f"stage:{name}"] = time.perf_counter() - t0
-            print(f"{PHASE}{time.time():.3f} exit stage:{name}", file=sys.stderr, flush=True)
+            peaks.boundary("exit", f"stage:{name}")
     owner._export_and_check = wrapper
 
 
@@ -71,22 +95,24 @@ def child(folder: Path, out: Path, steps: int) -> dict:
     import cmrt.exporter.pipeline as P
 
     totals: dict[str, float] = {"imports": time.perf_counter() - t_start}
-    _timed(P, "load_pipeline", "load the diffusers folder", totals)
-    _timed(torch.onnx, "export", "torch.onnx.export (TorchScript trace + conversion)", totals)
-    _timed(onnx, "load", "onnx.load", totals)
-    _timed(onnx, "save_model", "onnx.save_model (external data)", totals)
-    _timed(onnx.checker, "check_model", "onnx.checker", totals)
-    _timed(P, "_run_onnx", "ONNX Runtime parity runs (session + run)", totals)
-    _timed(P, "save_parity", "save parity npz", totals)
-    _timed(P, "sha256_path", "hash the source folder", totals)
-    _timed(P, "sha256_file", "hash bundle files", totals)
-    _stage_timer(P, totals)
+    peaks = Peaks()
+    _timed(P, "load_pipeline", "load the diffusers folder", totals, peaks)
+    _timed(torch.onnx, "export", "torch.onnx.export (TorchScript trace + conversion)", totals, peaks)
+    _timed(onnx, "load", "onnx.load", totals, peaks)
+    _timed(onnx, "save_model", "onnx.save_model (external data)", totals, peaks)
+    _timed(onnx.checker, "check_model", "onnx.checker", totals, peaks)
+    _timed(P, "_run_onnx", "ONNX Runtime parity runs (session + run)", totals, peaks)
+    _timed(P, "save_parity", "save parity npz", totals, peaks)
+    _timed(P, "sha256_path", "hash the source folder", totals, peaks)
+    _timed(P, "sha256_file", "hash bundle files", totals, peaks)
+    _stage_timer(P, totals, peaks)
     t0 = time.perf_counter()
     P.export_pipeline(folder, out=out, steps=steps, overwrite=True)
     total = time.perf_counter() - t0
+    peaks.boundary("exit", "(end)")
     stages = {k: round(v, 1) for k, v in totals.items()}
-    hwm = next(int(l.split()[1]) for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
-    return {"export_s": round(total, 1), "phases_s": stages, "child_vmhwm_gib": round(hwm * 1024 / GIB, 2)}
+    return {"export_s": round(total, 1), "phases_s": stages, "child_vmhwm_gib": max(peaks.gib.values()),
+            "peak_gib_by_phase": peaks.gib}
 
 
 # --- the parent --------------------------------------------------------------------------

@@ -7,7 +7,6 @@ On a GPU the timer brackets each call with CUDA events and synchronizes; on a CP
 
 from __future__ import annotations
 
-import gc
 import os
 import platform
 import re
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+from cmrt._io import release_memory  # noqa: F401  (the benchmarks call measure.release_memory)
 
 GEMM_SIZE = 2048  # square fp32 matrices for the peak-rate probe (large enough to be compute-bound)
 GEMM_REPEATS = 5
@@ -110,16 +111,6 @@ def _status_kib(field: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc), so that the next
-    case's peak is its own."""
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: the peak then includes memory freed but kept by the allocator
 
 
 class PeakMemory:

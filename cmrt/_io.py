@@ -1,5 +1,5 @@
 """Small file helpers, each written once: digests (files, code, tensors), atomic writes, atomic folder
-replacement."""
+replacement; and handing freed memory back to the OS."""
 
 from __future__ import annotations
 
@@ -13,6 +13,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .errors import ConfigError, OutputExistsError
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc's ``malloc_trim``), so that
+    what comes next (a compile, a measured case) has the room."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: freed memory may stay with the allocator; nothing else to do
 
 
 def _umask() -> int:

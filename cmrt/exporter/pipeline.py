@@ -31,18 +31,19 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .._io import sha256_file, sha256_path, staged_dir
+from .._io import release_memory, sha256_file, sha256_path, staged_dir
 from ..bundle import (FileRecord, GraphRecord, ParityRecord, PipelineManifest, SourceInfo, StageRecord,
                       TensorSpec, TokenizerRecord, save_parity)
 from ..errors import ConfigError
 from ..parity import compare
 from ..pipelines.load import PipelineParts, load_pipeline
-from ..pipelines.modules import SamplerLayout, TextEncoderStage, UnrolledLCM, VaeDecoderStage, any_latent_size
+from ..pipelines.modules import (LCMStepGraph, SamplerLayout, TextEncoderStage, UnrolledLCM, VaeDecoderStage,
+                                 any_latent_size, step_values)
 from ..runtime.stages import record_at_export as record_stages_at_export
 from .onnx import describe_io
 
@@ -89,19 +90,26 @@ def export_pipeline(folder: str | Path, *, out: str | Path = "bundle", steps: in
         _check_decoder_channels(decoder, parts)
     layout = SamplerLayout(steps, embed_guidance=parts.embed_guidance, xl=parts.family == "sdxl")
     with staged_dir(out, overwrite=overwrite) as tmp:
-        (tmp / "parity").mkdir()
-        tokenizers = tuple(_copy_tokenizer(parts, sub, tmp) for _, _, sub in parts.text_encoders())
-        stages, texts = _text_encoder_stages(parts, tmp)
-        sampler, latents = _sampler_stage(parts, layout, texts, tmp)
-        stages["sampler"] = sampler
-        stages["decoder"] = (_consistency_decoder_stage(decoder, tmp, embedding=embedding, trust=trust)
-                             if decoder is not None
-                             else _vae_stage(parts, latents, tmp))
-        if precision == "fp16":
-            stages |= fp16_stages(stages, parts, tmp, decoder is None)
-        _manifest(parts, layout, tokenizers, stages, folder).save(tmp)
+        _write_stages(parts, layout, folder, tmp, decoder, precision, embedding=embedding, trust=trust)
+        del parts  # the PyTorch pipeline, as large as the weights: OpenVINO's compile below needs the room
+        release_memory()
         record_stages_at_export(tmp)  # OpenVINO BF16's parity per stage, on a CPU with native BF16
     return Path(out)
+
+
+def _write_stages(parts: PipelineParts, layout: SamplerLayout, folder: str | Path, tmp: Path,
+                  decoder: str | Path | None, precision: str, **decoder_options) -> None:
+    """Every stage's graph(s) and parity files, the tokenizers and ``pipeline.json``, into ``tmp``."""
+    (tmp / "parity").mkdir()
+    tokenizers = tuple(_copy_tokenizer(parts, sub, tmp) for _, _, sub in parts.text_encoders())
+    stages, texts = _text_encoder_stages(parts, tmp)
+    sampler, latents = _sampler_stage(parts, layout, texts, tmp)
+    stages["sampler"] = sampler
+    stages["decoder"] = (_consistency_decoder_stage(decoder, tmp, **decoder_options) if decoder is not None
+                         else _vae_stage(parts, latents, tmp))
+    if precision == "fp16":
+        stages |= fp16_stages(stages, parts, tmp, decoder is None)
+    _manifest(parts, layout, tokenizers, stages, folder).save(tmp)
 
 
 def _check_steps(steps) -> int:
@@ -175,13 +183,32 @@ def _parity_time_ids(parts: PipelineParts, batch: int) -> torch.Tensor:
 
 
 def _sampler_stage(parts: PipelineParts, layout: SamplerLayout, texts: dict, tmp: Path):
+    """The K-step sampler: one step traced and unrolled in ONNX (``_export_unrolled``), checked
+    against the PyTorch K-step sampler."""
     sampler = UnrolledLCM(parts.unet.eval(), parts.lcm, layout).eval()
     feeds = sampler_parity_inputs(parts, layout, texts)
-    spatial = {0: "batch", 2: "h", 3: "w"}
-    axes = {n: (spatial if n.startswith("noise_") else {0: "batch"}) for n in feeds} | {"latents": spatial}
     with any_latent_size(parts.unet):
-        record, reference = _export_and_check("sampler", sampler, feeds, ["latents"], axes, tmp, FEATURES)
+        record, reference = _export_and_check("sampler", sampler, feeds, ["latents"], {}, tmp, FEATURES,
+                                              export=lambda path: _export_unrolled(parts, layout, feeds, path))
     return record, reference["latents"]
+
+
+def _export_unrolled(parts: PipelineParts, layout: SamplerLayout, feeds: dict[str, torch.Tensor], path: Path) -> None:
+    """Trace one sampler step (``LCMStepGraph``) on the first step's inputs and unroll it K times
+    (``unroll.unroll``) into ``path``."""
+    from .unroll import unroll
+
+    step = LCMStepGraph(parts.unet, parts.lcm, layout).eval()
+    values = step_values(step.schedule)
+    conditioning = {k: v for k, v in feeds.items() if not k.startswith("noise_")}
+    noise = feeds["noise_0"]
+    step_feeds = conditioning | {"x": noise, "noise_next": torch.randn_like(noise)} | values[0]
+    spatial = {0: "batch", 2: "h", 3: "w"}
+    axes = ({n: {0: "batch"} for n in conditioning} | {"x": spatial, "noise_next": spatial}
+            | {o: spatial for o in LCMStepGraph.OUTPUTS})
+    constants = [{k: v.numpy() for k, v in d.items()} for d in values]
+    _export_onnx(step, step_feeds, list(LCMStepGraph.OUTPUTS), axes, path,
+                 transform=lambda model: unroll(model, constants))
 
 
 def _vae_stage(parts: PipelineParts, latents: torch.Tensor, tmp: Path) -> StageRecord:
@@ -369,12 +396,17 @@ def _graph_record(path: Path, tmp: Path) -> GraphRecord:
 
 # --- export + check -------------------------------------------------------------------------------
 def _export_and_check(name: str, module: torch.nn.Module, feeds: dict[str, torch.Tensor], outputs: list[str],
-                      axes: dict, tmp: Path, precision: str) -> tuple[StageRecord, dict[str, torch.Tensor]]:
-    """Export ``module`` to ``tmp/<name>.onnx``, run it on ONNX Runtime with ``feeds`` and compare
-    with PyTorch; the stage's record (raises ``ParityError`` after writing it when out of tolerance)."""
+                      axes: dict, tmp: Path, precision: str, *,
+                      export: Callable[[Path], None] | None = None) -> tuple[StageRecord, dict[str, torch.Tensor]]:
+    """Export ``module`` to ``tmp/<name>.onnx`` (or have ``export(path)`` write that graph), run it
+    on ONNX Runtime with ``feeds`` and compare with ``module`` in PyTorch; the stage's record
+    (raises ``ParityError`` after writing it when out of tolerance)."""
     path = tmp / f"{name}.onnx"
     t0 = time.perf_counter()
-    _export_onnx(module, feeds, outputs, axes, path)
+    if export is None:
+        _export_onnx(module, feeds, outputs, axes, path)
+    else:
+        export(path)
     seconds = round(time.perf_counter() - t0, 2)
     with torch.no_grad():
         reference = dict(zip(outputs, _as_tuple(module(*feeds.values()))))
@@ -393,9 +425,10 @@ def _export_and_check(name: str, module: torch.nn.Module, feeds: dict[str, torch
 
 
 def _export_onnx(module: torch.nn.Module, feeds: dict[str, torch.Tensor], outputs: list[str], axes: dict,
-                 path: Path) -> None:
-    """TorchScript-trace ``module`` to ONNX (opset ``PIPELINE_OPSET``), then store its weights in
-    ``<path>.data`` (tensors of ``INLINE_BELOW`` bytes or more)."""
+                 path: Path, transform: Callable | None = None) -> None:
+    """TorchScript-trace ``module`` to ONNX (opset ``PIPELINE_OPSET``), apply ``transform`` to the
+    ``ModelProto`` if given, then store its weights in ``<path>.data`` (tensors of ``INLINE_BELOW``
+    bytes or more)."""
     import onnx
 
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
@@ -407,6 +440,8 @@ def _export_onnx(module: torch.nn.Module, feeds: dict[str, torch.Tensor], output
                               output_names=outputs, dynamic_axes=axes, opset_version=PIPELINE_OPSET, dynamo=False,
                               do_constant_folding=True)
         model = onnx.load(str(raw))
+        if transform is not None:
+            model = transform(model)
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=INLINE_BELOW)
     onnx.checker.check_model(str(path), full_check=False)

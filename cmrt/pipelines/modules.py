@@ -54,6 +54,11 @@ class SamplerLayout:
         return names + ["guidance_scale"] + [f"noise_{i}" for i in range(self.steps)]
 
 
+#: The schedule values one sampler step takes (``LCMStepGraph``'s inputs after the conditioning).
+STEP_VALUES = ("timestep", "sqrt_alpha", "sqrt_one_minus_alpha", "c_skip", "c_out", "sqrt_alpha_prev",
+               "sqrt_one_minus_alpha_prev")
+
+
 class UnrolledLCM(nn.Module):
     """``forward(*inputs)`` in ``layout.input_names()`` order → the final denoised latents."""
 
@@ -67,23 +72,25 @@ class UnrolledLCM(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         feeds = dict(zip(self.layout.input_names(), inputs))
+        x = feeds["noise_0"]  # LCMScheduler.init_noise_sigma is 1
+        d = x
+        for i, values in enumerate(step_values(self.schedule)):
+            d = self.denoise(feeds, x, values)
+            if i + 1 < len(self.schedule):
+                x = L.renoise(d, feeds[f"noise_{i + 1}"], values["sqrt_alpha_prev"], values["sqrt_one_minus_alpha_prev"])
+        return d
+
+    def denoise(self, feeds: dict, x: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One step's denoised latents from ``x`` at the step whose ``STEP_VALUES`` are ``values``."""
         scale = feeds["guidance_scale"]
         w_emb = None
         if self.proj_dim is not None:  # a full LCM's UNet takes the w-embedding (guidance − 1)
             w_emb = L.guidance_embedding(scale - 1.0, self.proj_dim)
-        x = feeds["noise_0"]  # LCMScheduler.init_noise_sigma is 1
-        d = x
-        for i, step in enumerate(self.schedule):
-            eps = self._eps(x, step.t, feeds, scale, w_emb)
-            x0 = L.predicted_x0(x, eps, torch.tensor(step.sqrt_alpha), torch.tensor(step.sqrt_one_minus_alpha))
-            d = L.denoised(x0, x, step.c_skip, step.c_out)
-            if step.sqrt_alpha_prev is not None:
-                x = L.renoise(d, feeds[f"noise_{i + 1}"], torch.tensor(step.sqrt_alpha_prev),
-                              torch.tensor(step.sqrt_one_minus_alpha_prev))
-        return d
+        eps = self._eps(x, values["timestep"], feeds, scale, w_emb)
+        x0 = L.predicted_x0(x, eps, values["sqrt_alpha"], values["sqrt_one_minus_alpha"])
+        return L.denoised(x0, x, values["c_skip"], values["c_out"])
 
-    def _eps(self, x, t: int, feeds: dict, scale, w_emb) -> torch.Tensor:
-        timestep = torch.tensor(t, dtype=torch.long)
+    def _eps(self, x, timestep: torch.Tensor, feeds: dict, scale, w_emb) -> torch.Tensor:
         emb, added = feeds["prompt_embeds"], self._added(feeds, negative=False)
         if self.layout.embed_guidance:
             return self._unet(x, timestep, emb, w_emb, added)
@@ -106,6 +113,36 @@ class UnrolledLCM(nn.Module):
     def _unet(self, x, t, emb, w_emb, added) -> torch.Tensor:
         return self.unet(x, t, encoder_hidden_states=emb, timestep_cond=w_emb, added_cond_kwargs=added,
                          return_dict=False)[0]
+
+
+class LCMStepGraph(UnrolledLCM):
+    """One step of the sampler, its schedule values inputs: ``forward(*inputs)`` in
+    ``input_names()`` order (the sampler's conditioning and guidance scale, ``x``, ``noise_next``,
+    ``STEP_VALUES``) → (``denoised``, ``x_next``). Traced once and unrolled ``layout.steps`` times in
+    ONNX (``cmrt.exporter.unroll``): tracing the K-step sampler itself took K times as long."""
+
+    OUTPUTS = ("denoised", "x_next")
+
+    def input_names(self) -> list[str]:
+        conditioning = [n for n in self.layout.input_names() if not n.startswith("noise_")]
+        return conditioning + ["x", "noise_next", *STEP_VALUES]
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        feeds = dict(zip(self.input_names(), inputs))
+        d = self.denoise(feeds, feeds["x"], feeds)
+        return d, L.renoise(d, feeds["noise_next"], feeds["sqrt_alpha_prev"], feeds["sqrt_one_minus_alpha_prev"])
+
+
+def step_values(schedule: list[L.LCMStep]) -> list[dict[str, torch.Tensor]]:
+    """Every step's ``STEP_VALUES`` as tensors: the timestep int64, the rest float32 (the last
+    step, which renoises nothing, gets zeros for the next step's values)."""
+    out = []
+    for s in schedule:
+        floats = (s.sqrt_alpha, s.sqrt_one_minus_alpha, s.c_skip, s.c_out, s.sqrt_alpha_prev or 0.0,
+                  s.sqrt_one_minus_alpha_prev or 0.0)
+        out.append({"timestep": torch.tensor(s.t, dtype=torch.long)}
+                   | {k: torch.tensor(v, dtype=torch.float32) for k, v in zip(STEP_VALUES[1:], floats)})
+    return out
 
 
 @contextmanager
@@ -154,4 +191,5 @@ class VaeDecoderStage(nn.Module):
         return self.vae.decode(latents / self.scaling_factor, return_dict=False)[0].clamp(-1.0, 1.0)
 
 
-__all__ = ["SamplerLayout", "UnrolledLCM", "TextEncoderStage", "VaeDecoderStage", "any_latent_size"]
+__all__ = ["SamplerLayout", "UnrolledLCM", "LCMStepGraph", "STEP_VALUES", "step_values", "TextEncoderStage",
+           "VaeDecoderStage", "any_latent_size"]
