@@ -7,8 +7,9 @@ The parent watches the child's resident set and stops it above ``--max-gib`` (or
 machine's available memory falls under ``MIN_AVAILABLE_GIB``), so an export too big for the
 machine cannot take it down: the result then says where it stopped (the phase running) and the
 peak reached. The child times every phase of the export (loading the folder, TorchScript tracing
-and conversion in ``torch.onnx.export``, ONNX load/save with external data, the checker, ONNX
-Runtime's parity runs, hashing) and reports its ``VmHWM``.
+and conversion in ``torch.onnx.export``, ONNX load and the save streaming the weights into one .data file, the checker, ONNX
+Runtime's parity runs, hashing, OpenVINO's BF16 record) and reports its ``VmHWM``, overall and per
+stretch between phase boundaries (``Peaks``).
 
     python -m benchmarks.lcm_export --size sd15 [--work /tmp/cmrt-lcm] [--max-gib 18] [--json out.json]
     python -m benchmarks.lcm_export --size sdxl --max-gib 18
@@ -93,18 +94,21 @@ def child(folder: Path, out: Path, steps: int) -> dict:
 
     import cmrt._io
     import cmrt.exporter.pipeline as P
+    import cmrt.exporter.unroll as U
 
     totals: dict[str, float] = {"imports": time.perf_counter() - t_start}
     peaks = Peaks()
     _timed(P, "load_pipeline", "load the diffusers folder", totals, peaks)
     _timed(torch.onnx, "export", "torch.onnx.export (TorchScript trace + conversion)", totals, peaks)
-    _timed(onnx, "load", "onnx.load", totals, peaks)
-    _timed(onnx, "save_model", "onnx.save_model (external data)", totals, peaks)
+    _timed(onnx, "load", "onnx.load (graph only)", totals, peaks)
+    _timed(U, "unroll", "unroll the traced step K times (ONNX)", totals, peaks)
+    _timed(P, "save_one_data_file", "save the graph, weights streamed to one .data", totals, peaks)
     _timed(onnx.checker, "check_model", "onnx.checker", totals, peaks)
     _timed(P, "_run_onnx", "ONNX Runtime parity runs (session + run)", totals, peaks)
     _timed(P, "save_parity", "save parity npz", totals, peaks)
     _timed(P, "sha256_path", "hash the source folder", totals, peaks)
     _timed(P, "sha256_file", "hash bundle files", totals, peaks)
+    _timed(P, "record_stages_at_export", "OpenVINO BF16 record per stage (compile + run)", totals, peaks)
     _stage_timer(P, totals, peaks)
     t0 = time.perf_counter()
     P.export_pipeline(folder, out=out, steps=steps, overwrite=True)

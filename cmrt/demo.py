@@ -161,6 +161,7 @@ def text_to_image_demo(out: Path) -> None:
     from .exporter.pipeline import export_pipeline
     from .images import save_grid
     from .models.load import T2I_DECODER, T2I_MODEL
+    from .parity import psnr
 
     if not T2I_MODEL.is_dir():
         print(f"\ntext to image: skipped ({T2I_MODEL.name} is not installed)")
@@ -173,16 +174,18 @@ def text_to_image_demo(out: Path) -> None:
         t0 = time.perf_counter()
         tag = f"{k}step" + ("-cd" if decoder else "")
         bundle = export_pipeline(T2I_MODEL, out=out / f"lcm-{tag}", steps=k, decoder=decoder, overwrite=True)
-        images, ref, stage_ms = _t2i_run(bundle, k, decoder is not None)
+        images, ref, stage_ms, backends = _t2i_run(bundle, k, decoder is not None)
         how = "consistency decoder" if decoder else "VAE"
         parity = ("the decoder stage checked at export" if ref is None
-                  else f"vs diffusers' LatentConsistencyModelPipeline max abs {np.abs(images - ref).max():.2g}")
+                  else f"vs diffusers' LatentConsistencyModelPipeline (FP32) max abs {np.abs(images - ref).max():.2g}, "
+                       f"{psnr(images, ref):.1f} dB")
+        print(f"  {k} step(s), {how}: {backends}")
         print(f"  {k} step(s), {how}: exported in {time.perf_counter() - t0:.0f} s; {parity}; stage latency "
               f"(batch {len(T2I_PROMPTS)}): "
               + ", ".join(f"{n} {ms:.1f} ms" for n, ms in stage_ms.items()))
         rows += list(np.split(images, len(T2I_SEEDS)))
         names += [f"{k} step{'s' * (k > 1)}, {'CD' if decoder else 'VAE'}, seed {s}" for s in T2I_SEEDS]
-    save_grid(np.concatenate(rows), out / "text_to_image.png", cols=len(T2I_PROMPTS), scale=4, row_labels=names)
+    save_grid(np.concatenate(rows), out / "text_to_image.png", cols=len(T2I_PROMPTS), scale=2, row_labels=names)
     print(f"  wrote {out / 'text_to_image.png'} (columns: the prompts; rows: steps, decoder, seed)")
 
 
@@ -199,6 +202,7 @@ def _t2i_run(bundle: Path, steps: int, consistency_decoder: bool):
     pipe.set_progress_bar_config(disable=True)
     ours, ref = [], []
     with Pipeline(bundle) as runner:
+        backends = runner.describe()
         for seed in T2I_SEEDS:
             ours.append(runner.generate(list(T2I_PROMPTS), guidance_scale=T2I_GUIDANCE, seed=seed))
             if consistency_decoder:  # a cmrt decoder: no diffusers twin (its bundle was checked at export)
@@ -212,7 +216,7 @@ def _t2i_run(bundle: Path, steps: int, consistency_decoder: bool):
             with np.load(bundle / "parity" / f"{name}.npz", allow_pickle=False) as data:
                 feeds = {k[len("input/"):]: data[k] for k in data.files if k.startswith("input/")}
             stage_ms[name] = median_ms(lambda: stage.run(feeds), repeats=5, warmup=1)
-    return np.concatenate(ours), np.concatenate(ref) if ref else None, stage_ms
+    return np.concatenate(ours), np.concatenate(ref) if ref else None, stage_ms, backends
 
 
 def photo_demo(out: Path) -> None:

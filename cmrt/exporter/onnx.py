@@ -111,3 +111,44 @@ def graph_files(path: Path) -> list[Path]:
 
 
 __all__ = ["OPSET", "OUTPUT_NAME", "GraphExport", "export_graph", "dynamic_shapes", "describe_io", "graph_files"]
+
+
+def save_one_data_file(model, path: Path, *, source: Path | None = None, inline_below: int = 1024) -> None:
+    """Save ``model`` to ``path`` with every initializer of ``inline_below`` bytes or more in one
+    ``<path>.data``, streamed tensor by tensor: initializers still in external files under
+    ``source`` (``onnx.load(..., load_external_data=False)`` of the TorchScript exporter's
+    per-tensor files) are copied without ever holding the model's weights in memory, and the
+    ``ModelProto`` is left pointing at ``<path>.data``. Files get the umask's modes."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    data = path.with_name(path.name + ".data")
+    written = 0
+    with open(data, "wb") as out:
+        for tensor in model.graph.initializer:
+            if uses_external_data(tensor):
+                info = ExternalDataInfo(tensor)
+                if source is None:
+                    raise ValueError(f"initializer {tensor.name} is external but no source folder was given")
+                blob = _read_range(source / info.location, info.offset or 0, info.length)
+            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= inline_below:
+                blob = tensor.raw_data
+            else:
+                continue
+            del tensor.external_data[:]
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data.name), ("offset", written), ("length", len(blob))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, str(value)
+            out.write(blob)
+            written += len(blob)
+    if not written:
+        data.unlink()
+    onnx.save_model(model, str(path))
+
+
+def _read_range(file: Path, offset: int, length: int | None) -> bytes:
+    with open(file, "rb") as f:
+        f.seek(offset)
+        return f.read() if length is None else f.read(length)
+

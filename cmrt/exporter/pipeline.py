@@ -45,7 +45,7 @@ from ..pipelines.load import PipelineParts, load_pipeline
 from ..pipelines.modules import (LCMStepGraph, SamplerLayout, TextEncoderStage, UnrolledLCM, VaeDecoderStage,
                                  any_latent_size, step_values)
 from ..runtime.stages import record_at_export as record_stages_at_export
-from .onnx import describe_io
+from .onnx import describe_io, save_one_data_file
 
 PIPELINE_OPSET = 17  # the TorchScript exporter's well-trodden opset; TensorRT and ORT parse it
 PARITY_PROMPTS = ("a photograph of an astronaut riding a horse", "a red cube")
@@ -439,11 +439,10 @@ def _export_onnx(module: torch.nn.Module, feeds: dict[str, torch.Tensor], output
             torch.onnx.export(module.eval(), tuple(feeds.values()), str(raw), input_names=list(feeds),
                               output_names=outputs, dynamic_axes=axes, opset_version=PIPELINE_OPSET, dynamo=False,
                               do_constant_folding=True)
-        model = onnx.load(str(raw))
+        model = onnx.load(str(raw), load_external_data=False)  # the weights stay in the exporter's files
         if transform is not None:
             model = transform(model)
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=INLINE_BELOW)
+        save_one_data_file(model, path, source=Path(scratch), inline_below=INLINE_BELOW)
     onnx.checker.check_model(str(path), full_check=False)
 
 

@@ -58,10 +58,12 @@ def unroll(step, values: Sequence[Mapping[str, np.ndarray]], *, output: str = "l
         last = k == len(values) - 1
         suffix = STEP_SUFFIX.format(k)
         renamed = {"x": previous, "noise_next": f"noise_{k + 1}"}
+        body = _needed(g.node, {"denoised"}) if last else list(g.node)
+        used = {i for node in body for i in node.input}
         for name, v in vals.items():
             renamed[name] = f"{name}{suffix}"
-            constants.append(numpy_helper.from_array(np.asarray(v), renamed[name]))
-        body = _needed(g.node, {"denoised"}) if last else list(g.node)
+            if name in used:  # the last step uses none of the next step's values
+                constants.append(numpy_helper.from_array(np.asarray(v), renamed[name]))
         for node in body:
             for o in node.output:
                 if o:

@@ -59,6 +59,8 @@ OPTION_HELP = {
     "text_width": "ldm: the CLIP text encoder's hidden size (trained with the UNet)",
     "text_layers": "ldm: the text encoder's transformer layers",
     "cond_dropout": "ldm: probability of an empty caption (classifier-free guidance)",
+    "weight_cap": "ldm: weight each timestep's ε-MSE by min(1/ᾱ_t, cap) (EDM's weighting for unit-variance latents, "
+                  "capped; 1: unweighted)",
     "guidance_min": "lcm: guidance scales ω + 1 are drawn uniformly from [--guidance-min, --guidance-max]",
     "guidance_max": "lcm: the upper end of that range",
     "lcm_skip": "lcm: the skipping step k; the teacher's DDIM solver steps from t to t − k on the 1000-step schedule",

@@ -22,7 +22,7 @@ from .._io import sha256_tensors, write_json_atomic
 from ..errors import ConfigError
 from ..samplers import decoder_condition
 from . import runs as R
-from .data import COLOR_SIZE, Dataset, load_data
+from .data import Dataset, load_data
 from .ema import update_ema
 from .methods import Batch, Networks, configure
 from .models import T2I_METHODS, TrainConfig, build_backbone, model_spec
@@ -180,11 +180,12 @@ class Trainer:
 
 
 def _load(cfg: TrainConfig, kind: str):
-    """``--data``: ``digits-text`` (the captioned digits' renders, labelled by digit) or ``data.load_data``'s sets."""
+    """``--data``: ``digits-text`` (the captioned digits' renders, labelled by digit; for a decoder,
+    ``--image-size`` crops of them, as photos) or ``data.load_data``'s sets."""
     if cfg.data == "digits-text":
-        from .captions import as_dataset
+        from .captions import as_crops, as_dataset
 
-        return as_dataset("train", size=cfg.image_size if kind == "sampler" else COLOR_SIZE)
+        return as_dataset("train", size=cfg.image_size) if kind == "sampler" else as_crops("train", cfg.image_size)
     return load_data(cfg.data, size=cfg.image_size, channels=cfg.channels, kind=kind)
 
 

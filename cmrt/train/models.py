@@ -61,6 +61,7 @@ class TrainConfig:
     text_width: int = 64  # ldm: the CLIP text encoder's hidden size
     text_layers: int = 2  # ldm: its transformer layers
     cond_dropout: float = 0.1  # ldm: caption dropout (classifier-free guidance)
+    weight_cap: float = 1.0  # ldm: per-timestep loss weight min(1/ᾱ_t, cap); 1 = plain ε-MSE
     guidance_min: float = 1.0  # lcm: guidance scales ω + 1 drawn uniformly from [min, max]
     guidance_max: float = 8.0
     lcm_skip: int = 20  # lcm: the skipping step k on the 1000-step schedule (DDIM solver on 1000/k steps)
@@ -87,6 +88,8 @@ class TrainConfig:
                               f"{self.guidance_max}")
         if self.method == "lcm" and (self.lcm_skip < 1 or 1000 % self.lcm_skip or self.lora_rank < 0):
             raise ConfigError(f"--lcm-skip must divide 1000 and --lora-rank be ≥ 0, got {self.lcm_skip}, {self.lora_rank}")
+        if self.weight_cap < 1.0:
+            raise ConfigError(f"--weight-cap must be ≥ 1 (1: the plain ε-prediction loss), got {self.weight_cap}")
         if self.method == "decoder" and not self.encoder:
             raise ConfigError("cmrt train decoder needs --encoder FILE (train one with `cmrt train-autoencoder`)")
         if self.max_steps < 1 or self.batch_size < 1:

@@ -10,6 +10,7 @@ import torch
 
 from cmrt import parity
 from cmrt.models.load import T2I_DECODER, T2I_MODEL
+from cmrt.train.captions import TEXT_SIZE
 
 PROMPTS = ["a red 7 on a blue background", "three in yellow on black"]
 MAX_BYTES = 15 * 2**20
@@ -36,9 +37,9 @@ def test_the_bundled_lcm_is_a_small_safetensors_diffusers_folder(lcm):
     assert sum(p.stat().st_size for p in files) <= MAX_BYTES and T2I_DECODER.is_file()
     weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
     assert weights and all(p.suffix == ".safetensors" for p in weights)
-    assert lcm.unet.config.time_cond_proj_dim and lcm.unet.config.sample_size == 4
+    assert lcm.unet.config.time_cond_proj_dim and lcm.unet.config.sample_size == TEXT_SIZE // 8
     images = _images(lcm, 2, 0)
-    assert images.shape == (2, 3, 32, 32) and np.isfinite(images).all()
+    assert images.shape == (2, 3, TEXT_SIZE, TEXT_SIZE) and np.isfinite(images).all()
 
 
 @pytest.mark.slow  # one pipeline export (~20 s of CPU, minutes under load)

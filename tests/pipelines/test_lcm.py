@@ -113,6 +113,28 @@ def test_manifest_records_every_stage(lcm_bundle):
     assert {f.file.split("/")[0] for t in m.tokenizers for f in t.files} == {"tokenizer"}
 
 
+def test_sampler_graph_is_four_unet_steps_sharing_one_set_of_weights(lcm_bundle, lcm_pipe):
+    import onnx
+
+    graph = onnx.load(str(lcm_bundle / "sampler.onnx")).graph
+    weights = sum(int(np.prod(i.dims)) for i in graph.initializer if len(i.dims) > 1)
+    unet = sum(p.numel() for p in lcm_pipe.unet.parameters() if p.dim() > 1)
+    assert unet <= weights < 1.1 * unet  # stored once (and a few folded constants)
+    convs = [n.name for n in graph.node if n.op_type == "Conv" and n.name.startswith("/unet/")]
+    per_step = {k: sum(name.endswith(f"/step{k}") for name in convs) for k in range(4)}
+    assert len(set(per_step.values())) == 1 and sum(per_step.values()) == len(convs) > 0
+
+
+def test_bundle_files_have_the_usual_mode(lcm_bundle):
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in lcm_bundle.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {oct(0o666 & ~mask)}, modes
+
+
 def test_manifest_schema(lcm_bundle):
     from pathlib import Path
 

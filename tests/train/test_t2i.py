@@ -37,7 +37,7 @@ def teacher(tmp_path_factory, data):
 
 def test_captions_name_what_is_drawn_and_tokenize_word_by_word(tmp_path):
     test = C.load_captioned("test", copies=1)
-    assert len(test) == 180 and test.x.shape[1:] == (3, 32, 32)
+    assert len(test) == 180 and test.x.shape[1:] == (3, C.TEXT_SIZE, C.TEXT_SIZE)
     for cap, d, f, b in zip(test.captions[:20], test.digits, test.fg, test.bg):
         assert C.COLORS[f] in cap and C.COLORS[b] in cap
         assert str(d) in cap.split() or C.NUMBER_WORDS[d] in cap.split()
@@ -77,7 +77,7 @@ def test_lcm_resumes_exactly_and_loads_in_the_lcm_pipeline(teacher, data, tmp_pa
     pipe = LatentConsistencyModelPipeline.from_pretrained(str(straight / DIFFUSERS), safety_checker=None)
     assert pipe.unet.config.time_cond_proj_dim == TINY["time_cond_dim"]
     out = pipe("seven in red on blue", num_inference_steps=2, guidance_scale=8.0, output_type="pt").images
-    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+    assert out.shape == (1, 3, C.TEXT_SIZE, C.TEXT_SIZE) and torch.isfinite(out).all()
 
 
 def test_lcm_lora_keys_load_into_every_targeted_module(teacher, data, tmp_path):
@@ -108,6 +108,19 @@ def test_lcm_options_are_checked():
         TrainConfig(method="lcm", data="digits-text", teacher="t", guidance_min=0.5)
     with pytest.raises(ConfigError, match="--vae"):
         TrainConfig(method="ldm", data="digits-text")
+    with pytest.raises(ConfigError, match="--weight-cap"):
+        TrainConfig(method="ldm", data="digits-text", vae="v", weight_cap=0.5)
+
+
+def test_the_teachers_timestep_weight_is_edms_for_unit_latents_capped():
+    from cmrt.train.t2i import alphas_cumprod, timestep_weight
+
+    ac = alphas_cumprod()
+    sigma2 = (1 - ac) / ac  # the VE noise level of each timestep; EDM's λ(σ)·σ² with σ_data = 1 is 1 + σ²
+    torch.testing.assert_close(timestep_weight(ac, 1e9), 1 + sigma2)
+    w = timestep_weight(ac, 10.0)
+    assert w.max() == 10.0 and w[0] < 1.01 and (w.diff() >= 0).all()  # noisier timesteps weigh more
+    assert (timestep_weight(ac, 1.0) == 1.0).all()  # cap 1: the plain ε-MSE
 
 
 def test_guided_ddim_step_is_ddim_with_guided_x0_and_eps():
@@ -127,3 +140,16 @@ def test_guided_ddim_step_is_ddim_with_guided_x0_and_eps():
     x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()  # x̂0 is linear in ε, so guiding x̂0 = x̂0 of the guided ε
     torch.testing.assert_close(got, ap.sqrt() * x0 + (1 - ap).sqrt() * eps)
     assert np.isfinite(got.numpy()).all()
+
+
+def test_a_decoder_on_the_renders_trains_on_latent_aligned_crops(teacher, tmp_path):
+    from cmrt.train.loop import Trainer
+    from cmrt.train.photos import CropSet
+
+    cfg = TrainConfig(method="decoder", data="digits-text", out=str(tmp_path / "d"), encoder=str(teacher.parent / "vae"),
+                      channels=3, image_size=32, widths=(8, 8), norm_groups=4, batch_size=2, max_steps=1, threads=1)
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.data, CropSet) and trainer.data.images[0].shape == (3, C.TEXT_SIZE, C.TEXT_SIZE)
+    batch = trainer.batch()
+    assert batch.images.shape == (2, 3, 32, 32) and batch.cond.shape[0] == 2
+    assert torch.isfinite(torch.tensor(trainer.train_step()))
