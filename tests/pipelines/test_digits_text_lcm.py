@@ -51,3 +51,14 @@ def test_its_export_matches_diffusers_at_two_steps(lcm, tmp_path):
     with Pipeline(bundle) as pipe:
         ours = pipe.generate(PROMPTS, guidance_scale=8.0, seed=3)
     assert np.abs(ours - _images(lcm, 2, 3)).max() <= parity.TOLERANCES["fp32"].max_abs
+
+
+def test_the_bundled_lcm_draws_the_named_digit_and_colours(lcm):
+    """Prompt-following on held-out captions (``cmrt eval``'s scorer; the card's full table: 100%)."""
+    from cmrt.train.t2i_eval import Scorer, generate
+
+    scorer, n = Scorer(), 40
+    test = scorer.test
+    images = generate(lcm, list(test.captions[:n]), 2, 8.0, 0)
+    scores = scorer.score(images, (test.digits[:n], test.fg[:n], test.bg[:n]))
+    assert min(scores["digit_acc"], scores["fg_acc"], scores["bg_acc"]) >= 0.9, scores
