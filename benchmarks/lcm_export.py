@@ -45,12 +45,11 @@ class Peaks:
         self.gib: dict[str, float] = {}
 
     def boundary(self, kind: str, label: str) -> None:
-        from benchmarks.measure import PeakMemory, _status_kib
+        from benchmarks.measure import peak_rss_gib, reset_peak_rss
 
         where = " > ".join(self.open) or "(between phases)"
-        hwm = (_status_kib("VmHWM") or 0) / (1 << 20)
-        self.gib[where] = round(max(self.gib.get(where, 0.0), hwm), 2)
-        PeakMemory().__enter__()  # resets VmHWM
+        self.gib[where] = round(max(self.gib.get(where, 0.0), peak_rss_gib() or 0.0), 2)
+        reset_peak_rss()
         if kind == "enter":
             self.open.append(label)
         elif label in self.open:
@@ -92,7 +91,6 @@ def child(folder: Path, out: Path, steps: int) -> dict:
     import onnx
     import torch
 
-    import cmrt._io
     import cmrt.exporter.pipeline as P
     import cmrt.exporter.unroll as U
 

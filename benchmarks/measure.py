@@ -111,6 +111,20 @@ def _status_kib(field: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def peak_rss_gib() -> float | None:
+    """The process's resident-set high-water mark (``VmHWM``) in GiB; None off Linux."""
+    hwm = _status_kib("VmHWM")
+    return None if hwm is None else hwm * KIB / (1 << 30)
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current resident set (Linux); False where the kernel refuses."""
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write(_RESET_PEAK_RSS)
+        return True
+    except OSError:
+        return False
 
 
 class PeakMemory:
@@ -127,12 +141,7 @@ class PeakMemory:
         self.cuda_max_allocated_mb: float | None = None
 
     def __enter__(self) -> "PeakMemory":
-        try:
-            with open(_CLEAR_REFS, "w") as f:
-                f.write(_RESET_PEAK_RSS)
-            self.resettable = True
-        except OSError:
-            self.resettable = False
+        self.resettable = reset_peak_rss()
         if self.cuda:
             import torch
 

@@ -25,8 +25,11 @@ def release_memory() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: freed memory may stay with the allocator; nothing else to do
+    except (OSError, AttributeError) as exc:  # no glibc (OSError) or no malloc_trim in it (AttributeError)
+        import logging
+
+        logging.getLogger("cmrt").debug("release_memory: malloc_trim unavailable (%s); freed memory may stay "
+                                        "with the allocator", exc)
 
 
 def _umask() -> int:

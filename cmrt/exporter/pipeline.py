@@ -43,7 +43,7 @@ from ..errors import ConfigError
 from ..parity import compare
 from ..pipelines.load import PipelineParts, load_pipeline
 from ..pipelines.modules import (LCMStepGraph, SamplerLayout, TextEncoderStage, UnrolledLCM, VaeDecoderStage,
-                                 any_latent_size, step_values)
+                                 any_latent_size)
 from ..runtime.stages import record_at_export as record_stages_at_export
 from .onnx import describe_io, save_one_data_file
 
@@ -199,10 +199,10 @@ def _export_unrolled(parts: PipelineParts, layout: SamplerLayout, feeds: dict[st
     from .unroll import unroll
 
     step = LCMStepGraph(parts.unet, parts.lcm, layout).eval()
-    values = step_values(step.schedule)
+    values = step.step_values
     conditioning = {k: v for k, v in feeds.items() if not k.startswith("noise_")}
     noise = feeds["noise_0"]
-    step_feeds = conditioning | {"x": noise, "noise_next": torch.randn_like(noise)} | values[0]
+    step_feeds = conditioning | {"x": noise, "noise_next": feeds.get("noise_1", noise).clone()} | values[0]
     spatial = {0: "batch", 2: "h", 3: "w"}
     axes = ({n: {0: "batch"} for n in conditioning} | {"x": spatial, "noise_next": spatial}
             | {o: spatial for o in LCMStepGraph.OUTPUTS})

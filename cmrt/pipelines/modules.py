@@ -66,6 +66,7 @@ class UnrolledLCM(nn.Module):
         super().__init__()
         self.unet, self.layout = unet, layout
         self.schedule = L.lcm_steps(config, layout.steps)
+        self.step_values = step_values(self.schedule)
         self.proj_dim = getattr(unet.config, "time_cond_proj_dim", None)
         if layout.embed_guidance and self.proj_dim is None:
             raise ValueError("embedded guidance needs a UNet with time_cond_proj_dim")
@@ -74,7 +75,7 @@ class UnrolledLCM(nn.Module):
         feeds = dict(zip(self.layout.input_names(), inputs))
         x = feeds["noise_0"]  # LCMScheduler.init_noise_sigma is 1
         d = x
-        for i, values in enumerate(step_values(self.schedule)):
+        for i, values in enumerate(self.step_values):
             d = self.denoise(feeds, x, values)
             if i + 1 < len(self.schedule):
                 x = L.renoise(d, feeds[f"noise_{i + 1}"], values["sqrt_alpha_prev"], values["sqrt_one_minus_alpha_prev"])
