@@ -683,6 +683,8 @@ class Manifest:
         for key in OPTIONAL_SECTIONS:
             if d.get(key) is None:
                 d.pop(key, None)
+        _drop_null_record_fields(d.get("backends"))
+        _drop_null_fields(d.get("int8"))
         return d
 
     @classmethod
@@ -984,6 +986,33 @@ class Cpu:
 
 
 @dataclass(frozen=True)
+class SpeedRecord:
+    """How fast a backend ran against another on the same inputs, on the CPU of the record that
+    holds it: what the default choice (``cmrt.runtime.openvino.fastest_passed``) and the INT8 ship
+    rule (``cmrt.exporter.int8``) read (``cmrt.runtime.speed``).
+
+    Attributes:
+        against: the backend compared with (e.g. "onnxruntime-cpu", "openvino-bf16").
+        seconds: this backend's median seconds per call.
+        against_seconds: the other's median seconds per call.
+        speedup: how many times as fast as the other (above 1: faster): the median of the
+            per-round ratios when paired, else ``against_seconds / seconds``.
+        calls: timed calls of each (rounds when paired), after one untimed call.
+        inputs: the inputs timed (names and shapes, and what they are).
+        order: how the two were timed ("paired rounds", or "one after the other": never both
+            in memory).
+    """
+
+    against: str
+    seconds: float
+    against_seconds: float
+    speedup: float
+    calls: int
+    inputs: str
+    order: str
+
+
+@dataclass(frozen=True)
 class BackendRecord:
     """A CPU backend run on the stored parity inputs from the FP32 graph, like an engine's check
     (``cmrt check --backend openvino-bf16``; ``cmrt export`` on a CPU with native BF16).
@@ -1000,6 +1029,8 @@ class BackendRecord:
         seconds: wall time of the run on the parity inputs (compilation excluded).
         non_finite: NaN/Inf values in the outputs.
         result: the comparison with the PyTorch outputs.
+        speed: its speed against ONNX Runtime FP32 on the same graph and inputs (None: recorded
+            before cmrt measured it).
     """
 
     backend: str
@@ -1013,6 +1044,7 @@ class BackendRecord:
     seconds: float
     non_finite: int
     result: ParityRecord
+    speed: SpeedRecord | None = None
 
     @property
     def passed(self) -> bool:
@@ -1042,6 +1074,9 @@ class QuantizationRecord:
         library_version: OpenVINO's version (the model's runtime and IR writer).
         cpu: the CPU the export checked it on.
         parity: the INT8 model on OpenVINO vs the stored PyTorch outputs (the int8 tier).
+        speed: the INT8 model's speed against the path it would replace (None: recorded before
+            cmrt measured it).
+        min_speedup: the speed-up it had to reach to ship (None: recorded before the rule).
     """
 
     shipped: bool
@@ -1059,6 +1094,24 @@ class QuantizationRecord:
     library_version: str
     cpu: Cpu
     parity: ParityRecord
+    speed: SpeedRecord | None = None
+    min_speedup: float | None = None
+
+
+#: Record fields added within a format version, left out of the JSON while null (so the digest of a
+#: manifest written before they existed still matches).
+RECORD_OPTIONAL_FIELDS = ("speed", "min_speedup")
+
+
+def _drop_null_fields(record: dict | None) -> None:
+    for key in RECORD_OPTIONAL_FIELDS:
+        if record is not None and record.get(key, 0) is None:
+            record.pop(key)
+
+
+def _drop_null_record_fields(records: dict | None) -> None:
+    for record in (records or {}).values():
+        _drop_null_fields(record)
 
 
 # --- pipeline bundles (text → latents → image) --------------------------------------------
@@ -1192,6 +1245,7 @@ class PipelineManifest:
             for key in STAGE_OPTIONAL_SECTIONS:
                 if stage.get(key) is None:
                     stage.pop(key, None)
+            _drop_null_record_fields(stage.get("backends"))
         return d
 
     @classmethod

@@ -167,7 +167,12 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true",
                    help="also quantize the sampler or decoder graph to INT8 (NNCF post-training, OpenVINO IR "
                         "model.int8.xml, backend openvino-int8), shipped only where its parity passes the int8 "
-                        "tier; needs cmrt[openvino]")
+                        "tier and it runs --int8-min-speedup times as fast as the path it replaces; needs "
+                        "cmrt[openvino]")
+    p.add_argument("--int8-min-speedup", type=float, default=None, metavar="X",
+                   help="with --int8: the speed-up over OpenVINO BF16 (on a CPU with native BF16; else ONNX "
+                        "Runtime FP32), timed at export (samplers: a calibration call; decoders: a 256² image), "
+                        "that the INT8 model must reach to ship (default 1.3; 0: ship on parity alone)")
     p.add_argument("--int8-latents", type=Path, default=None, metavar="FILE.npy",
                    help="decoders with --int8: real encoded images' latents (N, 4, h, w) to calibrate on "
                         "(default: the source's own training images through its encoder)")
@@ -209,7 +214,7 @@ def _export_run(a: argparse.Namespace) -> int:
                     clip=a.clip, overwrite=a.overwrite, precision=a.precision, io=a.io, arch=a.arch,
                     image_size=a.image_size, trust=a.trust, embedding=a.embedding, cache=a.cache, task=a.task,
                     factor=a.factor, tile_stats=a.tile_stats, int8=a.int8,
-                    int8_latents=_int8_latents(a))
+                    int8_latents=_int8_latents(a), int8_min_speedup=a.int8_min_speedup)
     m = bundle.manifest
     s = m.schedule
     sched = f"σ {[round(x, 4) for x in s.sigmas]}" if s.sigmas else f"timesteps {list(s.timesteps)}"
@@ -259,8 +264,9 @@ def _check_run(a: argparse.Namespace) -> int:
 
 
 #: ``--backend``: what the runners choose when it is not given.
-BACKEND_HELP = ("backend name (default: the fastest backend whose recorded parity passed on a CPU like this one, "
-                "else onnxruntime; openvino-int8, the INT8 model of `cmrt export --int8`, only when named)")
+BACKEND_HELP = ("backend name (default: a backend whose recorded parity passed on a CPU like this one and that "
+                "was timed faster than onnxruntime there, else onnxruntime; openvino-int8, the INT8 model of "
+                "`cmrt export --int8`, only when named)")
 
 
 # --- sample ------------------------------------------------------------------------------------

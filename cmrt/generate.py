@@ -17,7 +17,7 @@ from .errors import ConfigError
 #: ``cmrt export`` options that a pipeline folder does not take (they set up other exports).
 _NOT_FOR_PIPELINES = {"sigmas": "--sigmas", "timesteps": "--timesteps", "grid": "--grid", "clip": "--clip/--no-clip",
                       "factor": "--factor", "arch": "--arch", "image_size": "--image-size", "int8": "--int8",
-                      "int8_latents": "--int8-latents"}
+                      "int8_latents": "--int8-latents", "int8_min_speedup": "--int8-min-speedup"}
 
 
 def export_options(p: argparse.ArgumentParser) -> None:
@@ -96,7 +96,8 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None,
                    help="onnxruntime, onnxruntime-cpu, onnxruntime-cuda, openvino-bf16, openvino-f32, openvino, "
                         "tensorrt for every stage (default: per stage, a stage engine that runs here, else OpenVINO "
-                        "BF16 where the stage's recorded parity passed on a CPU like this one, else onnxruntime; "
+                        "BF16 where the stage's recorded parity passed on a CPU like this one and timed it faster, else "
+                        "onnxruntime; "
                         "printed)")
     p.add_argument("--out", type=Path, default=Path("generated.png"), help="PNG to write (a grid when --n > 1)")
 

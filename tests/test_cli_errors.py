@@ -38,6 +38,8 @@ CASES = [
     (["export", "--tile-stats", "--out", "{tmp}/x"], "--tile-stats"),  # the default model is no decoder
     (["export", "--task", "inpaint", "--int8", "--out", "{tmp}/x"], "--int8"),  # editors are not quantized
     (["export", "--int8", "--int8-latents", "{tmp}/missing.npy", "--out", "{tmp}/x"], "--int8-latents"),
+    (["export", "--int8-min-speedup", "2", "--out", "{tmp}/x"], "--int8-min-speedup"),
+    (["export", "--int8", "--int8-min-speedup", "-1", "--out", "{tmp}/x"], "--int8-min-speedup"),
     # export: editing tasks (issue 11; the bundled default model is a 1-channel digits model)
     (["export", "--task", "colorize", "--out", "{tmp}/x"], "--task colorize"),
     (["export", "--task", "paint", "--out", "{tmp}/x"], "--task"),

@@ -28,6 +28,7 @@ from ..runtime.tiled.options import DEFAULT_STATS_FACTOR
 from ..editing import EDIT_TASKS, RGB
 from ..samplers import UnrolledConsistencySampler, UnrolledDecoderSampler, UnrolledEditor
 from .inputs import parity_inputs
+from .int8 import MIN_SPEEDUP as INT8_MIN_SPEEDUP
 from .int8 import add_int8, int8_request
 from .onnx import OPSET, GraphExport, describe_io, dynamic_shapes, export_graph, graph_files
 
@@ -177,7 +178,7 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
            arch: str | None = None, image_size: int | None = None, trust: bool = False,
            embedding: str | Path | None = None, model: LoadedModel | None = None, cache: bool = True,
            task: str = SAMPLE_TASK, factor: int | None = None, tile_stats: bool = False, int8: bool = False,
-           int8_latents=None) -> Bundle:
+           int8_latents=None, int8_min_speedup: float | None = None) -> Bundle:
     """Export a model's fixed-step sampler (or editor) to a bundle, and check it against PyTorch.
 
     Args:
@@ -206,11 +207,15 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
             ``Decoder.decode(norm=...)``), each checked against PyTorch.
         int8: also quantize the sampler or decoder graph to INT8 (NNCF, ``cmrt.exporter.int8``) and
             ship it (``model.int8.xml``, ``backend="openvino-int8"``) where its parity passes the
-            int8 tier; where it fails no INT8 model is written and ``manifest.int8`` says why (the
-            rest of the bundle stands). Needs OpenVINO and NNCF (``pip install 'cmrt[openvino]'``).
+            int8 tier and it runs ``int8_min_speedup`` times as fast as the path it replaces; where
+            either fails no INT8 model is written and ``manifest.int8`` says why (the rest of the
+            bundle stands). Needs OpenVINO and NNCF (``pip install 'cmrt[openvino]'``).
         int8_latents: decoders with ``int8``: real encoded images' latents (N, 4, h, w) to calibrate
             on (``cmrt.train.calibration.decoder_latents``; ``cmrt export --int8`` passes them), or a
             callable returning them, called only when the source is a decoder.
+        int8_min_speedup: with ``int8``: the speed-up over the path it replaces (OpenVINO BF16 on a
+            CPU with native BF16, else ONNX Runtime FP32) the INT8 model must reach to ship (None:
+            ``cmrt.exporter.int8.MIN_SPEEDUP``, 1.3; 0: on parity alone).
 
     Returns:
         The opened bundle. On a parity failure a ``ParityError`` is raised and ``out`` is untouched.
@@ -219,7 +224,8 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
     model = _model(source, model, arch=arch, image_size=image_size, trust=trust, embedding=embedding)
     job = resolve_task(model.spec, task, factor)
     _check_tile_stats(tile_stats, model.spec)
-    int8_latents = int8_request(int8, "editor" if job.name in EDIT_TASKS else model.spec.kind, job.name, int8_latents)
+    int8_latents = int8_request(int8, "editor" if job.name in EDIT_TASKS else model.spec.kind, job.name, int8_latents,
+                                int8_min_speedup)
     schedule = resolve_schedule(model.spec, steps, sigmas, timesteps, grid, task=task)
     schedule = _with_clip(schedule, model.spec.clip if clip is None else bool(clip))
     sampler = build_unrolled(model, schedule, job)
@@ -244,7 +250,8 @@ def export(source: str | Path | None = None, *, out: str | Path = "bundle", step
             _add_fp16(bundle, sampler, graph, model, feeds, io, job)
         record_at_export(bundle)  # OpenVINO BF16's parity, on a CPU with native BF16 (cmrt.runtime.openvino)
         if int8:
-            add_int8(bundle, latents=int8_latents)  # shipped only where its parity passes (cmrt.exporter.int8)
+            add_int8(bundle, latents=int8_latents,  # shipped only where it holds and pays (cmrt.exporter.int8)
+                     min_speedup=INT8_MIN_SPEEDUP if int8_min_speedup is None else int8_min_speedup)
     return Bundle.open(out)
 
 

@@ -10,7 +10,7 @@ from ..bundle import Bundle, EngineParity, Gpu, IntegrityReport, ParityRecord
 from ..errors import ParityError
 from ..parity import ParityReport
 from .backends import open_backend
-from .openvino import for_check, record_lines, record_parity
+from .openvino import OpenVinoBackend, for_check, record_lines, record_parity, run_bundle_and_time
 from .stored import run_stored_inputs
 
 
@@ -65,10 +65,12 @@ def check(engine: str | Path | Bundle, *, backend: str | None = None, record: bo
     if not integrity.passed:
         return CheckReport(integrity, None, engine_lines(bundle))
     runner = open_backend(bundle, for_check(bundle, backend))
-    run = run_stored_inputs(bundle, runner)
+    if record and isinstance(runner, OpenVinoBackend):  # a CPU backend's own record, with its timing
+        run, speed = run_bundle_and_time(bundle, runner)
+        record_parity(bundle, runner, run, speed)
+    else:
+        run = run_stored_inputs(bundle, runner)
     report = run.report
-    if record:  # a CPU backend's own record (OpenVINO); nothing for the others
-        record_parity(bundle, runner, run)
     target = getattr(runner, "engine_target", None)
     if record and target is not None:
         gpu = getattr(runner, "gpu", None)

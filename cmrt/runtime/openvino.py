@@ -8,7 +8,8 @@ where its BF16 parity passed here, else FP32). The graph's batch and spatial axe
 so chunked and tiled decodes run the same compiled model at other shapes.
 
 ``openvino-int8`` runs the bundle's INT8 model instead (OpenVINO IR, ``graphs["int8"]``, written by
-``cmrt export --int8`` only where its parity passed: ``cmrt.exporter.int8``), the float remainder
+``cmrt export --int8`` only where its parity passed and it ran ≥ 1.3× the path it replaces:
+``cmrt.exporter.int8``), the float remainder
 of it in FP32. It is opt-in: never the default choice.
 
 A BF16 result is a property of the CPU's instruction set as much as of the graph, so its parity
@@ -17,8 +18,11 @@ is recorded like a TensorRT engine's: ``cmrt check BUNDLE --backend openvino-bf1
 ``BackendRecord`` (CPU model, instruction-set class and flags, OpenVINO version, time, max abs,
 PSNR, non-finite count, verdict) under ``manifest.backends["openvino-bf16/<isa class>"]``. On a
 CPU with native BF16, runners opened with ``backend=None`` choose ``openvino-bf16`` when such a
-record passed on a CPU of the same class (``default_choice``); a failed record is never chosen
-and a request for it is refused.
+record passed on a CPU of the same class and the same check timed it faster than ONNX Runtime FP32
+on the same inputs (``default_choice``, the record's ``speed``: ``cmrt.runtime.speed``); a failed
+record is never chosen and a request for it is refused. Tiny models can run faster on ONNX Runtime
+FP32, whose per-operator overhead is lower; large ones run 1.5-2x faster in BF16
+(benchmarks/RESULTS.md, "Reduced precision on the CPU").
 
 The CPU's flags are read behind one seam, ``cpu_flags()``: ``$CMRT_CPU_FLAGS`` (space- or
 comma-separated; set but empty = no flags) replaces ``/proc/cpuinfo``.
@@ -31,12 +35,13 @@ import os
 import queue
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from ..bundle import OUTPUT_NAME, BackendRecord, Bundle, Cpu, GraphRecord, ParityRecord
+from ..bundle import OUTPUT_NAME, BackendRecord, Bundle, Cpu, GraphRecord, ParityRecord, SpeedRecord
 from ..errors import BundleError, ConfigError, RunnerClosedError, require
+from . import speed as timing
 from .inputs import as_float32_output
 from .limits import ShapeLimits
 from .stored import StoredRun, run_stored_inputs
@@ -331,9 +336,14 @@ def int8_graph(bundle: Bundle):
     figures = "no outputs" if out is None else (
         f"PSNR {out.psnr if out.psnr is not None else float('inf'):.1f} dB, max abs {out.max_abs:.3g} against the "
         f"int8 tier's PSNR ≥ {record.parity.min_psnr:g} dB, max abs ≤ {record.parity.max_abs_tolerance:g}")
-    raise ConfigError(f"backend 'openvino-int8': {bundle.path} ships no INT8 model: its parity FAILED at export on "
-                      f"{record.cpu.model} ({figures}), so none was written; use backend='openvino-bf16' or "
-                      "'onnxruntime'")
+    if not record.parity.passed or record.speed is None:
+        why = f"its parity FAILED at export on {record.cpu.model} ({figures})"
+    else:
+        t = record.speed
+        why = (f"at export on {record.cpu.model} it ran {t.speedup:.3f}× {t.against}, short of the "
+               f"{record.min_speedup:g}× asked (its parity passed: {figures})")
+    raise ConfigError(f"backend 'openvino-int8': {bundle.path} ships no INT8 model: {why}, so none was written; use "
+                      "backend='openvino-bf16' or 'onnxruntime' (or re-export with --int8-min-speedup 0)")
 
 
 def for_check(bundle: Bundle, name: "str | Any | None") -> "str | Any | None":
@@ -344,30 +354,70 @@ def for_check(bundle: Bundle, name: "str | Any | None") -> "str | Any | None":
     return name
 
 
-def record_parity(bundle: Bundle, backend: Any, run: StoredRun) -> BackendRecord | None:
-    """Write an OpenVINO backend's check result (``run``: its stored-input run) into the bundle's
-    manifest (atomically); other backends record nothing here."""
+def record_parity(bundle: Bundle, backend: Any, run: StoredRun, speed: SpeedRecord | None = None
+                  ) -> BackendRecord | None:
+    """Write an OpenVINO backend's check result (``run``: its stored-input run; ``speed``: its
+    timing against ONNX Runtime FP32, ``run_bundle_and_time``) into the bundle's manifest (atomically);
+    other backends record nothing here."""
     if not isinstance(backend, OpenVinoBackend):
         return None
-    rec = backend_record(backend, run, bundle.manifest.graphs[GRAPHS[backend.precision]])
+    rec = backend_record(backend, run, bundle.manifest.graphs[GRAPHS[backend.precision]], speed)
     bundle.update(backends={**(bundle.manifest.backends or {}), record_key(rec.backend, rec.cpu.isa): rec})
     return rec
 
 
-def backend_record(backend: OpenVinoBackend, run: StoredRun, graph: GraphRecord) -> BackendRecord:
+def backend_record(backend: OpenVinoBackend, run: StoredRun, graph: GraphRecord,
+                   speed: SpeedRecord | None = None) -> BackendRecord:
     """The record of ``backend``'s run of stored inputs on ``graph`` (on this CPU, now)."""
     non_finite = int(sum(int((~np.isfinite(v)).sum()) for v in run.actual.values()
                          if np.issubdtype(np.asarray(v).dtype, np.floating)))
     return BackendRecord(backend.name, backend.precision, "openvino", backend.library_version, graph.file,
                          graph.sha256, this_cpu(), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                         round(run.seconds, 6), non_finite, ParityRecord.of(run.report))
+                         round(run.seconds, 6), non_finite, ParityRecord.of(run.report), speed)
+
+
+def run_and_time(backend: OpenVinoBackend, inputs: dict[str, np.ndarray], run: Callable[[], StoredRun],
+                 open_onnxruntime: Callable[[], Any]) -> tuple[StoredRun, SpeedRecord]:
+    """Time the open ``backend`` on the stored ``inputs``, then ``run()`` them for parity (which
+    closes it), then time ONNX Runtime FP32 (``open_onnxruntime()``) on the same inputs: the parity
+    run and the speed the record keeps (``cmrt.runtime.speed.against``: never both backends open,
+    as a pipeline stage's check needs)."""
+    try:
+        seconds = timing.timed(backend, inputs)
+    except BaseException:
+        backend.close()
+        raise
+    stored = run()
+    return stored, timing.against(seconds, "onnxruntime-cpu", open_onnxruntime, inputs,
+                                 timing.describe_inputs(inputs, "the stored parity inputs"))
+
+
+def run_bundle_and_time(bundle: Bundle, backend: OpenVinoBackend) -> tuple[StoredRun, SpeedRecord]:
+    """A bundle's check with its timing: the open ``backend`` and ONNX Runtime FP32 on the FP32 graph
+    in paired rounds (``cmrt.runtime.speed.paired``) on the stored inputs (a decoder's tiled to one
+    256² image), then the parity run (which closes ``backend``)."""
+    from .ort import OnnxRuntimeBackend
+
+    inputs, _ = bundle.parity_data()
+    feeds, what = inputs, "the stored parity inputs"
+    if bundle.manifest.kind == "decoder":  # too small to rank backends at: one image at 256²
+        feeds = timing.decoder_inputs(bundle.manifest, inputs["latents"])
+        what = "the stored latents tiled to 256² pixels"
+    fp32 = bundle.path / bundle.manifest.graphs["fp32"].file
+    try:
+        speed = timing.paired(backend, "onnxruntime-cpu", lambda: OnnxRuntimeBackend(fp32, device="cpu"), feeds,
+                              timing.describe_inputs(feeds, what))
+    except BaseException:
+        backend.close()
+        raise
+    return run_stored_inputs(bundle, backend), speed
 
 
 def check_and_record(bundle: Bundle, name: str = "openvino-bf16") -> BackendRecord:
-    """Run backend ``name`` on the stored parity inputs, compare with the stored PyTorch outputs
-    and record the result (passed or not) in the manifest."""
+    """Run backend ``name`` on the stored parity inputs, compare with the stored PyTorch outputs,
+    time it against ONNX Runtime FP32, and record the result (passed or not) in the manifest."""
     backend = open_openvino(bundle, name, refuse_failed=False)
-    rec = record_parity(bundle, backend, run_stored_inputs(bundle, backend))
+    rec = record_parity(bundle, backend, *run_bundle_and_time(bundle, backend))
     assert rec is not None  # an OpenVinoBackend always records
     return rec
 
@@ -382,7 +432,8 @@ def record_at_export(bundle: Bundle) -> BackendRecord | None:
 
 # --- the default ----------------------------------------------------------------------------------
 def default_choice(bundle: Bundle) -> str | None:
-    """The fastest backend whose recorded parity passed on a CPU of this one's class, where the CPU
+    """The fastest backend whose recorded parity passed on a CPU of this one's class and that was
+    timed faster than ONNX Runtime FP32 there (``fastest_passed``), where the CPU
     has native BF16 and OpenVINO is installed; None (ONNX Runtime FP32, as before) otherwise, and
     when the user pointed at a graph other than the FP32 one."""
     fp32 = bundle.manifest.graphs.get("fp32")
@@ -392,16 +443,24 @@ def default_choice(bundle: Bundle) -> str | None:
 
 
 def fastest_passed(records: dict[str, BackendRecord] | None, graph: GraphRecord | None) -> str | None:
-    """The fastest CPU backend whose record for ``graph`` passed on a CPU of this one's class, where
-    this CPU has native BF16 and OpenVINO is installed; else None."""
+    """The fastest CPU backend whose record for ``graph`` passed on a CPU of this one's class and
+    that was measured faster than ONNX Runtime FP32 there (``faster``), where this CPU has native
+    BF16 and OpenVINO is installed; else None (ONNX Runtime FP32)."""
     if graph is None or not native_bf16() or not available():
         return None
     cpu = this_cpu()
     for name in FASTEST:
         rec = valid_record(records, name, graph, cpu)
-        if rec is not None and rec.passed:
+        if rec is not None and rec.passed and faster(rec):
             return name
     return None
+
+
+def faster(rec: BackendRecord) -> bool:
+    """Whether the record's backend ran faster than ONNX Runtime FP32 where it was checked. A record
+    without a timing (written before cmrt took one) counts as faster: the measured ranking
+    (``FASTEST``) decided then."""
+    return rec.speed is None or rec.speed.speedup >= 1.0
 
 
 def record_lines(bundle: Bundle) -> tuple[str, ...]:
@@ -414,7 +473,8 @@ def record_line(what: str, rec: BackendRecord, current: bool) -> str:
     """One line on a backend record (``current``: for the graph as it is now)."""
     stale = "" if current else " (for an older graph: re-check)"
     verdict = "passed" if rec.passed else "FAILED"
-    return f"{what}: {verdict} on {rec.cpu.model} (OpenVINO {rec.library_version}, {rec.when}), {_worst(rec)}{stale}"
+    return (f"{what}: {verdict} on {rec.cpu.model} (OpenVINO {rec.library_version}, {rec.when}), {_worst(rec)}"
+            f"{timing.speed_line(rec.speed)}{stale}")
 
 
 def _worst(rec: BackendRecord) -> str:
@@ -426,6 +486,7 @@ def _worst(rec: BackendRecord) -> str:
 
 
 __all__ = ["OpenVinoBackend", "open_openvino", "default_choice", "fastest_passed", "valid_record", "precision_for",
-           "refuse_failed_record", "backend_record", "record_line", "check_and_record", "record_parity",
+           "refuse_failed_record", "backend_record", "record_line", "check_and_record", "record_parity", "run_and_time",
+           "run_bundle_and_time", "faster",
            "record_at_export", "record_lines", "for_check", "cpu_flags", "this_cpu", "native_bf16", "isa_class",
            "cache_dir"]

@@ -44,7 +44,8 @@ class Pipeline:
         precision: "fp32", or "fp16" for ONNX Runtime on the FP16 sampler and decoder graphs
             (``cmrt export --precision fp16``); the text encoders stay FP32.
         backend: None (the default per stage: a stage engine that runs here, else OpenVINO BF16
-            where the stage's recorded parity passed on a CPU of this class, else ONNX Runtime),
+            where the stage's recorded parity passed on a CPU of this class and timed it faster
+            than ONNX Runtime FP32, else ONNX Runtime),
             or one of "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "openvino-bf16",
             "openvino-f32", "openvino", "tensorrt" for every stage (``cmrt.runtime.stages``: a
             text encoder stays FP32 unless its own BF16 record passed). ``stage_backends`` says

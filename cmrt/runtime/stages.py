@@ -7,7 +7,8 @@ Which backend a stage runs on (``stage_backend``), for ``backend=``:
 - None (the default): a stage engine that can run here (``cmrt build``, its library, a GPU it
   was built for) → ``tensorrt``; else, on a CPU with native BF16 and OpenVINO installed,
   ``openvino-bf16`` for a stage whose own BF16 record passed on a CPU of this class for its
-  current FP32 graph; else ONNX Runtime (FP32, or the FP16 graphs with ``precision="fp16"``,
+  current FP32 graph and timed it faster than ONNX Runtime FP32 there (the record's ``speed``);
+  else ONNX Runtime (FP32, or the FP16 graphs with ``precision="fp16"``,
   which keeps ONNX Runtime for every stage).
 - "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda": every stage on ONNX Runtime.
 - "openvino-bf16": the sampler and decoder in BF16; a text encoder in BF16 only where its own
@@ -22,6 +23,7 @@ never chosen by default; ``cmrt check`` runs it anyway (a re-check may pass).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +181,7 @@ def check_stages(folder: str | Path, backend: str | None = None, *, device: str 
     and compare with the stored PyTorch outputs under the stage's tier in the precision it ran
     (``tier``). With ``record``, OpenVINO runs are recorded per stage in ``pipeline.json``
     (passed or not), as ``cmrt check BUNDLE --backend openvino-bf16`` records a bundle's."""
-    from .openvino import OpenVinoBackend, backend_record, record_key
+    from .openvino import OpenVinoBackend, backend_record, record_key, run_and_time
 
     folder = Path(folder)
     manifest = PipelineManifest.open(folder)
@@ -192,12 +194,15 @@ def check_stages(folder: str | Path, backend: str | None = None, *, device: str 
                                                      recheck=True))
         name, precision = opened.name, opened.precision
         inputs, expected = stored_data(folder, s)
-        run = run_stored(opened, inputs, expected, tier=tier(s, precision))  # closes it
-        checks[n] = StageCheck(n, name, precision, run)
-        if record and isinstance(opened, OpenVinoBackend):
-            rec = backend_record(opened, run, s.graph)
+        stored = partial(run_stored, opened, inputs, expected, tier=tier(s, precision))  # closes it
+        if record and isinstance(opened, OpenVinoBackend):  # with its timing against ONNX Runtime FP32
+            run, speed = run_and_time(opened, inputs, stored, partial(open_stage, folder, s, "onnxruntime-cpu"))
+            rec = backend_record(opened, run, s.graph, speed)
             records[n] = {"backends": {**(s.backends or {}), record_key(rec.backend, rec.cpu.isa): rec}}
-        elif record and getattr(opened, "engine_target", None) is not None:
+        else:
+            run = stored()
+        checks[n] = StageCheck(n, name, precision, run)
+        if record and getattr(opened, "engine_target", None) is not None:
             records[n] = {"engines": _engine_checked(s, opened, run)}
     if records:
         update_stages(folder, records)

@@ -18,7 +18,7 @@ from cmrt.runtime.backends import default_backend_name, open_backend
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-SMALL = dict(samples=4, batch=2)
+SMALL = dict(samples=4, batch=2, min_speedup=0.0)  # ship on parity alone: the tiny models' INT8 is not faster
 
 
 def _latents(decoder_bundle: Bundle) -> np.ndarray:
@@ -50,6 +50,11 @@ def test_int8_export_ships_model_and_records(cm_bundle, bundle_copy):
     assert m.int8.shipped and m.int8.quantized_ops > 0 and m.int8.parity.precision == "int8"
     assert m.int8.options["model_type"] == "transformer"  # the tiny CM has attention
     assert m.int8.parity.min_psnr == TOLERANCES["int8"].min_psnr
+    t = m.int8.speed  # timed on the first calibration call against the path it would replace
+    assert m.int8.min_speedup == 0.0 and t.against in ("openvino-bf16", "onnxruntime-cpu") and t.calls == 5
+    assert t.seconds > 0 and t.against_seconds > 0
+    assert t.inputs.startswith("the first calibration call: class_labels (2,), noise_0 (2, ")
+    assert f"× {t.against} (" in result.line()
     rec = next(r for k, r in m.backends.items() if k.startswith("openvino-int8/"))
     assert rec.passed and rec.graph_sha256 == m.graphs["int8"].sha256
     assert b.verify().passed
@@ -76,10 +81,36 @@ def test_failed_int8_writes_nothing_and_is_refused(decoder_bundle, bundle_copy, 
     b = Bundle.open(bundle.path)
     assert "int8" not in b.manifest.graphs and not (b.path / "model.int8.xml").exists()
     assert not b.manifest.int8.shipped and not b.manifest.int8.parity.passed
+    assert b.manifest.int8.speed.inputs.startswith(  # a decoder is timed at 256², whatever its calibration crops
+        "a calibration image's real latents tiled to 256² pixels: latents (1, 4, 32, 32), noise_0 (1, 3, 256, 256)")
     assert not any(k.startswith("openvino-int8/") for k in (b.manifest.backends or {}))
     assert not list(b.path.glob(".int8-*"))  # the staged model went with its folder
     with pytest.raises(ConfigError, match="FAILED at export"):
         cmrt.Decoder(b.path, backend="openvino-int8")
+
+
+def test_int8_not_faster_writes_nothing_and_is_refused(cm_bundle, bundle_copy):
+    """INT8 that passes its parity but does not reach the speed-up asked ships nothing; the record
+    keeps both figures and asking for the backend names them."""
+    bundle = bundle_copy(cm_bundle)
+    result = add_int8(bundle, **{**SMALL, "min_speedup": 1e6})
+    assert not result.shipped and result.report.passed
+    assert "NOT shipped, not fast enough" in result.line() and "1e+06× asked" in result.line()
+    b = Bundle.open(bundle.path)
+    assert "int8" not in b.manifest.graphs and not (b.path / "model.int8.xml").exists()
+    assert b.manifest.int8.parity.passed and b.manifest.int8.speed.speedup < 1e6 and b.verify().passed
+    with pytest.raises(ConfigError, match=r"short of the 1e\+06× asked \(its parity passed"):
+        cmrt.Sampler(b.path, backend="openvino-int8")
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), "2", True])
+def test_bad_min_speedup_is_refused(tmp_path, value):
+    from cmrt.exporter.api import export
+    from tests.conftest import tiny_cm
+
+    with pytest.raises(CmrtError, match="int8_min_speedup"):
+        export(model=tiny_cm(), out=tmp_path / "x", int8=True, int8_min_speedup=value)
+    assert not (tmp_path / "x").exists()
 
 
 def test_int8_refused_where_it_does_not_apply(tmp_path, cm_bundle):
@@ -92,6 +123,8 @@ def test_int8_refused_where_it_does_not_apply(tmp_path, cm_bundle):
         export(model=tiny_decoder(), out=tmp_path / "d", int8=True)
     with pytest.raises(CmrtError, match="--int8-latents"):
         export(model=tiny_cm(), out=tmp_path / "s", int8_latents=np.zeros((1, 4, 2, 2), np.float32))
+    with pytest.raises(CmrtError, match="--int8-min-speedup.*needs --int8"):
+        export(model=tiny_cm(), out=tmp_path / "s", int8_min_speedup=1.0)
     with pytest.raises(ConfigError, match="holds no INT8 model"):
         cmrt.Sampler(cm_bundle.path, backend="openvino-int8")
     assert not any((tmp_path / n).exists() for n in ("e", "d", "s"))

@@ -102,11 +102,19 @@ def test_consistency_decoder_stage_takes_the_backend(lcm_cd_bundle):
 
 
 # --- records ------------------------------------------------------------------------------------------
+def _timed(m: PipelineManifest, **speedups: float) -> dict:
+    """Stage changes giving each named stage's BF16 record the speed-up stated (the timing the
+    default choice reads, set by the test: the tiny stages' real timings sit near 1×)."""
+    return {n: {"backends": {KEY: replace(rec, speed=replace(rec.speed, speedup=x))}}
+            for n, x in speedups.items() for rec in [m.stages[n].backends[KEY]]}
+
+
 def test_records_per_stage_the_default_and_a_failed_record(copy, flags, capsys):
     """OpenVINO BF16 recorded per stage (as `cmrt export --model` does on a CPU with native BF16),
-    read back schema-valid with the digest intact; the default per CPU class; a failed sampler
-    record (its real BF16 latents with an error added, compared by the same function) is never
-    chosen and refused when asked for; `cmrt check PIPELINE --backend openvino-bf16` re-checks it."""
+    with its timing against ONNX Runtime FP32, read back schema-valid with the digest intact; the
+    default per CPU class and per timing; a failed sampler record (its real BF16 latents with an
+    error added, compared by the same function) is never chosen and refused when asked for;
+    `cmrt check PIPELINE --backend openvino-bf16` re-checks it."""
     flags("")
     assert S.record_at_export(copy) is None and PipelineManifest.open(copy).stages["sampler"].backends is None
     flags(BF16)
@@ -119,12 +127,26 @@ def test_records_per_stage_the_default_and_a_failed_record(copy, flags, capsys):
         assert rec.passed and rec.precision == "bf16" and rec.library == "openvino" and rec.non_finite == 0
         assert rec.cpu.isa == "avx512-bf16" and "avx512_bf16" in rec.cpu.flags and rec.graph_sha256 == s.graph.sha256
         assert rec.result.min_psnr == 40.0 and rec.result.outputs[0].psnr >= 40.0
+        t = rec.speed  # timed on the stage's stored inputs, then ONNX Runtime FP32 on them
+        assert t.against == "onnxruntime-cpu" and t.calls == 3 and t.seconds > 0 and t.against_seconds > 0
+        assert t.speedup == pytest.approx(t.against_seconds / t.seconds, rel=1e-3)
+        assert t.inputs.startswith("the stored parity inputs: ")
+        assert all(f"{k} {tuple(v.shape)}" in t.inputs for k, v in S.stored_data(copy, s)[0].items())
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(json.loads((copy / PIPELINE_MANIFEST).read_text()), pipeline_schema())
+    with Pipeline(copy) as pipe:  # each stage where its own timing put it
+        assert pipe.stage_backends == {n: ("openvino-bf16", "bf16") if s.backends[KEY].speed.speedup >= 1.0
+                                       else ("onnxruntime-cpu", "fp32") for n, s in m.stages.items()}
 
-    with Pipeline(copy) as pipe:  # native BF16, records passed here: BF16 everywhere (the text encoder too)
+    m = update_stages(copy, _timed(m, text_encoder=2.0, sampler=0.9, decoder=1.5))
+    with Pipeline(copy) as pipe:  # passed, but measured slower than ONNX Runtime FP32: not chosen
+        assert pipe.stage_backends == {"text_encoder": ("openvino-bf16", "bf16"),
+                                       "sampler": ("onnxruntime-cpu", "fp32"), "decoder": ("openvino-bf16", "bf16")}
+    m = update_stages(copy, _timed(m, sampler=1.8))
+    with Pipeline(copy) as pipe:  # native BF16, records passed and faster here: BF16 everywhere
         assert set(pipe.stage_backends.values()) == {("openvino-bf16", "bf16")}
         assert "sampler openvino-bf16 [bf16]" in pipe.describe()
+    assert any("1.80× onnxruntime-cpu" in line for line in S.record_lines(m))  # `cmrt check` shows the timing
     for other in ("", NO_BF16, AMX):  # no native BF16, or another class with no record: ONNX Runtime
         flags(other)
         with Pipeline(copy) as pipe:
@@ -155,8 +177,11 @@ def test_records_per_stage_the_default_and_a_failed_record(copy, flags, capsys):
     for name in ("text_encoder", "sampler", "decoder"):
         assert f"stage {name} backend {KEY}: passed" in out
     assert "stage sampler: openvino-bf16 [bf16-features]" in out and "stage decoder: openvino-bf16 [bf16]" in out
+    rechecked = PipelineManifest.open(copy).stages["sampler"].backends[KEY]
+    assert rechecked.passed and rechecked.speed.speedup != 1.8  # a new record, timed anew
     with Pipeline(copy) as pipe:
-        assert pipe.stage_backends["sampler"] == ("openvino-bf16", "bf16")
+        assert pipe.stage_backends["sampler"] == (("openvino-bf16", "bf16") if rechecked.speed.speedup >= 1.0
+                                                  else ("onnxruntime-cpu", "fp32"))
 
 
 # --- bad input ----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from cmrt.runtime.stored import StoredRun
 from cmrt.parity import compare, psnr
 from cmrt.runtime import openvino as ovb
 from cmrt.runtime.backends import default_backend_name, open_backend
+from tests.conftest import timed_as
 
 pytest.importorskip("openvino")
 
@@ -28,6 +30,7 @@ BF16 = "avx512f avx512_bf16 avx512_vnni avx2"  # a CPU with native BF16 (AVX512_
 NO_BF16 = "avx512f avx512_vnni avx2"  # the same without it
 AMX = "avx512f avx512_bf16 amx_tile amx_bf16 avx2"  # another class with native BF16
 ROOT = Path(__file__).resolve().parents[2]
+KEY = "openvino-bf16/avx512-bf16"
 
 
 @pytest.fixture
@@ -66,6 +69,10 @@ def test_check_passes_and_records_on_every_kind(request, fixture, bundle_copy, f
     assert rec.library == "openvino" and rec.library_version.startswith("20")
     assert rec.graph_sha256 == reopened.manifest.graphs["fp32"].sha256
     assert rec.result.outputs[0].psnr >= 40.0
+    kind = reopened.manifest.kind  # timed against ONNX Runtime FP32 on the stored inputs (a decoder's at 256²)
+    timed_on = ("the stored latents tiled to 256² pixels: latents (1, 4, 32, 32)" if kind == "decoder"
+                else "the stored parity inputs: ")
+    assert rec.speed.against == "onnxruntime-cpu" and rec.speed.inputs.startswith(timed_on)
     assert reopened.verify().passed
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(json.loads((bundle.path / MANIFEST).read_text()), manifest_schema())
@@ -165,11 +172,35 @@ def test_compiled_model_is_cached_across_processes(decoder_bundle, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == files
 
 
+def test_the_record_times_the_backend_and_the_default_follows(decoder_bundle, bundle_copy, flags):
+    """The check times OpenVINO BF16 and then ONNX Runtime FP32 on the stored inputs; the default
+    takes BF16 only where that timing says it is faster (a record without one, from before cmrt
+    took it, counts as faster)."""
+    flags(BF16)
+    bundle = bundle_copy(decoder_bundle)
+    rec = ovb.check_and_record(bundle)
+    t = rec.speed
+    assert rec.passed and t.against == "onnxruntime-cpu" and t.calls == 5 and t.seconds > 0 and t.against_seconds > 0
+    assert t.speedup > 0 and t.order.startswith("paired rounds")
+    assert t.inputs == ("the stored latents tiled to 256² pixels: latents (1, 4, 32, 32), noise_0 (1, 3, 256, 256), "
+                        "noise_1 (1, 3, 256, 256)")  # a decoder's stored inputs are too small to rank backends at
+    assert default_backend_name(Bundle.open(bundle.path)) == ("openvino-bf16" if t.speedup >= 1 else "onnxruntime")
+    assert default_backend_name(timed_as(Bundle.open(bundle.path), 0.8)) == "onnxruntime"
+    reopened = timed_as(Bundle.open(bundle.path), 1.25)
+    assert default_backend_name(reopened) == "openvino-bf16" and reopened.verify().passed
+    assert "1.25× onnxruntime-cpu" in cmrt.check(bundle.path, backend="onnxruntime").lines()[-2]
+    old = replace(reopened.manifest.backends[KEY], speed=None)
+    reopened.update(backends={KEY: old})
+    assert default_backend_name(Bundle.open(bundle.path)) == "openvino-bf16"
+    assert Bundle.open(bundle.path).verify().passed and '"speed"' not in (bundle.path / MANIFEST).read_text()
+
+
 def test_default_choice_with_and_without_native_bf16(decoder_bundle, bundle_copy, flags):
     flags(BF16)
     bundle = bundle_copy(decoder_bundle)
     assert default_backend_name(bundle) == "onnxruntime"  # nothing recorded yet
     assert ovb.check_and_record(bundle).passed
+    timed_as(bundle, 1.5)  # measured faster (the test's statement: the choice is what it is about)
     with cmrt.Decoder(bundle.path) as d:
         assert (d.backend.name, d.backend.precision) == ("openvino-bf16", "bf16")
     with cmrt.Decoder(bundle.path, backend="onnxruntime") as d:  # backend= overrides
@@ -193,7 +224,7 @@ def test_default_on_fp16_graph_stays_onnxruntime(dec16, bundle_copy, flags):
     flags(BF16)
     bundle = bundle_copy(dec16)
     ovb.check_and_record(bundle)
-    assert default_backend_name(Bundle.open(bundle.path)) == "openvino-bf16"
+    assert default_backend_name(timed_as(Bundle.open(bundle.path), 1.5)) == "openvino-bf16"
     fp16 = Bundle.open(bundle.path / "model.fp16.onnx")
     assert default_backend_name(fp16) == "onnxruntime"
     with pytest.raises(ConfigError, match="runs the FP32 graph model.onnx"):
@@ -222,7 +253,7 @@ def test_failed_record_is_never_chosen_and_refused(decoder_bundle, bundle_copy, 
         assert d.backend.precision == "fp32"
     assert any("FAILED" in line for line in cmrt.check(bundle.path, backend="onnxruntime").lines())
     assert cmrt.check(bundle.path, backend="openvino-bf16").passed  # re-check (real outputs) records a pass
-    assert default_backend_name(Bundle.open(bundle.path)) == "openvino-bf16"
+    assert default_backend_name(timed_as(Bundle.open(bundle.path), 1.5)) == "openvino-bf16"
 
 
 def test_bad_backend_names(decoder_bundle):
@@ -255,6 +286,8 @@ def test_cli_check_prints_the_record_and_choice(decoder_bundle, bundle_copy, fla
     assert main(["check", str(bundle.path), "--backend", "openvino-bf16"]) == 0
     out = capsys.readouterr().out
     assert "openvino-bf16 [bf16] vs PyTorch" in out and "backend openvino-bf16/avx512-bf16: passed" in out
+    assert "× onnxruntime-cpu (" in out  # its timing
+    timed_as(Bundle.open(bundle.path), 1.5)
     assert main(["check", str(bundle.path)]) == 0
     assert "backend: openvino-bf16 [bf16] (the default here)" in capsys.readouterr().out
 
