@@ -388,7 +388,8 @@ def openvino_int8(p: Prepared) -> Call:
 
     from cmrt.exporter.int8 import summary_line
 
-    bundle = _int8_bundle(p.bundle)
+    shipped = p.bundle.manifest.int8 is not None and p.bundle.manifest.int8.shipped
+    bundle = p.bundle if shipped else int8_bundle(p.bundle)  # the case's own INT8 model where it has one
     if not bundle.manifest.int8.shipped:
         raise Absent(summary_line(bundle.manifest.int8))
     return _cmrt_call(replace(p, bundle=bundle), "openvino-int8")
@@ -399,17 +400,19 @@ def openvino_int8(p: Prepared) -> Call:
 INT8_CALIBRATION_CALLS = 8
 
 
-def _int8_bundle(bundle: Bundle) -> Bundle:
-    """``<bundle>-int8``: a copy of the case's bundle with its INT8 model (made once, kept while the
-    FP32 graph is the same)."""
+def int8_bundle(bundle: Bundle, min_speedup: float = 0.0) -> Bundle:
+    """``<bundle>-int8`` (``min_speedup`` 0: shipped on parity alone) or ``<bundle>-int8-rule`` (any
+    other ship rule, ``cmrt.exporter.int8.add_int8``): a copy of the case's bundle with its INT8
+    model (made once, kept while the FP32 graph and the rule are the same)."""
     import shutil
 
     from cmrt.exporter.int8 import add_int8
 
-    folder = bundle.path.with_name(bundle.path.name + "-int8")
+    folder = bundle.path.with_name(bundle.path.name + ("-int8" if min_speedup == 0 else "-int8-rule"))
     if (folder / "cmrt.json").is_file():
         done = Bundle.open(folder)
-        if done.manifest.int8 is not None and done.manifest.int8.source_sha256 == bundle.manifest.graphs["fp32"].sha256:
+        q = done.manifest.int8
+        if q is not None and q.source_sha256 == bundle.manifest.graphs["fp32"].sha256 and q.min_speedup == min_speedup:
             return done
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(bundle.path, folder)
@@ -419,7 +422,7 @@ def _int8_bundle(bundle: Bundle) -> Bundle:
         from cmrt.train.calibration import photo_latents
 
         latents = photo_latents()
-    add_int8(copy, latents=latents, samples=INT8_CALIBRATION_CALLS, min_speedup=0.0)
+    add_int8(copy, latents=latents, samples=INT8_CALIBRATION_CALLS, min_speedup=min_speedup)
     return Bundle.open(folder)
 
 

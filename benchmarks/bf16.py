@@ -7,13 +7,17 @@ machine's BF16 GEMM rate beside its FP32 one (the roofline in BF16's own terms) 
     cmrt bench --suite bf16 --json b.json --markdown b.md       # the table, 5 paired rounds
     python -m benchmarks.bf16 [--rounds 5] [--json out.json]     # the same, the table printed
     python -m benchmarks.bf16 --gemm-only                        # the FP32 and BF16 GEMM rates
+    python -m benchmarks.bf16 --int8 --cases imagenet            # bundles with their INT8 model added
 
 The table: the decoder (``decoder-reduced``) at 64² and 256², 2 steps, batch 1, and the ImageNet-64
 CM, 1 step, batch 4; contenders diffusers FP32, diffusers under ``torch.autocast("cpu",
 dtype=torch.bfloat16)``, cmrt on ONNX Runtime FP32, OpenVINO FP32 and BF16 on cmrt's graph, timed
 in paired rounds (``benchmarks.paired``); each result's PSNR against diffusers FP32 (PyTorch FP32,
 the same weights and seeded noise) and its non-finite count; the backend cmrt picks by default here;
-and the issue's targets stated met or not.
+and the issue's targets stated met or not. With ``--int8`` each case's bundle first gets its INT8
+model as ``cmrt export --int8`` adds it (shipped only where it holds and runs ≥ 1.3× BF16 here),
+the INT8 model is timed too, and the default is whatever cmrt then picks (INT8 where its parity is
+within BF16's tier: ``cmrt.runtime.openvino.int8_default``).
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ from benchmarks import measure
 
 #: paired name → what the table calls it, in its column order.
 CONTENDERS = {"diffusers": "diffusers FP32", "diffusers-bf16": "diffusers + BF16 autocast",
-              "cmrt": "cmrt ORT FP32", "openvino-f32": "OpenVINO FP32", "openvino-bf16": "OpenVINO BF16"}
+              "cmrt": "cmrt ORT FP32", "openvino-f32": "OpenVINO FP32", "openvino-bf16": "OpenVINO BF16",
+              "openvino-int8": "OpenVINO INT8"}
+#: Timed only with ``--int8`` (the case's bundle then exported as ``cmrt export --int8`` would).
+INT8_ONLY = ("openvino-int8",)
 #: cmrt backend name (``cmrt.runtime.backends.default_backend_name``) → its paired contender.
 DEFAULT_CONTENDER = {"onnxruntime": "cmrt", "onnxruntime-cpu": "cmrt", "openvino-bf16": "openvino-bf16",
-                     "openvino-f32": "openvino-f32"}
+                     "openvino-f32": "openvino-f32", "openvino-int8": "openvino-int8"}
 ROUNDS = 5
 #: A quality reference must match PyTorch FP32 this closely to be one (cmrt's FP32 graph does, ~1e-5).
 SAME_NOISE_DB = 80.0
@@ -85,18 +92,29 @@ def quality(outputs: dict[str, np.ndarray], reference: str) -> dict[str, dict]:
                 "non_finite": int((~np.isfinite(v)).sum())} for k, v in outputs.items()}
 
 
-def run_case(case: TableCase, cache: Path, rounds: int, log: Callable[[str], None]) -> dict:
-    """One row of the table: paired rounds of every contender, their quality and cmrt's default."""
+def run_case(case: TableCase, cache: Path, rounds: int, log: Callable[[str], None], int8: bool = False) -> dict:
+    """One row of the table: paired rounds of every contender, their quality and cmrt's default.
+    ``int8``: the case's bundle with an INT8 model added as ``cmrt export --int8`` adds it (shipped
+    only at ≥ 1.3× BF16 here), so the default may be INT8 (``openvino.int8_default``), and the INT8
+    model timed beside the rest."""
+    from dataclasses import replace
+
+    from benchmarks.backends import int8_bundle
     from benchmarks.cases import MODELS, Case, case_flops, prepare, weights_digest
     from benchmarks.paired import _rounds, make_calls, ratios
+    from cmrt.exporter.int8 import MIN_SPEEDUP
     from cmrt.runtime.backends import default_backend_name
 
     model = MODELS[case.model].load()
     bench_case = Case(case.model, case.resolution, case.steps, case.batch)
     prepared = prepare(model, weights_digest(model), bench_case, cache, ["onnxruntime-cpu"], gpu=False)
+    if int8:
+        prepared = replace(prepared, bundle=int8_bundle(prepared.bundle, MIN_SPEEDUP))
     gflop = case_flops(model, bench_case) * case.batch
     default = default_backend_name(prepared.bundle)
-    calls, absent = make_calls(list(CONTENDERS), prepared)
+    names = [k for k in CONTENDERS if int8 or k not in INT8_ONLY]
+    calls, absent = make_calls(names, prepared)
+    absent.update({k: "not asked (--int8)" for k in CONTENDERS if k not in names})
     if "diffusers" not in calls or "cmrt" not in calls:
         raise RuntimeError(f"{case.label}: the table's FP32 references cannot run here: {absent}")
     load_start = measure.load_average()
@@ -160,8 +178,8 @@ def table(result: dict) -> str:
     for row in result["cases"]:
         cells = []
         for k in names:
-            if k in row["absent"]:
-                cells.append(f"absent: {row['absent'][k]}")
+            if k in row["absent"] or k not in row["median_ms"]:
+                cells.append(f"absent: {row['absent'].get(k, 'not run')}")
                 continue
             q = row["quality"][k]
             db = "" if q["psnr_db"] is None else f" ({q['psnr_db']:.1f} dB"
@@ -187,14 +205,14 @@ def table(result: dict) -> str:
 
 
 def run(cache: Path, *, rounds: int = ROUNDS, cases: tuple[TableCase, ...] = CASES, log=print,
-        gemm_size: int = measure.GEMM_SIZE) -> dict:
+        gemm_size: int = measure.GEMM_SIZE, int8: bool = False) -> dict:
     """The table: GEMM rates (FP32 and BF16) before and after, every case in paired rounds."""
     t0 = time.perf_counter()
     env = measure.environment()
     before = measure.gemm_rates(gemm_size)
     log(f"machine: {env['machine']}; GEMM {before} GFLOP/s; load {env['load_1m_start']}")
     cache.mkdir(parents=True, exist_ok=True)
-    rows = [run_case(c, cache, rounds, log) for c in cases]
+    rows = [run_case(c, cache, rounds, log, int8) for c in cases]
     after = measure.gemm_rates(gemm_size)
     env["load_1m_end"] = measure.load_average()
     result = {"environment": env, "gemm_gflops": {"before": before, "after": after}, "cases": rows,
@@ -243,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--gemm-only", action="store_true", help="only the FP32 and BF16 GEMM rates")
     p.add_argument("--n", type=int, default=measure.GEMM_SIZE, help="GEMM size")
+    p.add_argument("--int8", action="store_true",
+                   help="add an INT8 model to each case's bundle as `cmrt export --int8` does (shipped only at "
+                        ">= 1.3x BF16 here; cmrt's default takes it where it holds BF16's tier) and time it too")
     p.add_argument("--cases", default=None, help="comma-separated label prefixes of the cases to run (default: all): "
                    + "; ".join(c.label for c in CASES))
     a = p.parse_args(argv)
@@ -252,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = select(a.cases)
     if not cases:
         p.error(f"--cases {a.cases!r} matches none of: {'; '.join(c.label for c in CASES)}")
-    result = run(a.cache, rounds=a.rounds, gemm_size=a.n, cases=cases)
+    result = run(a.cache, rounds=a.rounds, gemm_size=a.n, cases=cases, int8=a.int8)
     if a.json:
         from cmrt._io import write_atomic
 

@@ -66,6 +66,19 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+def within(outputs, precision: str) -> bool:
+    """Whether recorded comparisons (``cmrt.bundle.OutputParity``: finite, max abs, PSNR) are within
+    ``precision``'s tier: a record made under one tier held to another's bar (an INT8 model's
+    parity to BF16's, where it would replace BF16 as the default). Range-scaled and relative tiers
+    are not comparable this way."""
+    tol = tolerance_for(precision)
+    if tol.relative or tol.range_scaled:
+        raise ValueError(f"tier {precision!r} is relative or range-scaled: recorded figures cannot be held to it")
+    return bool(outputs) and all(
+        o.finite and o.max_abs is not None and o.max_abs <= tol.max_abs
+        and (tol.min_psnr is None or o.psnr is None or o.psnr >= tol.min_psnr) for o in outputs)
+
+
 def tolerance_for(precision: str) -> Tolerance:
     try:
         return TOLERANCES[precision]

@@ -38,7 +38,8 @@ The steps, each a small function:
    BF16 on the attention-heavy ImageNet-64 CM and 1.15× on the attention-free decoder at 256²,
    where it does not pay for its quality loss.
 
-INT8 is opt-in: ``backend="openvino-int8"`` (never the default choice, ``openvino.default_choice``).
+``backend="openvino-int8"`` runs it; it is the default only where its parity is also within BF16's
+tier and it beat BF16 (``cmrt.runtime.openvino.int8_default``).
 """
 
 from __future__ import annotations

@@ -78,16 +78,17 @@ BACKENDS: dict[str, Callable[[Bundle], Backend]] = {
     "openvino": _openvino("openvino"),
     "openvino-bf16": _openvino("openvino-bf16"),
     "openvino-f32": _openvino("openvino-f32"),
-    "openvino-int8": _openvino("openvino-int8"),  # opt-in: never the default choice
+    "openvino-int8": _openvino("openvino-int8"),  # the default only where it holds BF16's tier (openvino.int8_default)
 }
 
 
 def default_backend_name(bundle: Bundle) -> str:
     """TensorRT when the user pointed at an engine, or when the bundle's engine can run here
     (library installed, GPU it was built for); else, on a CPU with native BF16, the fastest CPU
-    backend whose recorded parity passed on a CPU of its class and that was timed faster than ONNX
-    Runtime FP32 there (``openvino.default_choice``); else
-    ONNX Runtime. INT8 is chosen only when the user pointed at the INT8 model."""
+    backend whose recorded parity passed on a CPU of its class and that was timed faster there
+    (``openvino.default_choice``: the INT8 model where it holds BF16's tier and beat BF16, else
+    OpenVINO BF16 where it beat ONNX Runtime FP32); else ONNX Runtime. Pointed at the INT8 model:
+    its only backend."""
     if bundle.selected is not None and bundle.selected.endswith(".plan"):
         return "tensorrt"
     int8 = bundle.manifest.graphs.get("int8")

@@ -9,8 +9,9 @@ so chunked and tiled decodes run the same compiled model at other shapes.
 
 ``openvino-int8`` runs the bundle's INT8 model instead (OpenVINO IR, ``graphs["int8"]``, written by
 ``cmrt export --int8`` only where its parity passed and it ran ≥ 1.3× the path it replaces:
-``cmrt.exporter.int8``), the float remainder
-of it in FP32. It is opt-in: never the default choice.
+``cmrt.exporter.int8``), the float remainder of it in FP32. It is the default only where its
+recorded parity is also within BF16's tier and it was timed faster than BF16 on a CPU of this
+class (``int8_default``); elsewhere it runs only when named.
 
 A BF16 result is a property of the CPU's instruction set as much as of the graph, so its parity
 is recorded like a TensorRT engine's: ``cmrt check BUNDLE --backend openvino-bf16`` (and
@@ -41,6 +42,7 @@ import numpy as np
 
 from ..bundle import OUTPUT_NAME, BackendRecord, Bundle, Cpu, GraphRecord, ParityRecord, SpeedRecord
 from ..errors import BundleError, ConfigError, RunnerClosedError, require
+from ..parity import within
 from . import speed as timing
 from .inputs import as_float32_output
 from .limits import ShapeLimits
@@ -432,14 +434,31 @@ def record_at_export(bundle: Bundle) -> BackendRecord | None:
 
 # --- the default ----------------------------------------------------------------------------------
 def default_choice(bundle: Bundle) -> str | None:
-    """The fastest backend whose recorded parity passed on a CPU of this one's class and that was
-    timed faster than ONNX Runtime FP32 there (``fastest_passed``), where the CPU
-    has native BF16 and OpenVINO is installed; None (ONNX Runtime FP32, as before) otherwise, and
-    when the user pointed at a graph other than the FP32 one."""
+    """Where the CPU has native BF16 and OpenVINO is installed: the bundle's INT8 model where it may
+    replace BF16 (``int8_default``), else the fastest backend whose recorded parity passed on a CPU
+    of this one's class and that was timed faster than ONNX Runtime FP32 there
+    (``fastest_passed``); None (ONNX Runtime FP32, as before) otherwise, and when the user pointed
+    at a graph other than the FP32 one."""
     fp32 = bundle.manifest.graphs.get("fp32")
     if fp32 is None or (bundle.selected is not None and bundle.selected != fp32.file):
         return None
+    if bundle.selected is None and native_bf16() and available() and int8_default(bundle):
+        return "openvino-int8"
     return fastest_passed(bundle.manifest.backends, fp32)
+
+
+def int8_default(bundle: Bundle) -> bool:
+    """Whether the bundle's INT8 model is the default on this CPU: shipped, its backend record
+    passed on a CPU of this class for the model as it is, timed faster than OpenVINO BF16 on a CPU
+    of this class at export (``manifest.int8.speed``), and its parity within **BF16's** tier, the
+    bar BF16 meets to be the default: INT8 replaces BF16 only where it is as close to PyTorch as
+    BF16 must be (its own ``int8`` tier, which shipping asks, is looser)."""
+    q, graph = bundle.manifest.int8, bundle.manifest.graphs.get("int8")
+    if q is None or not q.shipped or graph is None or q.speed is None:
+        return False
+    rec = valid_record(bundle.manifest.backends, "openvino-int8", graph)
+    return (rec is not None and rec.passed and q.cpu.isa == this_cpu().isa and q.speed.against == "openvino-bf16"
+            and q.speed.speedup >= 1.0 and within(q.parity.outputs, "bf16"))
 
 
 def fastest_passed(records: dict[str, BackendRecord] | None, graph: GraphRecord | None) -> str | None:
@@ -487,6 +506,6 @@ def _worst(rec: BackendRecord) -> str:
 
 __all__ = ["OpenVinoBackend", "open_openvino", "default_choice", "fastest_passed", "valid_record", "precision_for",
            "refuse_failed_record", "backend_record", "record_line", "check_and_record", "record_parity", "run_and_time",
-           "run_bundle_and_time", "faster",
+           "run_bundle_and_time", "faster", "int8_default",
            "record_at_export", "record_lines", "for_check", "cpu_flags", "this_cpu", "native_bf16", "isa_class",
            "cache_dir"]

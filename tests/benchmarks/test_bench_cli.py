@@ -247,3 +247,7 @@ def test_bf16_targets_met_or_not():
     text = bf16.table({"cases": rows, "targets": bf16.verdicts(rows), "gemm_gflops": {"before": {}, "after": {}},
                        "environment": {"load_1m_start": 1.0, "load_1m_end": 2.0}})
     assert all(name in text for name in bf16.CONTENDERS.values()) and "**not met**" in text and "**met**" in text
+    assert "absent: not run" in text  # the INT8 column of rows run without --int8
+    int8 = _table_row("ImageNet-64 CM, 1 step, batch 4", times | {"openvino-bf16": 500.0, "openvino-int8": 400.0},
+                      default="openvino-int8", psnr=42.2)  # the INT8 default (--int8): 1.5×, 2.0×
+    assert all(r["met"] for r in bf16.verdicts([int8]))

@@ -5,6 +5,8 @@ not apply. Calibration here is small (4 calls of 2) to keep the tests fast."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -87,6 +89,42 @@ def test_failed_int8_writes_nothing_and_is_refused(decoder_bundle, bundle_copy, 
     assert not list(b.path.glob(".int8-*"))  # the staged model went with its folder
     with pytest.raises(ConfigError, match="FAILED at export"):
         cmrt.Decoder(b.path, backend="openvino-int8")
+
+
+def _stated(bundle: Bundle, *, speedup: float, psnr: float, max_abs: float) -> Bundle:
+    """The bundle with its INT8 record's timing and parity figures replaced by the ones stated (the
+    default choice's inputs, set by the test that is about the choice)."""
+    q = bundle.manifest.int8
+    out = replace(q.parity.outputs[0], psnr=psnr, max_abs=max_abs)
+    bundle.update(int8=replace(q, speed=replace(q.speed, speedup=speedup), parity=replace(q.parity, outputs=(out,))))
+    return Bundle.open(bundle.path)
+
+
+def test_int8_is_the_default_only_where_it_holds_bf16s_tier(cm_bundle, bundle_copy, monkeypatch):
+    """On a CPU with native BF16, a shipped INT8 model timed faster than BF16 there becomes the
+    default only where its parity is within BF16's tier too; otherwise, or on another CPU class,
+    or when the FP32 graph is named, the BF16/FP32 rules decide."""
+    from cmrt.runtime import openvino as ovb
+
+    monkeypatch.setenv(ovb.CPU_FLAGS_ENV, "avx512f avx512_bf16 avx512_vnni avx2")
+    bundle = bundle_copy(cm_bundle)
+    assert add_int8(bundle, **SMALL).shipped
+    b = Bundle.open(bundle.path)
+    q = b.manifest.int8
+    assert q.speed.against == "openvino-bf16" and q.cpu.isa == "avx512-bf16"  # timed against the BF16 path here
+    b = _stated(b, speedup=1.6, psnr=45.0, max_abs=0.05)
+    assert default_backend_name(b) == "openvino-int8"
+    with cmrt.Sampler(b.path) as s:
+        assert (s.backend.name, s.backend.precision) == ("openvino-int8", "int8")
+    assert default_backend_name(Bundle.open(b.path / "model.onnx")) == "onnxruntime"  # the FP32 graph named
+    assert default_backend_name(_stated(b, speedup=1.6, psnr=36.0, max_abs=0.05)) == "onnxruntime"  # int8 tier only
+    assert default_backend_name(_stated(b, speedup=1.6, psnr=45.0, max_abs=0.3)) == "onnxruntime"
+    assert default_backend_name(_stated(b, speedup=0.9, psnr=45.0, max_abs=0.05)) == "onnxruntime"  # slower
+    b = _stated(b, speedup=1.6, psnr=45.0, max_abs=0.05)
+    monkeypatch.setenv(ovb.CPU_FLAGS_ENV, "avx512f avx512_bf16 amx_tile amx_bf16 avx2")  # another class
+    assert default_backend_name(b) == "onnxruntime"
+    monkeypatch.setenv(ovb.CPU_FLAGS_ENV, "")
+    assert default_backend_name(b) == "onnxruntime"
 
 
 def test_int8_not_faster_writes_nothing_and_is_refused(cm_bundle, bundle_copy):
