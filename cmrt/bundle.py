@@ -1105,8 +1105,8 @@ RECORD_OPTIONAL_FIELDS = ("speed", "min_speedup")
 
 def _drop_null_fields(record: dict | None) -> None:
     for key in RECORD_OPTIONAL_FIELDS:
-        if record is not None and record.get(key, 0) is None:
-            record.pop(key)
+        if record is not None and key in record and record[key] is None:
+            del record[key]
 
 
 def _drop_null_record_fields(records: dict | None) -> None:

@@ -110,10 +110,10 @@ def parity_figures(r: QuantizationRecord) -> str:
 
 
 def speed_figures(r: QuantizationRecord) -> str:
-    t = r.speed
+    from ..runtime.speed import figures
+
     asked = "" if r.min_speedup is None else f", {r.min_speedup:g}× asked"
-    return (f"{t.speedup:.3f}× {t.against} ({t.seconds * 1e3:.1f} vs {t.against_seconds * 1e3:.1f} ms per call "
-            f"on {t.inputs}{asked})")
+    return figures(r.speed, 3, f" on {r.speed.inputs}{asked}")
 
 
 def _fmt(x: float | None) -> str:
@@ -279,9 +279,7 @@ def add_int8(bundle: Bundle, *, latents: Any = None, samples: int = CALIBRATION_
         samples, batch, seed: the calibration draws (``calibration_items``).
         min_speedup: the speed-up to reach (default ``MIN_SPEEDUP``; 0: ship on parity alone).
     """
-    from ..runtime import speed as timing
-    from ..runtime.openvino import OpenVinoBackend, record_parity, this_cpu
-    from ..runtime.stored import run_stored_inputs
+    from ..runtime.openvino import OpenVinoBackend, record_parity, this_cpu, time_then_check
 
     m = bundle.manifest
     check_int8(True, m.kind, m.task.name, min_speedup=min_speedup)
@@ -294,14 +292,7 @@ def add_int8(bundle: Bundle, *, latents: Any = None, samples: int = CALIBRATION_
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=bundle.path) as tmp:
         staged = save_ir(model, Path(tmp) / GRAPH_FILES["int8"])
         backend = OpenVinoBackend(staged[0], precision="int8", cache=False)
-        feeds, what = timing_inputs(bundle, items)
-        against, open_against = comparison(bundle)
-        try:
-            speed = timing.paired(backend, against, open_against, feeds, timing.describe_inputs(feeds, what))
-        except BaseException:
-            backend.close()
-            raise
-        run = run_stored_inputs(bundle, backend)
+        run, speed = time_then_check(bundle, backend, *comparison(bundle), *timing_inputs(bundle, items))
         version = backend.library_version
         record = QuantizationRecord(
             shipped=run.report.passed and speed.speedup >= min_speedup,
@@ -339,8 +330,8 @@ def timing_inputs(bundle: Bundle, items: list[dict[str, np.ndarray]]) -> tuple[d
 def comparison(bundle: Bundle):
     """The path the INT8 model would replace on this CPU, as (name, opener): OpenVINO BF16 on the
     FP32 graph where the CPU has native BF16, else ONNX Runtime FP32."""
-    from ..runtime.backends import OnnxRuntimeBackend
     from ..runtime.openvino import OpenVinoBackend, native_bf16
+    from ..runtime.ort import OnnxRuntimeBackend
 
     fp32 = bundle.path / bundle.manifest.graphs["fp32"].file
     if native_bf16():

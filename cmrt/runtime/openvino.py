@@ -341,8 +341,7 @@ def int8_graph(bundle: Bundle):
     if not record.parity.passed or record.speed is None:
         why = f"its parity FAILED at export on {record.cpu.model} ({figures})"
     else:
-        t = record.speed
-        why = (f"at export on {record.cpu.model} it ran {t.speedup:.3f}× {t.against}, short of the "
+        why = (f"at export on {record.cpu.model} it ran {timing.figures(record.speed, 3)}, short of the "
                f"{record.min_speedup:g}× asked (its parity passed: {figures})")
     raise ConfigError(f"backend 'openvino-int8': {bundle.path} ships no INT8 model: {why}, so none was written; use "
                       "backend='openvino-bf16' or 'onnxruntime' (or re-export with --int8-min-speedup 0)")
@@ -406,9 +405,17 @@ def run_bundle_and_time(bundle: Bundle, backend: OpenVinoBackend) -> tuple[Store
         feeds = timing.decoder_inputs(bundle.manifest, inputs["latents"])
         what = "the stored latents tiled to 256² pixels"
     fp32 = bundle.path / bundle.manifest.graphs["fp32"].file
+    return time_then_check(bundle, backend, "onnxruntime-cpu", lambda: OnnxRuntimeBackend(fp32, device="cpu"), feeds,
+                           what)
+
+
+def time_then_check(bundle: Bundle, backend: Any, against: str, open_against: Callable[[], Any],
+                    feeds: dict[str, np.ndarray], what: str) -> tuple[StoredRun, SpeedRecord]:
+    """The open ``backend`` against ``against`` (opened by ``open_against()``) in paired rounds on
+    ``feeds`` (``what`` they are), then its run of the bundle's stored parity inputs; ``backend``
+    is closed after, or on a failure."""
     try:
-        speed = timing.paired(backend, "onnxruntime-cpu", lambda: OnnxRuntimeBackend(fp32, device="cpu"), feeds,
-                              timing.describe_inputs(feeds, what))
+        speed = timing.paired(backend, against, open_against, feeds, timing.describe_inputs(feeds, what))
     except BaseException:
         backend.close()
         raise
@@ -506,6 +513,6 @@ def _worst(rec: BackendRecord) -> str:
 
 __all__ = ["OpenVinoBackend", "open_openvino", "default_choice", "fastest_passed", "valid_record", "precision_for",
            "refuse_failed_record", "backend_record", "record_line", "check_and_record", "record_parity", "run_and_time",
-           "run_bundle_and_time", "faster", "int8_default",
+           "run_bundle_and_time", "time_then_check", "faster", "int8_default",
            "record_at_export", "record_lines", "for_check", "cpu_flags", "this_cpu", "native_bf16", "isa_class",
            "cache_dir"]

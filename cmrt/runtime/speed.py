@@ -40,15 +40,11 @@ DECODER_LATENTS = 32
 PAIRED = "paired rounds, after one untimed call of each"
 
 
-def median_seconds(call: Callable[[], Any], calls: int = CALLS) -> float:
-    """Median wall time of ``calls`` calls of ``call``, after one untimed call."""
-    call()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _seconds(backend: Any, feeds: dict[str, np.ndarray]) -> float:
+    """Wall time of one ``backend.run_all(feeds)``."""
+    t0 = time.perf_counter()
+    backend.run_all(feeds)
+    return time.perf_counter() - t0
 
 
 def describe_inputs(feeds: dict[str, np.ndarray], what: str) -> str:
@@ -72,8 +68,10 @@ def decoder_inputs(manifest: Any, latents: np.ndarray, size: int = DECODER_LATEN
 
 
 def timed(backend: Any, feeds: dict[str, np.ndarray], calls: int = CALLS) -> float:
-    """Median seconds per ``backend.run_all(feeds)`` (the backend stays open)."""
-    return median_seconds(lambda: backend.run_all(feeds), calls)
+    """Median seconds per ``backend.run_all(feeds)`` over ``calls`` calls after one untimed call
+    (the backend stays open)."""
+    backend.run_all(feeds)
+    return statistics.median(_seconds(backend, feeds) for _ in range(calls))
 
 
 def against(seconds: float, other: str, open_other: Callable[[], Any], feeds: dict[str, np.ndarray], inputs: str,
@@ -98,12 +96,7 @@ def paired(backend: Any, other: str, open_other: Callable[[], Any], feeds: dict[
     try:
         backend.run_all(feeds)
         second.run_all(feeds)
-        mine, theirs = [], []
-        for _ in range(rounds):
-            for times, b in ((mine, backend), (theirs, second)):
-                t0 = time.perf_counter()
-                b.run_all(feeds)
-                times.append(time.perf_counter() - t0)
+        mine, theirs = zip(*[(_seconds(backend, feeds), _seconds(second, feeds)) for _ in range(rounds)])
     finally:
         second.close()
     ratio = statistics.median(t / m for m, t in zip(mine, theirs))
@@ -111,13 +104,17 @@ def paired(backend: Any, other: str, open_other: Callable[[], Any], feeds: dict[
                        rounds, inputs, PAIRED)
 
 
+def figures(speed: SpeedRecord, digits: int = 2, more: str = "") -> str:
+    """"1.82× onnxruntime-cpu (41.2 vs 75.0 ms per call)": the speed-up to ``digits`` decimals,
+    ``more`` added inside the parenthesis."""
+    return (f"{speed.speedup:.{digits}f}× {speed.against} ({speed.seconds * 1e3:.1f} vs "
+            f"{speed.against_seconds * 1e3:.1f} ms per call{more})")
+
+
 def speed_line(speed: SpeedRecord | None) -> str:
-    """", 1.82× onnxruntime-cpu (41.2 vs 75.0 ms)" for a record line; "" without a measurement."""
-    if speed is None:
-        return ""
-    return (f", {speed.speedup:.2f}× {speed.against} ({speed.seconds * 1e3:.1f} vs "
-            f"{speed.against_seconds * 1e3:.1f} ms per call)")
+    """", 1.82× onnxruntime-cpu (41.2 vs 75.0 ms per call)" for a record line; "" without a measurement."""
+    return "" if speed is None else ", " + figures(speed)
 
 
-__all__ = ["CALLS", "ROUNDS", "DECODER_LATENTS", "decoder_inputs", "median_seconds", "timed", "against", "paired",
-           "describe_inputs", "speed_line"]
+__all__ = ["CALLS", "ROUNDS", "DECODER_LATENTS", "decoder_inputs", "timed", "against", "paired", "describe_inputs",
+           "figures", "speed_line"]
