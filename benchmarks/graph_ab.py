@@ -9,9 +9,12 @@ the outputs are compared (max abs against the first), the ratios are per-round m
     python -m benchmarks.graph_ab OLD/model.onnx NEW/model.onnx --side 256 [--batch 1] [--threads 2]
         [--rounds 8] [--no-nchwc]
     python -m benchmarks.graph_ab --attention [--tokens 1024 --heads 6 --head-dim 64]
+    python -m benchmarks.graph_ab BUNDLE/model.onnx --openvino bf16 --side 256 [--batch 1]
 
 ``--attention`` times ONNX's opset-23 ``Attention`` against MatMul → Softmax → MatMul on the
-same q, k, v.
+same q, k, v. ``--openvino PRECISION`` times one graph on OpenVINO as read against the same graph
+with its GroupNorms in 4-D (``cmrt.runtime.openvino_graph``, what cmrt's OpenVINO backend
+compiles), each output's PSNR against ONNX Runtime FP32 on the same inputs beside.
 """
 
 from __future__ import annotations
@@ -62,6 +65,25 @@ def compare(sessions: dict, feeds: dict, rounds: int) -> dict:
     return result
 
 
+class _OpenVino:
+    """A graph compiled by OpenVINO, with or without cmrt's GroupNorm rewrite, run the way an ONNX
+    Runtime session is (``run(None, feeds)``)."""
+
+    def __init__(self, graph: Path, precision: str, threads: int, rewrite: bool) -> None:
+        import openvino as ov
+
+        from cmrt.runtime.openvino_graph import group_norms_in_4d
+
+        core = ov.Core()
+        model = core.read_model(str(graph))
+        self.rewritten = group_norms_in_4d(model) if rewrite else 0
+        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        self.request = core.compile_model(model, "CPU", config).create_infer_request()
+
+    def run(self, _names, feeds: dict) -> list[np.ndarray]:
+        return [np.array(self.request.infer(feeds)[0], copy=True)]
+
+
 def attention_graphs(tokens: int, heads: int, head_dim: int) -> dict[str, bytes]:
     """The same attention as opset-20 MatMul → Softmax → MatMul and as opset-23 ``Attention``."""
     from onnx import TensorProto, helper
@@ -91,12 +113,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=1024)
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--openvino", choices=["bf16", "f32"], help="the graph on OpenVINO as read vs its GroupNorms in 4-D")
     a = p.parse_args(argv)
     if a.attention:
         sessions = {k: _session(m.SerializeToString(), a.threads)
                     for k, m in attention_graphs(a.tokens, a.heads, a.head_dim).items()}
         rng = np.random.default_rng(0)
         feeds = {n: rng.standard_normal((1, a.heads, a.tokens, a.head_dim)).astype(np.float32) for n in "qkv"}
+    elif a.openvino:
+        from cmrt.parity import psnr
+
+        if len(a.graphs) != 1:
+            p.error("--openvino takes one graph")
+        reference = _session(a.graphs[0], a.threads)
+        feeds = feeds_for(reference, a.side, a.batch)
+        fp32 = reference.run(None, feeds)[0]
+        sessions = {f"openvino-{a.openvino} as read": _OpenVino(a.graphs[0], a.openvino, a.threads, False)}
+        rewritten = _OpenVino(a.graphs[0], a.openvino, a.threads, True)
+        sessions[f"openvino-{a.openvino}, {rewritten.rewritten} GroupNorms in 4-D"] = rewritten
+        for name, s in sessions.items():
+            print(f"{name}: {psnr(s.run(None, feeds)[0], fp32):.1f} dB from ONNX Runtime FP32")
     else:
         if len(a.graphs) < (1 if a.no_nchwc else 2):
             p.error("give two graphs or more (one is enough with --no-nchwc)")

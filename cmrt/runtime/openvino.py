@@ -1,11 +1,13 @@
 """The OpenVINO backend, one room: open, run, close, its compiled-model cache, its parity record
 and when it is the default.
 
-OpenVINO reads the bundle's FP32 ONNX graph itself and computes in the precision its
-``INFERENCE_PRECISION_HINT`` asks for: ``openvino-bf16`` (BF16 matrix units: AVX512_BF16, AMX)
-or ``openvino-f32``; ``openvino`` is the precision this bundle's record allows on this CPU (BF16
-where its BF16 parity passed here, else FP32). The graph's batch and spatial axes stay dynamic,
-so chunked and tiled decodes run the same compiled model at other shapes.
+OpenVINO reads the bundle's FP32 ONNX graph itself (its GroupNorms rewritten into 4-D operations
+on the way in, so the network keeps one memory layout: ``cmrt.runtime.openvino_graph``) and
+computes in the precision its ``INFERENCE_PRECISION_HINT`` asks for: ``openvino-bf16`` (BF16
+matrix units: AVX512_BF16, AMX) or ``openvino-f32``; ``openvino`` is the precision this bundle's
+record allows on this CPU (BF16 where its BF16 parity passed here, else FP32). The graph's batch
+and spatial axes stay dynamic, so chunked and tiled decodes run the same compiled model at other
+shapes.
 
 ``openvino-int8`` runs the bundle's INT8 model instead (OpenVINO IR, ``graphs["int8"]``, written by
 ``cmrt export --int8`` only where its parity passed and it ran ≥ 1.3× the path it replaces:
@@ -46,6 +48,7 @@ from ..parity import within
 from . import speed as timing
 from .inputs import as_float32_output
 from .limits import ShapeLimits
+from .openvino_graph import group_norms_in_4d
 from .stored import StoredRun, run_stored_inputs
 from .threads import default_threads
 
@@ -144,6 +147,9 @@ class OpenVinoBackend:
     physical core, as ONNX Runtime's); ``cache``: keep the compiled model in ``cache_dir()`` so a
     second process loads it instead of compiling; ``output``: the graph output ``run`` returns.
 
+    The graph compiled is the one read with its GroupNorms in 4-D (``openvino_graph``; ``rewritten``
+    says how many; an INT8 model is compiled as it is).
+
     Thread-safe: each call takes an infer request from a pool (one is made when all are busy) and
     returns it after copying the output out.
     """
@@ -187,7 +193,11 @@ class OpenVinoBackend:
         t0 = time.perf_counter()
         try:
             core = ov.Core()
-            self.compiled = core.compile_model(core.read_model(graph) if in_memory else str(graph), "CPU", config)
+            model = core.read_model(graph if in_memory else str(graph))
+            # GroupNorms in 4-D (``openvino_graph``); not in an INT8 model: NNCF calibrated its
+            # quantizers on the graph as it stands (measured: no faster, 51 dB from itself rewritten)
+            self.rewritten = group_norms_in_4d(model) if precision != "int8" else 0
+            self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError with its whole log
             raise BundleError(f"{self.graph} could not be compiled by OpenVINO ({str(exc).strip().splitlines()[0]}): "
                               "re-export the bundle, or use backend='onnxruntime'") from None
