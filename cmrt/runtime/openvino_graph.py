@@ -83,8 +83,10 @@ def match(mvn: Any) -> GroupNormMatch | None:
     if shape.rank.is_dynamic or shape.rank.get_length() != 4 or shape[1].is_dynamic or target is None:
         return None
     channels, target = shape[1].get_length(), [int(t) for t in np.ravel(target)]
+    if len(target) != 3 or target[2] != -1:
+        return None
     copies_batch = target[0] == 0 and grouping.get_attributes().get("special_zero")
-    if len(target) != 3 or target[2] != -1 or not (copies_batch or shape[0].is_static and target[0] == shape[0].get_length()):
+    if not (copies_batch or shape[0].is_static and target[0] == shape[0].get_length()):
         return None
     groups = target[1]
     if not 1 < groups < channels or channels % groups:
