@@ -5,7 +5,9 @@ not apply. Calibration here is small (4 calls of 2) to keep the tests fast."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from cmrt.errors import CmrtError, ConfigError
 from cmrt.exporter.int8 import add_int8, calibration_items
 from cmrt.parity import TOLERANCES, Tolerance, compare
 from cmrt.runtime.backends import default_backend_name, open_backend
+from tests.conftest import run_shared
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -39,13 +42,47 @@ def test_calibration_draws_like_the_runtime(cm_bundle):
     assert not np.array_equal(items[0]["noise_0"], items[1]["noise_0"])  # fresh draws per call
 
 
-def test_int8_export_ships_model_and_records(cm_bundle, bundle_copy):
+BF16_FLAGS = "avx512f avx512_bf16 avx512_vnni avx2"  # a CPU with native BF16 (the seam's flags)
+
+
+@dataclass(frozen=True)
+class _Added:
+    """What ``add_int8`` returned, as the tests read it."""
+
+    shipped: bool
+    text: str
+
+    def line(self) -> str:
+        return self.text
+
+
+@pytest.fixture(scope="module")
+def int8_cm(cm_bundle, tmp_path_factory):
+    """The tiny CM with its INT8 model added once per test run, whichever worker comes first (the
+    quantization is the slow part), on a CPU stated to have native BF16, so it is timed against
+    ``openvino-bf16``; tests work on copies of it. Returns the bundle and what ``add_int8`` said."""
+    import shutil
+
+    from cmrt.runtime import openvino as ovb
+
+    def make(out: Path) -> None:
+        shutil.copytree(cm_bundle.path, out / "cm")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(ovb.CPU_FLAGS_ENV, BF16_FLAGS)
+            result = add_int8(Bundle.open(out / "cm"), **SMALL)
+        (out / "added.json").write_text(json.dumps({"shipped": result.shipped, "line": result.line()}))
+
+    out = run_shared(tmp_path_factory, "int8-cm", make, "added.json")
+    added = json.loads((out / "added.json").read_text())
+    return Bundle.open(out / "cm"), _Added(added["shipped"], added["line"])
+
+
+def test_int8_export_ships_model_and_records(int8_cm, bundle_copy):
     """The tiny CM quantizes within the int8 tier: IR files, graph, quantization and backend records
     written; the backend's output within the int8 tier of the ONNX Runtime FP32 one; opt-in only."""
-    bundle = bundle_copy(cm_bundle)
-    result = add_int8(bundle, **SMALL)
+    shipped, result = int8_cm
     assert result.shipped, result.line()
-    b = Bundle.open(bundle.path)
+    b = bundle_copy(shipped)
     m = b.manifest
     assert (b.path / "model.int8.xml").is_file() and (b.path / "model.int8.bin").is_file()
     assert m.graphs["int8"].file == "model.int8.xml" and len(m.graphs["int8"].files) == 2
@@ -100,16 +137,16 @@ def _stated(bundle: Bundle, *, speedup: float, psnr: float, max_abs: float) -> B
     return Bundle.open(bundle.path)
 
 
-def test_int8_is_the_default_only_where_it_holds_bf16s_tier(cm_bundle, bundle_copy, monkeypatch):
+def test_int8_is_the_default_only_where_it_holds_bf16s_tier(int8_cm, bundle_copy, monkeypatch):
     """On a CPU with native BF16, a shipped INT8 model timed faster than BF16 there becomes the
     default only where its parity is within BF16's tier too; otherwise, or on another CPU class,
     or when the FP32 graph is named, the BF16/FP32 rules decide."""
     from cmrt.runtime import openvino as ovb
 
-    monkeypatch.setenv(ovb.CPU_FLAGS_ENV, "avx512f avx512_bf16 avx512_vnni avx2")
-    bundle = bundle_copy(cm_bundle)
-    assert add_int8(bundle, **SMALL).shipped
-    b = Bundle.open(bundle.path)
+    monkeypatch.setenv(ovb.CPU_FLAGS_ENV, BF16_FLAGS)
+    shipped, result = int8_cm
+    assert result.shipped
+    b = bundle_copy(shipped)
     q = b.manifest.int8
     assert q.speed.against == "openvino-bf16" and q.cpu.isa == "avx512-bf16"  # timed against the BF16 path here
     b = _stated(b, speedup=1.6, psnr=45.0, max_abs=0.05)
