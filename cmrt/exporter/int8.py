@@ -319,24 +319,20 @@ def timing_inputs(bundle: Bundle, items: list[dict[str, np.ndarray]]) -> tuple[d
     size, ``CALIBRATION_BATCH`` images); a decoder's first calibration latents tiled to one 256²
     image (``cmrt.runtime.speed.decoder_inputs``: calibration latents are small crops, and the INT8
     gain depends on the size)."""
-    from ..runtime.speed import decoder_inputs
+    from ..runtime.speed import timing_feeds
 
-    if bundle.manifest.kind != "decoder":
-        return items[0], "the first calibration call"
-    feeds = decoder_inputs(bundle.manifest, items[0]["latents"], seed=CALIBRATION_SEED)
-    return feeds, "a calibration image's real latents tiled to 256² pixels"
+    return timing_feeds(bundle.manifest, items[0], "the first calibration call", "a calibration image's real latents",
+                        seed=CALIBRATION_SEED)
 
 
 def comparison(bundle: Bundle):
     """The path the INT8 model would replace on this CPU, as (name, opener): OpenVINO BF16 on the
     FP32 graph where the CPU has native BF16, else ONNX Runtime FP32."""
-    from ..runtime.openvino import OpenVinoBackend, native_bf16
-    from ..runtime.ort import OnnxRuntimeBackend
+    from ..runtime.openvino import OpenVinoBackend, fp32_on_onnxruntime, native_bf16
 
-    fp32 = bundle.path / bundle.manifest.graphs["fp32"].file
     if native_bf16():
-        return "openvino-bf16", lambda: OpenVinoBackend(fp32, precision="bf16")
-    return "onnxruntime-cpu", lambda: OnnxRuntimeBackend(fp32, device="cpu")
+        return "openvino-bf16", lambda: OpenVinoBackend(bundle.graph_path("fp32"), precision="bf16")
+    return "onnxruntime-cpu", fp32_on_onnxruntime(bundle)
 
 
 __all__ = ["add_int8", "comparison", "timing_inputs", "MIN_SPEEDUP", "calibration_items", "quantize", "check_int8",

@@ -393,11 +393,7 @@ def run_and_time(backend: OpenVinoBackend, inputs: dict[str, np.ndarray], run: C
     closes it), then time ONNX Runtime FP32 (``open_onnxruntime()``) on the same inputs: the parity
     run and the speed the record keeps (``cmrt.runtime.speed.against``: never both backends open,
     as a pipeline stage's check needs)."""
-    try:
-        seconds = timing.timed(backend, inputs)
-    except BaseException:
-        backend.close()
-        raise
+    seconds = _or_close(backend, lambda: timing.timed(backend, inputs))
     stored = run()
     return stored, timing.against(seconds, "onnxruntime-cpu", open_onnxruntime, inputs,
                                  timing.describe_inputs(inputs, "the stored parity inputs"))
@@ -407,16 +403,17 @@ def run_bundle_and_time(bundle: Bundle, backend: OpenVinoBackend) -> tuple[Store
     """A bundle's check with its timing: the open ``backend`` and ONNX Runtime FP32 on the FP32 graph
     in paired rounds (``cmrt.runtime.speed.paired``) on the stored inputs (a decoder's tiled to one
     256² image), then the parity run (which closes ``backend``)."""
+    inputs, _ = bundle.parity_data()
+    feeds, what = timing.timing_feeds(bundle.manifest, inputs, "the stored parity inputs", "the stored latents")
+    return time_then_check(bundle, backend, "onnxruntime-cpu", fp32_on_onnxruntime(bundle), feeds, what)
+
+
+def fp32_on_onnxruntime(bundle: Bundle) -> Callable[[], Any]:
+    """Opens ONNX Runtime FP32 on the bundle's FP32 graph: what a reduced-precision backend is timed
+    against (``time_then_check``)."""
     from .ort import OnnxRuntimeBackend
 
-    inputs, _ = bundle.parity_data()
-    feeds, what = inputs, "the stored parity inputs"
-    if bundle.manifest.kind == "decoder":  # too small to rank backends at: one image at 256²
-        feeds = timing.decoder_inputs(bundle.manifest, inputs["latents"])
-        what = "the stored latents tiled to 256² pixels"
-    fp32 = bundle.path / bundle.manifest.graphs["fp32"].file
-    return time_then_check(bundle, backend, "onnxruntime-cpu", lambda: OnnxRuntimeBackend(fp32, device="cpu"), feeds,
-                           what)
+    return lambda: OnnxRuntimeBackend(bundle.graph_path("fp32"), device="cpu")
 
 
 def time_then_check(bundle: Bundle, backend: Any, against: str, open_against: Callable[[], Any],
@@ -424,12 +421,18 @@ def time_then_check(bundle: Bundle, backend: Any, against: str, open_against: Ca
     """The open ``backend`` against ``against`` (opened by ``open_against()``) in paired rounds on
     ``feeds`` (``what`` they are), then its run of the bundle's stored parity inputs; ``backend``
     is closed after, or on a failure."""
+    speed = _or_close(backend, lambda: timing.paired(backend, against, open_against, feeds,
+                                                     timing.describe_inputs(feeds, what)))
+    return run_stored_inputs(bundle, backend), speed
+
+
+def _or_close(backend: Any, measure: Callable[[], Any]) -> Any:
+    """``measure()``; ``backend`` is closed if it fails (the parity run after it closes it otherwise)."""
     try:
-        speed = timing.paired(backend, against, open_against, feeds, timing.describe_inputs(feeds, what))
+        return measure()
     except BaseException:
         backend.close()
         raise
-    return run_stored_inputs(bundle, backend), speed
 
 
 def check_and_record(bundle: Bundle, name: str = "openvino-bf16") -> BackendRecord:
@@ -523,6 +526,6 @@ def _worst(rec: BackendRecord) -> str:
 
 __all__ = ["OpenVinoBackend", "open_openvino", "default_choice", "fastest_passed", "valid_record", "precision_for",
            "refuse_failed_record", "backend_record", "record_line", "check_and_record", "record_parity", "run_and_time",
-           "run_bundle_and_time", "time_then_check", "faster", "int8_default",
+           "run_bundle_and_time", "time_then_check", "fp32_on_onnxruntime", "faster", "int8_default",
            "record_at_export", "record_lines", "for_check", "cpu_flags", "this_cpu", "native_bf16", "isa_class",
            "cache_dir"]

@@ -59,13 +59,15 @@ def _only(value: Any, type_name: str) -> Any | None:
     return users[0] if len(users) == 1 and users[0].get_type_name() == type_name else None
 
 
-def _other_input(node: Any, value: Any) -> Any:
-    a, b = node.input_value(0), node.input_value(1)
-    return b if a.get_node() is value.get_node() and a.get_index() == value.get_index() else a
-
-
 def _same(a: Any, b: Any) -> bool:
+    """Whether two ``openvino.Output``s are the same output of the same node."""
     return a.get_node() is b.get_node() and a.get_index() == b.get_index()
+
+
+def _other_input(node: Any, value: Any) -> Any:
+    """The input of a binary ``node`` that is not ``value``."""
+    a, b = node.input_value(0), node.input_value(1)
+    return b if _same(a, value) else a
 
 
 def match(mvn: Any) -> GroupNormMatch | None:

@@ -67,6 +67,16 @@ def decoder_inputs(manifest: Any, latents: np.ndarray, size: int = DECODER_LATEN
     return {k: feeds[k] for k in manifest.input_names}
 
 
+def timing_feeds(manifest: Any, feeds: dict[str, np.ndarray], what: str, latents_what: str, seed: int = 0
+                 ) -> tuple[dict[str, np.ndarray], str]:
+    """What a speed record times and its description: ``feeds`` (``what``), except for a decoder,
+    whose feeds are too small to rank backends at: one image of its first latents (``latents_what``)
+    tiled to 256² pixels (``decoder_inputs``)."""
+    if manifest.kind != "decoder":
+        return feeds, what
+    return decoder_inputs(manifest, feeds["latents"], seed=seed), f"{latents_what} tiled to 256² pixels"
+
+
 def timed(backend: Any, feeds: dict[str, np.ndarray], calls: int = CALLS) -> float:
     """Median seconds per ``backend.run_all(feeds)`` over ``calls`` calls after one untimed call
     (the backend stays open)."""
@@ -116,5 +126,5 @@ def speed_line(speed: SpeedRecord | None) -> str:
     return "" if speed is None else ", " + figures(speed)
 
 
-__all__ = ["CALLS", "ROUNDS", "DECODER_LATENTS", "decoder_inputs", "timed", "against", "paired", "describe_inputs",
+__all__ = ["CALLS", "ROUNDS", "DECODER_LATENTS", "decoder_inputs", "timing_feeds", "timed", "against", "paired", "describe_inputs",
            "figures", "speed_line"]
